@@ -1,0 +1,17 @@
+"""Reward functions: the contract, the registry, and the built-ins.
+
+The contract (shared by built-ins and plugins):
+
+    def my_reward(prompts: list[str], completions: list[str], **columns) -> list[float | None]
+
+- ``prompts`` and ``completions`` have one entry per completion (B*G entries; a prompt is repeated G times).
+- Every dataset column arrives as a keyword argument, also one entry per completion (``answer=[...]``).
+- The trainer adds ``completion_ids`` (token ids), ``finish_reasons`` ("stop" / "length") and
+  ``max_new_tokens`` (an int). Accept ``**kwargs`` so new columns never break a reward.
+- Return one float per completion, or None where the reward does not apply to that completion.
+- Recipe ``args`` are passed as extra keyword arguments.
+
+A reward never needs to guard against its own crashes: the scorer catches an exception, scores the
+offending completion 0 and counts it in the metrics. It should still return 0.0 (not raise) on a
+model's malformed output, since that is the normal case during RL.
+"""
