@@ -1,0 +1,79 @@
+"""Pure loss math: token log-probs, the clipped surrogate, the k3 KL estimator and loss aggregation.
+
+Shapes: N sequences in a micro-batch, T completion positions, V vocabulary. `mask` [N, T] is 1.0 on completion
+tokens and 0.0 on padding. Aggregation takes whole-batch counts so that summing micro-batch losses gives
+exactly the loss of the full batch (gradient accumulation changes nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / T) at the target tokens. logits [N, T, V], targets [N, T] -> [N, T]."""
+    logits = logits.float() / temperature  # [N, T, V]
+    # logsumexp + gather instead of a full log_softmax keeps one [N, T, V] tensor less alive.
+    picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)  # [N, T]
+    return picked - torch.logsumexp(logits, dim=-1)  # [N, T]
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of the sampling distribution at each position. [N, T, V] -> [N, T]."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # [N, T, V]
+    return -(logp.exp() * logp).sum(-1)  # [N, T]
+
+
+@dataclass
+class SurrogateOut:
+    loss: torch.Tensor  # [N, T] per-token loss (to be aggregated)
+    clipped: torch.Tensor  # [N, T] bool: the clip bound was active (gradient is zero there)
+    ratio: torch.Tensor  # [N, T] pi / pi_old
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                      clip_low: float, clip_high: float) -> SurrogateOut:
+    """PPO clipped objective with separate bounds (DAPO clip-higher), as a loss to minimise.
+
+    logp, old_logp [N, T]; advantages [N] (one per sequence, broadcast over its tokens).
+    """
+    ratio = torch.exp(logp - old_logp)  # [N, T]
+    adv = advantages.unsqueeze(-1)  # [N, 1]
+    unclipped = ratio * adv  # [N, T]
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv  # [N, T]
+    objective = torch.minimum(unclipped, clipped)  # [N, T]
+    was_clipped = clipped < unclipped  # [N, T] the min chose the clipped branch
+    return SurrogateOut(loss=-objective, clipped=was_clipped, ratio=ratio.detach())
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 >= 0. [N, T] -> [N, T]."""
+    delta = ref_logp - logp  # [N, T]
+    return torch.exp(delta) - delta - 1.0  # [N, T]
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, batch_sequences: int,
+              batch_tokens: int, constant: int | None = None) -> torch.Tensor:
+    """Reduce a micro-batch's per-token loss [N, T] to its share of the batch loss (a scalar).
+
+    token_mean     sum over all tokens of the batch / batch_tokens (DAPO: long sequences weigh more)
+    sequence_mean  mean over sequences of each sequence's token mean (original GRPO)
+    constant       sum / (batch_sequences * constant) (Dr. GRPO: no length bias, constant = max_new_tokens)
+    """
+    masked = per_token * mask  # [N, T]
+    if mode == "token_mean":
+        return masked.sum() / max(batch_tokens, 1)
+    if mode == "sequence_mean":
+        lengths = mask.sum(-1).clamp(min=1.0)  # [N]
+        return (masked.sum(-1) / lengths).sum() / batch_sequences
+    if mode == "constant":
+        if not constant:
+            raise ValueError("aggregate: mode 'constant' needs a positive constant")
+        return masked.sum() / (batch_sequences * constant)
+    raise ValueError(f"aggregate: unknown mode {mode!r}")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)

@@ -1,0 +1,31 @@
+"""Format reward: 1.0 when a completion has the shape the recipe asks for, else 0.0.
+
+styles:
+  answer  a final answer is marked where a grader can find it (\\boxed{..}, "The answer is ..", "#### ..")
+  think   <think>..</think> followed by a non-empty final answer (R1-style)
+  pattern args.pattern, a regular expression that must match (re.search, DOTALL)
+"""
+
+from __future__ import annotations
+
+import re
+
+from grpo.errors import UserError
+
+_ANSWER_MARK = re.compile(r"\\boxed\s*\{[^{}]*\S|\\boxed\s+\S|[Tt]he (?:final )?answer is\s*\S|####\s*\S|Answer:\s*\S")
+_THINK = re.compile(r"^\s*<think>.*?\S.*?</think>\s*\S", re.DOTALL)
+
+
+def format_reward(prompts: list[str], completions: list[str], style: str = "answer", pattern: str | None = None,
+                  **_columns) -> list[float]:
+    if style == "pattern":
+        if not pattern:
+            raise UserError("reward format: style 'pattern' needs args.pattern, a regular expression")
+        rule = re.compile(pattern, re.DOTALL)
+    elif style == "answer":
+        rule = _ANSWER_MARK
+    elif style == "think":
+        rule = _THINK
+    else:
+        raise UserError(f"reward format: style {style!r} is not one of answer, think, pattern")
+    return [1.0 if rule.search(c or "") else 0.0 for c in completions]
