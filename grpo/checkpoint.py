@@ -1,0 +1,118 @@
+"""Checkpoints: Hugging Face weights that transformers loads as they are, plus the trainer state (optimizer,
+scheduler, RNG, data position) for an exact resume. Every write goes to a temporary directory that is renamed
+into place only when complete, so a crash never leaves a half-written checkpoint behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from grpo.errors import UserError
+
+STATE_FILE = "trainer_state.pt"
+
+
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / "checkpoints" / f"step-{step:06d}"
+
+
+def save_checkpoint(output_dir: Path, step: int, policy, tokenizer, trainer_state: dict[str, Any],
+                    keep_last: int) -> Path:
+    final = checkpoint_dir(output_dir, step)
+    tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    if hasattr(policy, "peft_config"):
+        policy.save_pretrained(tmp / "adapter")  # exact trainable state for resume
+        merged = _merged_copy(policy)
+        merged.save_pretrained(tmp)
+    else:
+        policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    state = dict(trainer_state, step=step, rng=_rng_state())
+    torch.save(state, tmp / STATE_FILE)
+    if final.exists():  # a re-run of the same step: replace the old copy only once the new one is whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _write_atomic(output_dir / "checkpoints" / "latest", final.name)
+    _prune(output_dir, keep_last)
+    return final
+
+
+def _merged_copy(policy):
+    import copy
+
+    return copy.deepcopy(policy).merge_and_unload()
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    pointer = output_dir / "checkpoints" / "latest"
+    if pointer.is_file():
+        candidate = output_dir / "checkpoints" / pointer.read_text().strip()
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    complete = sorted(p for p in (output_dir / "checkpoints").glob("step-??????") if (p / STATE_FILE).is_file())
+    return complete[-1] if complete else None
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise UserError(f"checkpoint.resume: {path} has no {STATE_FILE}; it is not a grpo checkpoint directory.")
+    return torch.load(state_file, map_location="cpu", weights_only=False)
+
+
+def restore_policy_weights(policy, path: Path) -> None:
+    """Load a checkpoint's trainable weights into an already built policy."""
+    if hasattr(policy, "peft_config"):
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(policy, load_file(str(path / "adapter" / "adapter_model.safetensors")))
+        return
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(path, dtype=next(policy.parameters()).dtype)
+    policy.load_state_dict(saved.state_dict())
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    rng = state["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.random.set_rng_state(rng["torch"])
+    if torch.cuda.is_available() and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.random.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _prune(output_dir: Path, keep_last: int) -> None:
+    complete = sorted(p for p in (output_dir / "checkpoints").glob("step-??????") if (p / STATE_FILE).is_file())
+    for old in complete[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    _write_atomic(path, json.dumps(data, indent=2, default=str))

@@ -1,0 +1,170 @@
+"""Prompts: rows from a local file or a `datasets` hub name, rendered through a template (and optionally
+the model's chat template), served in a seeded order that a checkpoint can resume exactly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpo.errors import UserError
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def load_rows(path: str, split: str = "train", subset: str | None = None, limit: int | None = None) -> list[dict]:
+    """Every row as a dict of columns. Local files by suffix; anything else is tried as a hub dataset."""
+    local = Path(path).expanduser()
+    if local.suffix in LOCAL_SUFFIXES or local.exists():
+        rows = _load_local(local)
+    else:
+        rows = _load_hub(path, split, subset)
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise UserError(f"dataset {path}: no rows. Point data.path at a file with at least one row.")
+    return rows
+
+
+def _load_local(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise UserError(f"dataset {path}: no such file. Check data.path (relative paths start at the "
+                        f"directory you run grpo from).")
+    suffix = path.suffix
+    if suffix == ".jsonl":
+        rows = []
+        with path.open() as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"dataset {path}, line {lineno}: not valid JSON ({exc.msg}). "
+                                    f"Each line of a .jsonl file must be one JSON object.") from exc
+        _check_objects(rows, path)
+        return rows
+    if suffix == ".json":
+        data = json.loads(path.read_text())
+        rows = data if isinstance(data, list) else data.get("data") if isinstance(data, dict) else None
+        if not isinstance(rows, list):
+            raise UserError(f"dataset {path}: expected a JSON list of objects (or {{\"data\": [...]}}).")
+        _check_objects(rows, path)
+        return rows
+    if suffix == ".csv":
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq  # installed with `datasets`
+
+        return pq.read_table(path).to_pylist()
+    raise UserError(f"dataset {path}: unsupported file type '{suffix}'. Use one of {', '.join(LOCAL_SUFFIXES)}.")
+
+
+def _check_objects(rows: list, path: Path) -> None:
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise UserError(f"dataset {path}: row {i + 1} is {type(row).__name__}, expected a JSON object of columns.")
+
+
+def _load_hub(name: str, split: str, subset: str | None) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, subset, split=split)
+    except Exception as exc:  # noqa: BLE001 - the hub raises many types; all mean "could not load"
+        raise UserError(
+            f"dataset '{name}' (split {split!r}): could not load it from the Hugging Face hub ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). If this machine is offline, download it elsewhere "
+            f"and point data.path at a local .jsonl/.parquet/.csv file."
+        ) from exc
+    return [dict(row) for row in ds]
+
+
+def template_fields(template: str) -> list[str]:
+    """Column names a format template reads, e.g. "Q: {question}" -> ["question"]."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def check_template(template: str, rows: list[dict], where: str, source: str) -> list[str]:
+    """Problems (as messages) if the template names a column the data lacks."""
+    if not rows:
+        return []
+    columns = list(rows[0])
+    missing = [f for f in template_fields(template) if f not in rows[0]]
+    return [f"{where}: uses column {{{f}}} that {source} does not have; its columns are {', '.join(columns)}"
+            for f in missing]
+
+
+class PromptRenderer:
+    """Row -> prompt text -> prompt token ids, the same way for training, eval and tests."""
+
+    def __init__(self, tokenizer: Any, template: str, use_chat_template: bool = False,
+                 system_prompt: str | None = None):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.use_chat_template = use_chat_template
+        self.system_prompt = system_prompt
+        if use_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise UserError("use_chat_template is true but the model's tokenizer has no chat template. "
+                            "Set use_chat_template: false and write the prompt format into prompt_template.")
+
+    def text(self, row: dict) -> str:
+        try:
+            content = self.template.format_map(row)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise UserError(f"prompt_template {self.template!r} cannot be filled from row with columns "
+                            f"{', '.join(row)}: {exc}") from exc
+        if not self.use_chat_template:
+            return content
+        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+        messages.append({"role": "user", "content": content})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def ids(self, text: str) -> list[int]:
+        # A chat template already writes the BOS token into the text; adding it again would double it.
+        return self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
+
+
+@dataclass
+class PromptStreamState:
+    epoch: int = 0
+    position: int = 0
+
+
+class PromptStream:
+    """Rows in a seeded order, epoch after epoch; `state` is saved in checkpoints for an exact resume."""
+
+    def __init__(self, rows: list[dict], seed: int, shuffle: bool = True):
+        self.rows = rows
+        self.seed = seed
+        self.shuffle = shuffle
+        self.state = PromptStreamState()
+        self._order = self._order_for(0)
+
+    def _order_for(self, epoch: int) -> list[int]:
+        order = list(range(len(self.rows)))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def take(self, count: int) -> list[dict]:
+        out = []
+        while len(out) < count:
+            if self.state.position >= len(self._order):
+                self.state = PromptStreamState(self.state.epoch + 1, 0)
+                self._order = self._order_for(self.state.epoch)
+            out.append(self.rows[self._order[self.state.position]])
+            self.state.position += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.state.epoch, "position": self.state.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = PromptStreamState(int(state["epoch"]), int(state["position"]))
+        self._order = self._order_for(self.state.epoch)

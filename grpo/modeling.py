@@ -1,0 +1,98 @@
+"""Load the policy (and, when the KL term is on, a frozen reference) from a Hugging Face directory."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from grpo.config import ModelConfig
+from grpo.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: 'cuda' was asked for but torch sees no GPU. Use device=auto or device=cpu.")
+    return torch.device(name)
+
+
+def resolve_model_path(path: str) -> Path:
+    """A model directory, or a built-in "demo:NAME" built (once, then cached) by grpo.demo."""
+    if path.startswith("demo:"):
+        from grpo.demo import resolve_demo_model
+
+        return resolve_demo_model(path)
+    local = Path(path).expanduser()
+    if not local.is_dir():
+        raise UserError(f"model.path: {path} is not a directory. Give a local Hugging Face model directory "
+                        f"(with config.json), or demo:tiny-arith for the built-in CPU demo model. The hub is "
+                        f"not used: download a model elsewhere and copy it here.")
+    if not (local / "config.json").is_file():
+        raise UserError(f"model.path: {path} has no config.json; it is not a Hugging Face model directory.")
+    return local
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:  # batched generation and training need a pad id; EOS is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(cfg: ModelConfig, path: Path, device: torch.device) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype],
+                                                 trust_remote_code=cfg.trust_remote_code).to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora.enabled:
+        model = _wrap_lora(model, cfg)
+    model.train()
+    return model
+
+
+def _wrap_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    if importlib.util.find_spec("peft") is None:
+        raise UserError("model.lora.enabled is true but peft is not installed. Install it with "
+                        "`pip install 'grpo[lora]'` (or `pip install peft`), or set model.lora.enabled=false.")
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in cfg.lora.target_modules if t in names]
+    if not targets:
+        raise UserError(f"model.lora.target_modules: none of {cfg.lora.target_modules} is a module of this model. "
+                        f"Its linear layers include: {', '.join(sorted(n for n in names if 'proj' in n)[:12])}")
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def build_reference(policy: torch.nn.Module, cfg: ModelConfig):
+    """The frozen KL anchor. With LoRA it is the policy with adapters off (no second copy in memory)."""
+    if cfg.lora.enabled:
+        return None
+    reference = copy.deepcopy(policy)
+    reference.eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
+
+
+def plain_model(policy: torch.nn.Module) -> torch.nn.Module:
+    """A transformers model with LoRA merged in, for saving and for samplers that need plain weights."""
+    if hasattr(policy, "merge_and_unload"):
+        merged = copy.deepcopy(policy).merge_and_unload()
+        return merged
+    return policy
