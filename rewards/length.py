@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from rewards.math import score as math_score
-
 
 def _lengths(completions: list[str], completion_ids: list | None) -> list[int]:
     if completion_ids is not None:
@@ -25,6 +23,8 @@ def _lengths(completions: list[str], completion_ids: list | None) -> list[int]:
 def _correct(completions: list[str], answer: list | None) -> list[bool | None]:
     if answer is None:
         return [None] * len(completions)
+    from rewards.math import score as math_score  # imported here so the overlong penalty needs no checker
+
     return [None if a in (None, "") else math_score(c, str(a)) >= 1.0 for c, a in zip(completions, answer)]
 
 

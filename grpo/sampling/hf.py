@@ -58,6 +58,7 @@ class HFSampler:
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids) or None,
             logits_processor=LogitsProcessorList([recorder]),
+            use_cache=True,  # the policy may have it off for gradient checkpointing; decoding needs it
             return_dict_in_generate=True,
         )
         new_tokens = out.sequences[:, width:]  # [R, L]

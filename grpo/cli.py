@@ -1,0 +1,105 @@
+"""The `grpo` command. Known errors (bad recipe, missing file, unknown reward) become one clear message and
+exit code 2; anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional
+
+import typer
+
+from grpo.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Reinforcement learning on verifiable rewards (GRPO and variants) for language models.")
+
+
+def _fail(exc: UserError) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny.yaml"),
+          overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-5")):
+    """Run the GRPO loop described by RECIPE."""
+    from grpo.trainer import train as run_training
+    from grpo.validate import validate_recipe
+
+    try:
+        cfg = validate_recipe(recipe, overrides or [])
+        output_dir = run_training(cfg)
+    except UserError as exc:
+        _fail(exc)
+    typer.echo(f"done: metrics in {output_dir / 'metrics.jsonl'}, checkpoints in {output_dir / 'checkpoints'}")
+
+
+@app.command()
+def validate(recipe: str = typer.Argument(..., help="YAML recipe"),
+             overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides")):
+    """Report every problem in RECIPE at once, without loading a model."""
+    from grpo.validate import validate_recipe
+
+    try:
+        cfg = validate_recipe(recipe, overrides or [])
+    except UserError as exc:
+        _fail(exc)
+    typer.echo(f"{recipe}: ok ({cfg.train.steps} steps of {cfg.train.prompts_per_step} prompts x "
+               f"{cfg.sampler.group_size} completions, model {cfg.model.path}, "
+               f"rewards {', '.join(r.name for r in cfg.rewards)})")
+
+
+@app.command()
+def rewards():
+    """List the installed reward functions and where each comes from."""
+    from rewards.registry import installed_rewards
+
+    try:
+        found = installed_rewards()
+    except UserError as exc:
+        _fail(exc)
+    if not found:
+        typer.echo("no rewards installed (is grpo installed with `pip install -e .`?)")
+        return
+    width = max(len(n) for n in found)
+    for name in sorted(found):
+        src = found[name]
+        typer.echo(f"{name:<{width}}  {src.target:<40}  {src.origin}")
+
+
+@app.command()
+def sft(model: str = typer.Option(..., help="model directory to start from"),
+        data: str = typer.Option(..., help="jsonl/csv/parquet file with prompt and target columns"),
+        output: str = typer.Option(..., help="directory to write the fine-tuned model to"),
+        prompt_template: str = typer.Option("{question}", help="format string over the data's columns"),
+        target_template: str = typer.Option("{solution}", help="format string for the supervised target"),
+        steps: int = typer.Option(300), batch_size: int = typer.Option(32), lr: float = typer.Option(1e-3),
+        seed: int = typer.Option(0)):
+    """Supervised warm start: fine-tune a model on prompt -> target pairs before RL."""
+    from grpo.sft_command import run_sft_command
+
+    try:
+        run_sft_command(model, data, output, prompt_template, target_template, steps, batch_size, lr, seed)
+    except UserError as exc:
+        _fail(exc)
+
+
+def _register_eval() -> None:
+    try:
+        from grpo.eval_cli import eval_command
+    except ImportError:  # eval lands in its own change; the rest of the CLI works without it
+        return
+    app.command("eval")(eval_command)
+
+
+_register_eval()
+
+
+def main() -> None:  # pragma: no cover - console entry point wrapper
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""One step's experience: sample groups, score them, compute advantages (and, with dynamic sampling, drop
+groups that teach nothing and sample more prompts to refill the batch)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from grpo.advantages import AdvantageFn, zero_variance_groups
+from grpo.data import PromptRenderer, PromptStream
+from grpo.sampling.base import Completion, Sampler, SamplingSettings
+from rewards.scoring import NamedReward, score
+
+RESERVED = {"prompts", "completions"}  # positional arguments of the reward contract
+
+
+@dataclass
+class Rollout:
+    """One completion with everything the update and the logs need."""
+
+    prompt_text: str
+    prompt_ids: list[int]
+    completion: Completion
+    row: dict
+    reward: float = 0.0
+    advantage: float = 0.0
+    per_reward: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class Experience:
+    rollouts: list[Rollout]  # [B*G] group by group
+    group_size: int
+    dropped_groups: int = 0  # zero-variance groups removed by dynamic sampling
+    zero_variance_groups: int = 0  # among the groups sampled this step
+    sampled_groups: int = 0
+    reward_errors: dict[str, int] = field(default_factory=dict)
+    reward_values: dict[str, list[float | None]] = field(default_factory=dict)  # name -> values of sampled rollouts
+    skipped_prompts: int = 0  # longer than max_prompt_tokens
+    generate_s: float = 0.0
+    score_s: float = 0.0
+    generated_tokens: int = 0
+
+
+def collect_experience(*, stream: PromptStream, renderer: PromptRenderer, sampler: Sampler,
+                       rewards: list[NamedReward], advantage_fn: AdvantageFn, settings: SamplingSettings,
+                       prompts_per_step: int, answer_column: str, max_prompt_tokens: int,
+                       dynamic_sampling: bool, max_rounds: int) -> Experience:
+    G = settings.n
+    exp = Experience(rollouts=[], group_size=G)
+    kept: list[list[Rollout]] = []
+    for round_index in range(max_rounds if dynamic_sampling else 1):
+        need = prompts_per_step - len(kept)
+        rows, texts, ids = _next_prompts(stream, renderer, need, max_prompt_tokens, exp)
+        t0 = time.perf_counter()
+        round_settings = SamplingSettings(**{**settings.__dict__, "seed": settings.seed + 7919 * round_index})
+        groups = sampler.generate(ids, round_settings)
+        exp.generate_s += time.perf_counter() - t0
+        rollouts = [Rollout(texts[g], ids[g], c, rows[g]) for g, group in enumerate(groups) for c in group.completions]
+        exp.generated_tokens += sum(len(r.completion.token_ids) for r in rollouts)
+
+        t0 = time.perf_counter()
+        _score(rollouts, rewards, answer_column, settings.max_new_tokens, exp)
+        exp.score_s += time.perf_counter() - t0
+
+        totals = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)  # [b*G]
+        flat = zero_variance_groups(totals, G)  # [b]
+        exp.sampled_groups += len(groups)
+        exp.zero_variance_groups += int(flat.sum())
+        for g in range(len(groups)):
+            if dynamic_sampling and bool(flat[g]):
+                exp.dropped_groups += 1
+                continue
+            kept.append(rollouts[g * G:(g + 1) * G])
+        if len(kept) >= prompts_per_step:
+            break
+    kept = kept[:prompts_per_step]
+    exp.rollouts = [r for group in kept for r in group]
+    if exp.rollouts:
+        totals = torch.tensor([r.reward for r in exp.rollouts], dtype=torch.float32)  # [B*G]
+        for r, a in zip(exp.rollouts, advantage_fn(totals, G).tolist()):
+            r.advantage = a
+    return exp
+
+
+def _next_prompts(stream: PromptStream, renderer: PromptRenderer, count: int, max_prompt_tokens: int,
+                  exp: Experience) -> tuple[list[dict], list[str], list[list[int]]]:
+    rows, texts, ids = [], [], []
+    skipped_in_a_row = 0
+    while len(rows) < count:
+        row = stream.take(1)[0]
+        text = renderer.text(row)
+        tokens = renderer.ids(text)
+        if len(tokens) > max_prompt_tokens:
+            exp.skipped_prompts += 1
+            skipped_in_a_row += 1
+            if skipped_in_a_row > 10 * len(stream.rows):
+                from grpo.errors import UserError
+
+                raise UserError(f"data.max_prompt_tokens: every prompt is longer than {max_prompt_tokens} tokens; "
+                                f"raise data.max_prompt_tokens")
+            continue
+        skipped_in_a_row = 0
+        rows.append(row)
+        texts.append(text)
+        ids.append(tokens)
+    return rows, texts, ids
+
+
+def _score(rollouts: list[Rollout], rewards: list[NamedReward], answer_column: str, max_new_tokens: int,
+           exp: Experience) -> None:
+    columns: dict = {}
+    for key in rollouts[0].row if rollouts else []:
+        if key not in RESERVED:
+            columns[key] = [r.row.get(key) for r in rollouts]
+    columns["answer"] = [r.row.get(answer_column) for r in rollouts]
+    columns["completion_ids"] = [r.completion.token_ids for r in rollouts]
+    columns["finish_reasons"] = [r.completion.finish_reason for r in rollouts]
+    columns["max_new_tokens"] = max_new_tokens
+    scores = score(rewards, [r.prompt_text for r in rollouts], [r.completion.text for r in rollouts], columns)
+    for i, r in enumerate(rollouts):
+        r.reward = scores.total[i]
+        r.per_reward = {name: values[i] for name, values in scores.per_reward.items()}
+    for name, count in scores.errors.items():
+        exp.reward_errors[name] = exp.reward_errors.get(name, 0) + count
+    for name, values in scores.per_reward.items():
+        exp.reward_values.setdefault(name, []).extend(values)

@@ -1,0 +1,297 @@
+"""`grpo train`: set up once, then a loop that reads top to bottom, one named call per stage of a step."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from grpo.advantages import ADVANTAGES, AdvantageFn
+from grpo.checkpoint import (latest_checkpoint, load_trainer_state, restore_policy_weights, restore_rng,
+                             save_checkpoint, write_json_atomic)
+from grpo.config import RecipeConfig, to_dict
+from grpo.data import PromptRenderer, PromptStream, load_rows
+from grpo.errors import UserError
+from grpo.metrics import MetricsLog
+from grpo.modeling import build_reference, load_policy, load_tokenizer, resolve_device, resolve_model_path
+from grpo.progress import Progress
+from grpo.rollouts import Experience, collect_experience
+from grpo.sampling.base import Sampler, SamplingSettings
+from grpo.update import UpdateSettings, UpdateStats, policy_update
+from rewards.scoring import NamedReward, build_rewards
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built once by setup()."""
+
+    cfg: RecipeConfig
+    output_dir: Path
+    device: torch.device
+    tokenizer: Any
+    policy: torch.nn.Module
+    reference: torch.nn.Module | None
+    sampler: Sampler
+    rewards: list[NamedReward]
+    advantage_fn: AdvantageFn
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    stream: PromptStream
+    renderer: PromptRenderer
+    log: MetricsLog
+    start_step: int
+
+
+def train(cfg: RecipeConfig) -> Path:
+    run = setup(cfg)
+    progress = Progress(cfg.train.steps, run.start_step, enabled=cfg.logging.progress_bar)
+    for step in range(run.start_step + 1, cfg.train.steps + 1):
+        t_step = time.perf_counter()
+        exp = sample_and_score(run, step)
+        t0 = time.perf_counter()
+        update = update_policy(run, exp)
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        run.sampler.sync_weights(run.policy)
+        sync_s = time.perf_counter() - t0
+        check_sampler_matches_policy(run, update, step)
+        metrics = step_metrics(run, exp, update, train_s, sync_s, time.perf_counter() - t_step)
+        metrics.update(periodic_eval(run, step))
+        run.log.log(step, metrics)
+        write_samples(run, exp, step)
+        save_if_due(run, step)
+        progress.update(step, metrics)
+    progress.close()
+    run.log.close()
+    return run.output_dir
+
+
+# ---------------------------------------------------------------------------------------------------- setup
+
+def setup(cfg: RecipeConfig) -> Run:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # per-shard bars drown the step lines
+    output_dir = Path(cfg.output_dir)
+    resume_from = _resume_point(cfg, output_dir)
+    _seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+
+    rewards = build_rewards(cfg.rewards)  # fail on a bad reward name before any model loads
+    rows = load_rows(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.limit)
+    model_path = resolve_model_path(cfg.model.path)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    renderer = PromptRenderer(tokenizer, cfg.data.prompt_template, cfg.data.use_chat_template,
+                              cfg.data.system_prompt)
+    policy = load_policy(cfg.model, model_path, device)
+    reference = build_reference(policy, cfg.model) if cfg.train.beta > 0 else None
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.train.lr,
+                                  betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    stream = PromptStream(rows, cfg.seed, cfg.data.shuffle)
+    sampler = build_sampler(cfg, policy, tokenizer, model_path)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start_step = 0
+    if resume_from is not None:
+        state = load_trainer_state(resume_from)
+        restore_policy_weights(policy, resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        stream.load_state_dict(state["data"])
+        restore_rng(state)
+        start_step = int(state["step"])
+        sampler.sync_weights(policy)
+        print(f"resuming from {resume_from} (step {start_step})")
+    log = MetricsLog(output_dir, cfg.name, cfg.logging.tensorboard, cfg.logging.wandb, cfg.logging.wandb_project,
+                     to_dict(cfg))
+    log.truncate_after(start_step)
+    write_json_atomic(output_dir / "recipe.resolved.json", to_dict(cfg))
+    return Run(cfg, output_dir, device, tokenizer, policy, reference, sampler, rewards, ADVANTAGES[cfg.train.advantage],
+               optimizer, scheduler, stream, renderer, log, start_step)
+
+
+def _resume_point(cfg: RecipeConfig, output_dir: Path) -> Path | None:
+    mode = cfg.checkpoint.resume
+    if mode == "auto":
+        found = latest_checkpoint(output_dir) if output_dir.exists() else None
+        if found is None and (output_dir / "metrics.jsonl").is_file():
+            raise UserError(f"output_dir {output_dir} holds a run without a checkpoint to resume from; its logs "
+                            f"would be overwritten. Choose another output_dir or delete that directory.")
+        return found
+    if mode == "never":
+        if (output_dir / "metrics.jsonl").is_file():
+            raise UserError(f"output_dir {output_dir} already holds a run and checkpoint.resume=never; choose another "
+                            f"output_dir (nothing already written is overwritten).")
+        return None
+    path = Path(mode)
+    if not path.is_dir():
+        raise UserError(f"checkpoint.resume: {mode} is not auto, never, or a checkpoint directory.")
+    return path
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(cfg: RecipeConfig):
+    total, warmup, kind = cfg.train.steps, cfg.train.warmup_steps, cfg.train.lr_schedule
+
+    def factor(done: int) -> float:  # `done` optimizer-schedule steps taken so far
+        if warmup and done < warmup:
+            return (done + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (done - warmup) / max(1, total - warmup))
+        return 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_sampler(cfg: RecipeConfig, policy, tokenizer, model_path: Path) -> Sampler:
+    if cfg.sampler.backend == "hf":
+        from grpo.sampling.hf import HFSampler
+
+        return HFSampler(policy, tokenizer, cfg.sampler.generation_batch_size)
+    from grpo.sampling.vllm import VLLMSampler  # the only place vllm gets imported, and only when asked for
+
+    v = cfg.sampler.vllm
+    sampler = VLLMSampler(
+        str(model_path), tokenizer=tokenizer, seed=cfg.seed, dtype=cfg.model.dtype,
+        gpu_memory_utilization=v.gpu_memory_utilization, kv_cache_memory_bytes=v.kv_cache_memory_bytes,
+        max_model_len=v.max_model_len or cfg.data.max_prompt_tokens + cfg.sampler.max_new_tokens,
+        enable_prefix_caching=v.enable_prefix_caching, tensor_parallel_size=v.tensor_parallel_size,
+        enable_sleep_mode=v.enable_sleep_mode, enforce_eager=v.enforce_eager,
+    )
+    sampler.sync_weights(policy)  # a resumed or LoRA-wrapped policy differs from the weights on disk
+    return sampler
+
+
+# ---------------------------------------------------------------------------------------------------- one step
+
+def sample_and_score(run: Run, step: int) -> Experience:
+    c = run.cfg
+    settings = SamplingSettings(n=c.sampler.group_size, temperature=c.sampler.temperature, top_p=c.sampler.top_p,
+                                max_new_tokens=c.sampler.max_new_tokens, stop=tuple(c.sampler.stop),
+                                seed=c.seed * 1_000_003 + step)
+    run.sampler.wake()
+    exp = collect_experience(stream=run.stream, renderer=run.renderer, sampler=run.sampler, rewards=run.rewards,
+                             advantage_fn=run.advantage_fn, settings=settings,
+                             prompts_per_step=c.train.prompts_per_step, answer_column=c.data.answer_column,
+                             max_prompt_tokens=c.data.max_prompt_tokens, dynamic_sampling=c.train.dynamic_sampling,
+                             max_rounds=c.train.max_sampling_rounds)
+    run.sampler.sleep()
+    return exp
+
+
+def update_policy(run: Run, exp: Experience) -> UpdateStats | None:
+    t, c = run.cfg.train, run.cfg
+    if not exp.rollouts:  # dynamic sampling found no group with any signal: nothing to learn this step
+        run.scheduler.step()
+        return None
+    settings = UpdateSettings(temperature=c.sampler.temperature, clip_low=t.clip_low, clip_high=t.clip_high,
+                              beta=t.beta, mu=t.mu, micro_batch_size=t.micro_batch_size,
+                              loss_aggregation=t.loss_aggregation,
+                              loss_constant=t.loss_constant or c.sampler.max_new_tokens,
+                              max_grad_norm=t.max_grad_norm)
+    stats = policy_update(run.policy, run.reference, run.optimizer, exp.rollouts, settings,
+                          run.tokenizer.pad_token_id, run.device)
+    run.scheduler.step()
+    return stats
+
+
+def check_sampler_matches_policy(run: Run, update: UpdateStats | None, step: int) -> None:
+    """The sampler's log-probs were measured against the policy before this step's update; a large gap
+    means the last weight sync did not reach the sampler."""
+    if update is not None and update.logprob_gap > run.cfg.sampler.max_logprob_gap:
+        raise RuntimeError(
+            f"step {step}: the sampler and the policy disagree: mean |sampler - trainer| token log-prob = "
+            f"{update.logprob_gap:.3f} > sampler.max_logprob_gap = {run.cfg.sampler.max_logprob_gap}. The weight sync "
+            f"into the {run.cfg.sampler.backend} sampler probably failed; raise the limit only if the gap is expected "
+            f"(e.g. bf16 sampling).")
+
+
+def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s: float, sync_s: float,
+                 step_s: float) -> dict[str, float]:
+    rollouts = exp.rollouts
+    totals = [r.reward for r in rollouts]
+    lengths = [len(r.completion.token_ids) for r in rollouts]
+    advantages = [r.advantage for r in rollouts]
+    m: dict[str, float] = {
+        "reward/mean": _mean(totals),
+        "reward/std": statistics.pstdev(totals) if len(totals) > 1 else 0.0,
+        "advantage/mean": _mean(advantages),
+        "advantage/std": statistics.pstdev(advantages) if len(advantages) > 1 else 0.0,
+        "advantage/abs_max": max((abs(a) for a in advantages), default=0.0),
+        "groups/zero_variance_fraction": exp.zero_variance_groups / max(exp.sampled_groups, 1),
+        "groups/dropped": exp.dropped_groups,
+        "groups/trained": len(rollouts) // exp.group_size,
+        "completion/length_mean": _mean(lengths),
+        "completion/length_max": max(lengths, default=0),
+        "completion/truncated_fraction": _mean([r.completion.finish_reason == "length" for r in rollouts]),
+        "prompts/skipped_too_long": exp.skipped_prompts,
+        "lr": run.scheduler.get_last_lr()[0],
+        "time/generate_s": exp.generate_s,
+        "time/score_s": exp.score_s,
+        "time/train_s": train_s,
+        "time/sync_s": sync_s,
+        "time/step_s": step_s,
+        "throughput/generated_tokens_per_s": exp.generated_tokens / max(exp.generate_s, 1e-9),
+        "throughput/tokens_per_s": exp.generated_tokens / max(step_s, 1e-9),
+    }
+    for name, values in exp.reward_values.items():
+        applied = [v for v in values if v is not None]
+        m[f"reward/{name}/mean"] = _mean(applied)
+        m[f"reward/{name}/std"] = statistics.pstdev(applied) if len(applied) > 1 else 0.0
+        m[f"reward/{name}/errors"] = exp.reward_errors.get(name, 0)
+        if name.split("#")[0] in ("math", "code"):  # correctness rewards: 1.0 means right
+            m["accuracy"] = _mean([v >= 1.0 for v in applied])
+    if update is not None:
+        m.update({"loss": update.loss, "kl": update.kl, "clip_fraction": update.clip_fraction,
+                  "entropy": update.entropy, "grad_norm": update.grad_norm, "ratio_mean": update.ratio_mean,
+                  "sampler/logprob_gap": update.logprob_gap})
+    return m
+
+
+def periodic_eval(run: Run, step: int) -> dict[str, float]:
+    every = run.cfg.eval.every
+    if not every or step % every:
+        return {}
+    from grpo.evaluate import evaluate_during_training
+
+    return evaluate_during_training(run.policy, run.tokenizer, run.cfg.eval, run.output_dir, step)
+
+
+def write_samples(run: Run, exp: Experience, step: int) -> None:
+    every = run.cfg.logging.samples_every
+    if not every or step % every and step != run.cfg.train.steps or not exp.rollouts:
+        return
+    picks = exp.rollouts[:: max(1, len(exp.rollouts) // max(run.cfg.logging.num_samples, 1))]
+    run.log.samples(step, [{"prompt": r.prompt_text, "completion": r.completion.text,
+                            "finish_reason": r.completion.finish_reason, "reward": r.reward,
+                            "rewards": r.per_reward, "advantage": r.advantage,
+                            "answer": r.row.get(run.cfg.data.answer_column)}
+                           for r in picks[:run.cfg.logging.num_samples]])
+
+
+def save_if_due(run: Run, step: int) -> None:
+    every, last = run.cfg.checkpoint.every, run.cfg.train.steps
+    if step != last and (not every or step % every):
+        return
+    state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+             "data": run.stream.state_dict(), "config": to_dict(run.cfg)}
+    save_checkpoint(run.output_dir, step, run.policy, run.tokenizer, state, run.cfg.checkpoint.keep_last)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(sum(values) / len(values)) if values else 0.0

