@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from grpo.sampling.base import Completion, Group, SamplingSettings
 
@@ -46,21 +46,28 @@ class HFSampler:
             input_ids[r, width - len(p):] = torch.tensor(p)
             attention[r, width - len(p):] = 1
         greedy = settings.temperature <= 0
-        recorder = _LogprobRecorder()
-        out = self.model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
+        recorder = _LogprobRecorder(1.0 if greedy else settings.temperature)
+        # Only our settings: a checkpoint's generation_config (Qwen ships top_k=20, repetition_penalty=1.05) is
+        # merged into any config passed to generate, and would silently change the distribution the policy
+        # gradient assumes. So generate runs with a neutral default in its place.
+        generation = GenerationConfig(
             do_sample=not greedy,
             temperature=None if greedy else settings.temperature,
             top_p=None if greedy else settings.top_p,
-            top_k=None,
+            top_k=None if greedy else 0,  # 0 disables top-k; None would fall back to 50
             max_new_tokens=settings.max_new_tokens,
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids) or None,
-            logits_processor=LogitsProcessorList([recorder]),
             use_cache=True,  # the policy may have it off for gradient checkpointing; decoding needs it
             return_dict_in_generate=True,
         )
+        checkpoint_defaults = self.model.generation_config
+        self.model.generation_config = GenerationConfig()
+        try:
+            out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                      generation_config=generation, logits_processor=LogitsProcessorList([recorder]))
+        finally:
+            self.model.generation_config = checkpoint_defaults
         new_tokens = out.sequences[:, width:]  # [R, L]
         logprobs = recorder.finish(new_tokens).cpu()  # [R, L]
         new_tokens = new_tokens.cpu()
@@ -106,18 +113,22 @@ def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
 
 class _LogprobRecorder(LogitsProcessor):
     """Records the log-prob of each sampled token one step at a time, so generate never holds the logits of
-    every step ([R, L, V] is tens of GB for a 150k vocabulary). It runs after the temperature and top-p
-    processors, so these are the processed log-probs of the sampling distribution (the trainer's, when top_p=1).
+    every step ([R, L, V] is tens of GB for a 150k vocabulary).
+
+    transformers runs user processors before its temperature / top-k / top-p warpers, so `scores` are the raw
+    logits here; dividing by the temperature gives exactly what the trainer computes (full vocabulary, no
+    top-p renormalisation). tests/test_hf_sampler.py fails loudly if a transformers release changes that order.
     """
 
-    def __init__(self):
+    def __init__(self, temperature: float):
+        self.temperature = temperature
         self.previous: torch.Tensor | None = None  # [R, V] log-probs of the step whose token is not yet known
         self.picked: list[torch.Tensor] = []  # L-1 tensors [R]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.previous is not None:  # input_ids[:, -1] is the token just sampled from `previous`
             self.picked.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
-        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
         return scores
 
     def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:

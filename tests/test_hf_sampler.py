@@ -1,0 +1,80 @@
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from grpo.loss import token_logprobs
+from grpo.sampling.base import SamplingSettings
+from grpo.sampling.hf import HFSampler
+
+
+def load(path):
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def test_groups_have_n_completions_with_consistent_fields(tiny_model_dir):
+    model, tok = load(tiny_model_dir)
+    sampler = HFSampler(model, tok, generation_batch_size=5)  # a chunk boundary falls inside a group
+    prompts = [tok("1+1=").input_ids, tok("a much longer prompt").input_ids]
+    groups = sampler.generate(prompts, SamplingSettings(n=3, temperature=1.0, max_new_tokens=12, seed=1))
+    assert [len(g.completions) for g in groups] == [3, 3]
+    for group, prompt in zip(groups, prompts):
+        assert group.prompt_ids == prompt
+        for c in group.completions:
+            assert len(c.token_ids) == len(c.logprobs) <= 12
+            assert all(lp <= 0 for lp in c.logprobs)
+            if c.finish_reason == "length":
+                assert len(c.token_ids) == 12 and tok.eos_token_id not in c.token_ids
+            else:  # stopped on EOS: kept once, at the end, nothing after it
+                assert c.token_ids[-1] == tok.eos_token_id and tok.eos_token_id not in c.token_ids[:-1]
+
+
+def test_same_seed_same_completions_and_rng_left_untouched(tiny_model_dir):
+    model, tok = load(tiny_model_dir)
+    sampler = HFSampler(model, tok)
+    prompts = [tok("x=").input_ids]
+    settings = SamplingSettings(n=4, max_new_tokens=10, seed=7)
+    before = torch.random.get_rng_state()
+    a = sampler.generate(prompts, settings)
+    assert torch.equal(before, torch.random.get_rng_state())
+    b = sampler.generate(prompts, settings)
+    c = sampler.generate(prompts, SamplingSettings(n=4, max_new_tokens=10, seed=8))
+    ids = lambda gs: [x.token_ids for x in gs[0].completions]  # noqa: E731
+    assert ids(a) == ids(b) and ids(a) != ids(c)
+
+
+def test_sampler_logprobs_match_the_trainers_for_the_same_tokens(tiny_model_dir):
+    model, tok = load(tiny_model_dir)
+    prompt = tok("2+2=").input_ids
+    group = HFSampler(model, tok).generate([prompt], SamplingSettings(n=2, temperature=0.7, max_new_tokens=8))[0]
+    for c in group.completions:
+        ids = torch.tensor([prompt + c.token_ids])
+        logits = model(ids).logits[:, len(prompt) - 1:-1]
+        trainer = token_logprobs(logits, torch.tensor([c.token_ids]), temperature=0.7)[0]
+        assert torch.allclose(trainer, torch.tensor(c.logprobs), atol=1e-4)
+
+
+def test_stop_strings_cut_text_and_tokens(tiny_model_dir):
+    model, tok = load(tiny_model_dir)
+    sampler = HFSampler(model, tok)
+    groups = sampler.generate([tok("q").input_ids], SamplingSettings(n=6, max_new_tokens=30, seed=0))
+    # pick a character the model actually produced and use it as a stop string
+    text = next(c.text for c in groups[0].completions if len(c.text) > 3)
+    stop = text[2]
+    stopped = sampler.generate([tok("q").input_ids], SamplingSettings(n=6, max_new_tokens=30, seed=0,
+                                                                       stop=(stop,)))
+    hit = [c for c in stopped[0].completions if c.finish_reason == "stop" and c.token_ids[-1] != tok.eos_token_id]
+    assert hit, "the stop string should end at least one completion"
+    for c in hit:
+        assert stop not in c.text
+        assert tok.decode(c.token_ids).endswith(stop)  # the stop string's token is the last one kept
+
+
+def test_checkpoint_generation_defaults_do_not_leak_into_sampling(tiny_model_dir):
+    model, tok = load(tiny_model_dir)
+    prompt = tok("2+2=").input_ids
+    settings = SamplingSettings(n=4, temperature=1.0, max_new_tokens=8, seed=3)
+    plain = HFSampler(model, tok).generate([prompt], settings)
+    model.generation_config.top_k = 2  # what a checkpoint might ship; RL must sample the full distribution
+    model.generation_config.repetition_penalty = 5.0
+    again = HFSampler(model, tok).generate([prompt], settings)
+    assert [c.token_ids for c in plain[0].completions] == [c.token_ids for c in again[0].completions]
+    assert model.generation_config.top_k == 2  # and the model's own config is left as it was
