@@ -1,0 +1,130 @@
+"""`grpo train` end to end on a tiny random model: files written, exact resume, dynamic sampling, LoRA,
+and the sampler/policy agreement check."""
+
+import json
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from grpo.config import load_recipe
+from grpo.trainer import train
+
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    (tmp_path / "toy_rewards.py").write_text(textwrap.dedent("""
+        def vowels(prompts, completions, **kw):
+            # some completions score more than others, so groups have variance on a random model
+            return [sum(ch in "aeiou" for ch in c) / max(len(c), 1) for c in completions]
+
+        def flat_for_even(prompts, completions, level, **kw):
+            # level is a dataset column; groups of even-level prompts all score the same
+            return [1.0 if lv % 2 == 0 else sum(map(ord, c)) % 7 for c, lv in zip(completions, level)]
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "toy_rewards"
+
+
+def recipe(tmp_path, model_dir, data, reward, extra=""):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: test
+        output_dir: {tmp_path / 'run'}
+        seed: 3
+        model: {{path: {model_dir}}}
+        data: {{path: {data}, prompt_template: "{{question}}"}}
+        sampler: {{group_size: 4, max_new_tokens: 6}}
+        rewards: [{{name: "{reward}"}}]
+        train: {{steps: 3, prompts_per_step: 2, micro_batch_size: 4, lr: 1.0e-3}}
+        checkpoint: {{every: 2, keep_last: 2}}
+        logging: {{samples_every: 1, num_samples: 2, progress_bar: false}}
+    """) + textwrap.dedent(extra))
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_writes_metrics_samples_and_loadable_checkpoints(tmp_path, tiny_model_dir, sums_file, reward_module):
+    out = train(load_recipe(recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for key in ("reward/mean", "reward/std", "reward/toy_rewards:vowels/mean", "reward/toy_rewards:vowels/errors",
+                "advantage/std", "groups/zero_variance_fraction", "completion/length_mean",
+                "completion/length_max", "completion/truncated_fraction", "kl", "clip_fraction", "entropy",
+                "grad_norm", "lr", "time/generate_s", "time/score_s", "time/train_s", "time/sync_s",
+                "throughput/tokens_per_s", "sampler/logprob_gap"):
+        assert key in metrics[-1], key
+    assert metrics[-1]["sampler/logprob_gap"] < 1e-3
+    samples = read_jsonl(out / "samples.jsonl")
+    assert {"prompt", "completion", "reward", "advantage", "answer"} <= set(samples[0])
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
+    assert checkpoints == ["step-000002", "step-000003"]
+    model = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step-000003")  # loads as it is
+    assert model.config.num_hidden_layers == 2
+
+
+def test_resume_continues_exactly(tmp_path, tiny_model_dir, sums_file, reward_module):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = train(load_recipe(recipe(tmp_path / "a", tiny_model_dir, sums_file, "toy_rewards:vowels")))
+    path = recipe(tmp_path / "b", tiny_model_dir, sums_file, "toy_rewards:vowels")
+    train(load_recipe(path, ["train.steps=2"]))
+    resumed = train(load_recipe(path))  # finds step 2 in output_dir and goes on to step 3
+    a = load_file(straight / "checkpoints/step-000003/model.safetensors")
+    b = load_file(resumed / "checkpoints/step-000003/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_jsonl(straight / "metrics.jsonl")[-1]["reward/mean"] == read_jsonl(resumed / "metrics.jsonl")[-1]["reward/mean"]
+    assert [m["step"] for m in read_jsonl(resumed / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_dynamic_sampling_drops_flat_groups_and_refills(tmp_path, tiny_model_dir, sums_file, reward_module):
+    path = recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:flat_for_even",
+                  "train: {steps: 2, prompts_per_step: 2, micro_batch_size: 4, dynamic_sampling: true, "
+                  "max_sampling_rounds: 6}\n")
+    out = train(load_recipe(path))
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert sum(m["groups/dropped"] for m in metrics) > 0
+    assert all(m["groups/trained"] == 2 for m in metrics)
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model(tmp_path, tiny_model_dir, sums_file, reward_module):
+    pytest.importorskip("peft")
+    path = recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels",
+                  "model: {lora: {enabled: true, r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}\n"
+                  "train: {steps: 2, prompts_per_step: 2, micro_batch_size: 4, lr: 1.0e-2, beta: 0.05}\n")
+    out = train(load_recipe(path, [f"model.path={tiny_model_dir}"]))
+    ckpt = out / "checkpoints" / "step-000002"
+    assert (ckpt / "adapter" / "adapter_model.safetensors").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(ckpt).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[q], base[q])  # the adapter was merged in
+    assert torch.equal(merged["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_a_failed_weight_sync_is_an_error(tmp_path, tiny_model_dir, sums_file, reward_module, monkeypatch):
+    from grpo.sampling import hf
+
+    real = hf.HFSampler._finish
+
+    def stale(self, tokens, logprobs, settings):  # as if the sampler ran on other weights
+        return real(self, tokens, [lp - 2.0 for lp in logprobs], settings)
+
+    monkeypatch.setattr(hf.HFSampler, "_finish", stale)
+    with pytest.raises(RuntimeError, match="sampler.max_logprob_gap"):
+        train(load_recipe(recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
+
+
+def test_existing_run_without_checkpoint_is_not_overwritten(tmp_path, tiny_model_dir, sums_file, reward_module):
+    from grpo.errors import UserError
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(UserError, match="holds a run"):
+        train(load_recipe(recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
