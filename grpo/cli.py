@@ -37,12 +37,14 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
 
 @app.command()
 def validate(recipe: str = typer.Argument(..., help="YAML recipe"),
-             overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides")):
+             overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),
+             recipe_only: bool = typer.Option(False, "--recipe-only",
+                                              help="skip checks of this machine (optional packages such as vllm)")):
     """Report every problem in RECIPE at once, without loading a model."""
     from grpo.validate import validate_recipe
 
     try:
-        cfg = validate_recipe(recipe, overrides or [])
+        cfg = validate_recipe(recipe, overrides or [], check_environment=not recipe_only)
     except UserError as exc:
         _fail(exc)
     typer.echo(f"{recipe}: ok ({cfg.train.steps} steps of {cfg.train.prompts_per_step} prompts x "

