@@ -167,7 +167,15 @@ class RecipeConfig:
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeConfig:
     """Read a recipe (or start from defaults when path is None), apply overrides, check everything."""
-    source = str(path) if path else "defaults"
+    cfg, problems = parse_recipe(path, overrides)
+    if problems:
+        raise ConfigError(problems, str(path) if path else "defaults")
+    return cfg
+
+
+def parse_recipe(path: str | Path | None, overrides: list[str] = ()) -> tuple[RecipeConfig, list[str]]:
+    """The config built from every valid value, and the list of problems found (empty when all is well).
+    An unreadable file is the one problem that stops here, since nothing else can be checked without it."""
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(Path(path))
@@ -176,9 +184,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeCon
         _apply_override(raw, item, problems)
     cfg = _build(RecipeConfig, raw, "", problems)
     problems.extend(check_combinations(cfg))
-    if problems:
-        raise ConfigError(problems, source)
-    return cfg
+    return cfg, problems
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

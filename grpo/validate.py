@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from grpo.config import RecipeConfig, load_recipe
+from grpo.config import RecipeConfig, parse_recipe
 from grpo.data import LOCAL_SUFFIXES, check_template, load_rows
 from grpo.errors import ConfigError, UserError
 from grpo.modeling import looks_like_hub_id
@@ -19,9 +19,10 @@ from rewards.registry import load_reward
 def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_environment: bool = True) -> RecipeConfig:
     """check_environment=False skips what depends on this machine (optional packages), e.g. to check a GPU
     recipe on a laptop."""
-    cfg = load_recipe(path, overrides)  # raises ConfigError with every structural problem
-    problems: list[str] = []
+    cfg, problems = parse_recipe(path, overrides)  # structural problems; checks below add to them
     for i, reward in enumerate(cfg.rewards):
+        if not reward.name:
+            continue  # already reported as required
         try:
             load_reward(reward.name)
         except UserError as exc:
