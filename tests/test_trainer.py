@@ -128,3 +128,27 @@ def test_existing_run_without_checkpoint_is_not_overwritten(tmp_path, tiny_model
     with pytest.raises(UserError, match="holds a run"):
         train(load_recipe(recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_gradient_checkpointing_and_bf16_run(tmp_path, tiny_model_dir, sums_file, reward_module):
+    path = recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")
+    out = train(load_recipe(path, ["train.steps=1", "model.gradient_checkpointing=true", "model.dtype=bfloat16",
+                                   "sampler.max_logprob_gap=2.0"]))
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert metrics[0]["grad_norm"] > 0
+    saved = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step-000001")
+    assert saved.config.dtype == torch.bfloat16 or str(saved.config.dtype).endswith("bfloat16")
+
+
+def test_lr_schedules():
+    from grpo.trainer import lr_lambda
+
+    cfg = load_recipe(None, ["data.path=x.jsonl", "rewards=[{name: math}]", "train.steps=10", "train.warmup_steps=2",
+                             "train.lr_schedule=cosine"])
+    f = lr_lambda(cfg)
+    assert [f(0), f(1)] == [0.5, 1.0]  # linear warm-up
+    assert f(2) == pytest.approx(1.0) and f(6) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
+    cfg.train.lr_schedule = "linear"
+    assert lr_lambda(cfg)(6) == pytest.approx(0.5)
+    cfg.train.lr_schedule = "constant"
+    assert lr_lambda(cfg)(9) == 1.0
