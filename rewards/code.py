@@ -1,0 +1,139 @@
+"""Code-execution reward: run the completion's program against the row's tests in a sandbox.
+
+    score(completion, tests) -> float          one completion, pass fraction (or 1/0 with mode="all")
+    code_reward(prompts, completions, tests)   the registered reward (`code`), scoring a batch in parallel
+
+The tests format is in the README (asserts, stdin/stdout cases, call-based cases). Programs run in
+rewards.sandbox; grading happens here, on plain data the sandbox sent back.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from typing import Any
+
+from grpo.errors import UserError
+from rewards.sandbox import Executor, Limits, Pool
+from rewards.sandbox.judge import grade, load_tests, plan_tests, read_answers
+
+log = logging.getLogger("grpo.rewards.code")
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+PY_TAGS = {"python", "py", "python3", "py3"}
+EXTRACT_RULES = ("last_python_block", "first_python_block", "last_block", "whole")
+
+
+def extract_program(completion: str, rule: str = "last_python_block") -> str | None:
+    """The program in a completion, or None. rule: one of EXTRACT_RULES, or a regex whose group 1 is the code.
+
+    A python block wins over an untagged one for the *_python_block rules; an unterminated final ```python block
+    (the model ran out of tokens) is taken as is.
+    """
+    text = completion or ""
+    if rule == "whole":
+        return text if text.strip() else None
+    if rule not in EXTRACT_RULES:
+        try:
+            m = re.findall(rule, text, re.DOTALL)
+        except re.error as exc:
+            raise UserError(f"code reward: extract={rule!r} is neither one of {EXTRACT_RULES} nor a valid regex "
+                            f"({exc}); fix the recipe's reward args") from exc
+        if not m:
+            return None
+        last = m[-1]
+        return (last[0] if isinstance(last, tuple) else last) or None
+    blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(text)]
+    # An unterminated last block still holds code the model meant to submit.
+    tail = text.rfind("```")
+    if text.count("```") % 2 == 1 and tail >= 0:
+        m = re.match(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*)", text[tail:], re.DOTALL)
+        if m:
+            blocks.append((m.group(1).lower(), m.group(2)))
+    if rule == "last_block":
+        chosen = blocks[-1:] or []
+    else:
+        python = [b for b in blocks if b[0] in PY_TAGS] or [b for b in blocks if b[0] == ""]
+        chosen = python[:1] if rule == "first_python_block" else python[-1:]
+    if not chosen or not chosen[0][1].strip():
+        return None
+    return chosen[0][1]
+
+
+def _aggregate(passed: list[bool], mode: str) -> float:
+    if not passed:
+        return 0.0
+    if mode == "all":
+        return 1.0 if all(passed) else 0.0
+    return sum(passed) / len(passed)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("fraction", "all"):
+        raise UserError(f"code reward: mode={mode!r} is not 'fraction' or 'all'; fix the recipe's reward args")
+
+
+def run_tests(program: str, tests: dict, executor: Executor, mode: str = "fraction") -> list[bool]:
+    """One pass/fail per test, in order."""
+    plan = plan_tests(tests, executor.limits.timeout_s)
+    results = executor.run(program, plan.runs, stop_on_timeout=(mode == "all"))
+    passed = []
+    answers_by_run = {rid: read_answers(r.answers()) for rid, r in results.items()}
+    for test in plan.tests:
+        r = results[test.run]
+        passed.append(grade(test, r.completed, r.stdout, answers_by_run[test.run]))
+    return passed
+
+
+@functools.lru_cache(maxsize=8)
+def _executor(limits: Limits, allow_unsandboxed: bool) -> Executor:
+    return Executor(limits, allow_unsandboxed)
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(max_parallel: int) -> Pool:
+    return Pool(max_parallel)
+
+
+def _limits(timeout_s: float | None, memory_mb: int | None, output_kb: int | None) -> Limits:
+    kw = {k: v for k, v in (("timeout_s", timeout_s), ("memory_mb", memory_mb), ("output_kb", output_kb))
+          if v is not None}
+    return Limits(**kw)
+
+
+def score(completion: str, tests: dict | str, *, mode: str = "fraction", extract: str = "last_python_block",
+          timeout_s: float | None = None, memory_mb: int | None = None, output_kb: int | None = None,
+          allow_unsandboxed: bool = False, executor: Executor | None = None) -> float:
+    """Fraction of tests passed (mode="fraction") or 1.0/0.0 (mode="all"). No program found: 0.0."""
+    _check_mode(mode)
+    parsed = load_tests(tests)
+    if parsed is None:
+        raise UserError("code reward: no tests given; fix: pass a tests dict (see the README's tests format)")
+    program = extract_program(completion, extract)
+    if program is None:
+        return 0.0
+    executor = executor or _executor(_limits(timeout_s, memory_mb, output_kb), allow_unsandboxed)
+    return _aggregate(run_tests(program, parsed, executor, mode), mode)
+
+
+def code_reward(prompts: list[str], completions: list[str], tests: list[Any] | None = None, *,
+                mode: str = "fraction", extract: str = "last_python_block", timeout_s: float | None = None,
+                memory_mb: int | None = None, output_kb: int | None = None, max_parallel: int = 8,
+                allow_unsandboxed: bool = False, **_columns) -> list[float | None]:
+    """The `code` reward. None for rows without tests; 0.0 for completions without a program."""
+    _check_mode(mode)
+    if tests is None:
+        return [None] * len(completions)
+    executor = _executor(_limits(timeout_s, memory_mb, output_kb), bool(allow_unsandboxed))
+    parsed = [load_tests(t) for t in tests]
+
+    def one(i: int) -> float | None:
+        if parsed[i] is None:
+            return None
+        program = extract_program(completions[i], extract)
+        if program is None:
+            return 0.0
+        return _aggregate(run_tests(program, parsed[i], executor, mode), mode)
+
+    return _pool(int(max_parallel)).map(one, range(len(completions)))

@@ -1,0 +1,80 @@
+"""Run one program against one plan in a fresh sandbox; return raw per-run results for the judge.
+
+One job = one launcher process = one set of namespaces. The whole tree dies with the launcher: the keeper has
+PDEATHSIG, and as pid 1 of its pid namespace its death takes every process inside with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+
+from rewards.sandbox.capabilities import Capabilities, require
+from rewards.sandbox.launch import bind_paths, launch_command, launch_env
+from rewards.sandbox.limits import Limits
+
+
+@dataclass
+class RunResult:
+    id: int
+    attempts: list[dict] = field(default_factory=list)  # keeper lines for this run (probe runs may restart)
+
+    @property
+    def stdout(self) -> str:
+        return self.attempts[-1].get("stdout", "") if self.attempts else ""
+
+    @property
+    def completed(self) -> bool:
+        """Ended on its own with status 0: no timeout, no signal, no output flood."""
+        last = self.attempts[-1] if self.attempts else {}
+        return last.get("end") == "exit" and last.get("code") == 0
+
+    def answers(self) -> list[str]:
+        return [line for a in self.attempts for line in a.get("res", "").splitlines()]
+
+
+class Executor:
+    def __init__(self, limits: Limits | None = None, allow_unsandboxed: bool = False):
+        self.limits = limits or Limits()
+        self.caps: Capabilities = require(allow_unsandboxed)
+
+    def job_timeout(self, runs: list[dict]) -> float:
+        per_run = [r.get("wall_s", self.limits.timeout_s) for r in runs]
+        return min(self.limits.max_job_s, sum(per_run) + 2.0 * len(runs) + 5.0)
+
+    def run(self, program: str, runs: list[dict], stop_on_timeout: bool = False) -> dict[int, RunResult]:
+        job = {"isolate": self.caps.isolate, "binds": bind_paths(), "limits": self.limits.as_job(),
+               "program": program, "runs": runs, "stop_on_timeout": stop_on_timeout}
+        proc = subprocess.Popen(launch_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=launch_env(), cwd="/", close_fds=True,
+                                start_new_session=True)
+        try:
+            out, _ = proc.communicate(json.dumps(job).encode(), timeout=self.job_timeout(runs))
+        except subprocess.TimeoutExpired:
+            _kill_tree(proc)
+            out, _ = proc.communicate()
+        finally:
+            if proc.poll() is None:
+                _kill_tree(proc)
+                proc.wait()
+        results = {r["id"]: RunResult(r["id"]) for r in runs}
+        for line in out.decode("utf-8", "replace").splitlines():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict) and msg.get("id") in results:
+                results[msg["id"]].attempts.append(msg)
+        return results
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    # The launcher's group; the keeper (PDEATHSIG) and its namespace follow it down.
+    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError):
+            pass

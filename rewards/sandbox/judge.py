@@ -1,0 +1,345 @@
+"""Turn a tests dict into sandbox runs, and grade what comes back, in the trusted process.
+
+What enters the sandbox: the program, setup statements, the *inputs* (stdin text, call arguments, and the untrusted
+sub-expressions of each assert). What never does: expected outputs and the comparisons. For `assert f(2) == 4`
+the sandbox evaluates `f(2)`, serialises the value as plain data, and the parent decides `value == 4`; for
+`assert abs(f(x) - 1.5) < 1e-6` the parent computes abs, minus and < itself. A program can fake its own objects,
+patch any helper or print anything; none of that reaches the verdict.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpo.errors import UserError
+
+
+@dataclass
+class Test:
+    kind: str  # "stdin" | "call" | "assert" | "check"
+    run: int  # id of the run that answers it
+    expected: Any = None  # stdin: expected text; call: expected value; assert: a judge tree
+    probe: int | None = None
+
+
+@dataclass
+class Plan:
+    runs: list[dict] = field(default_factory=list)
+    tests: list[Test] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ reading the tests column
+
+def load_tests(tests: Any) -> dict | None:
+    if tests is None:
+        return None
+    if isinstance(tests, str):
+        if not tests.strip():
+            return None
+        try:
+            tests = json.loads(tests)
+        except ValueError as exc:
+            raise UserError(f"code reward: tests {tests[:80]!r} is not JSON ({exc}); rule: a dict or a JSON object "
+                            "string per row; fix: see the tests format in the README") from exc
+    if isinstance(tests, dict) and isinstance(tests.get("input_output"), str):  # the raw APPS column
+        tests = {**json.loads(tests["input_output"]), **{k: v for k, v in tests.items() if k != "input_output"}}
+    if not isinstance(tests, dict):
+        raise UserError(f"code reward: tests must be a dict, got {type(tests).__name__}; fix: see the tests format")
+    return tests
+
+
+ASSERT_KEYS = ("asserts", "assert", "test_list", "tests", "test")
+SETUP_KEYS = ("setup", "test_setup_code", "test_imports", "imports")
+
+
+def plan_tests(tests: dict, timeout_s: float) -> Plan:
+    plan = Plan()
+    if "inputs" in tests:
+        inputs, outputs = tests["inputs"], tests.get("outputs")
+        if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
+            raise UserError("code reward: 'inputs' and 'outputs' must be lists of the same length; fix the row")
+        fn_name = tests.get("fn_name")
+        if fn_name:
+            ops = []
+            for k, (args, want) in enumerate(zip(inputs, outputs)):
+                if isinstance(args, str):
+                    args = json.loads(args)
+                ops.append(["call", k, str(fn_name), args if isinstance(args, list) else [args]])
+                plan.tests.append(Test("call", 0, want, k))
+            plan.runs.append(_probe_run(0, _setup_ops(tests) + ops, len(ops), timeout_s))
+        else:
+            for k, (stdin, want) in enumerate(zip(inputs, outputs)):
+                plan.runs.append({"id": k, "kind": "stdin", "stdin": _text(stdin)})
+                plan.tests.append(Test("stdin", k, _text(want)))
+        return plan
+    code = next((tests[k] for k in ASSERT_KEYS if k in tests), None)
+    if code is None:
+        raise UserError(f"code reward: tests has none of inputs/outputs or {', '.join(ASSERT_KEYS)} "
+                        f"(keys: {sorted(tests)}); fix: see the tests format in the README")
+    if isinstance(code, list):
+        code = "\n".join(code)
+    ops = _setup_ops(tests)
+    _compile_asserts(str(code), tests.get("entry_point"), ops, plan)
+    plan.runs.append(_probe_run(0, ops, len(plan.tests), timeout_s))
+    return plan
+
+
+def _text(x: Any) -> str:
+    return "\n".join(map(str, x)) if isinstance(x, list) else str(x)
+
+
+def _setup_ops(tests: dict) -> list:
+    ops = []
+    for key in SETUP_KEYS:
+        value = tests.get(key)
+        if value:
+            ops.append(["exec", -1, "\n".join(value) if isinstance(value, list) else str(value)])
+    return ops
+
+
+def _probe_run(run_id: int, ops: list, n_probes: int, timeout_s: float) -> dict:
+    budget = timeout_s * max(1, n_probes) + 1.0
+    return {"id": run_id, "kind": "probes", "ops": ops, "wall_s": budget, "cpu_s": budget}
+
+
+def _compile_asserts(code: str, entry_point: str | None, ops: list, plan: Plan) -> None:
+    try:
+        module = ast.parse(code)
+    except SyntaxError as exc:
+        raise UserError(f"code reward: the tests code does not parse ({exc}); fix the dataset row") from exc
+    check_body = None
+    for stmt in module.body:
+        if isinstance(stmt, ast.FunctionDef) and stmt.name == "check" and stmt.args.args:
+            check_body = stmt  # HumanEval style: inlined below with `candidate` bound to the function under test
+            continue
+        call = stmt.value if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) else None
+        if check_body and call and isinstance(call.func, ast.Name) and call.func.id == "check" and call.args:
+            _inline_check(check_body, ast.unparse(call.args[0]), ops, plan)
+            check_body = None
+            continue
+        _statement(stmt, ops, plan)
+    if check_body is not None and entry_point:
+        _inline_check(check_body, str(entry_point), ops, plan)
+
+
+def _inline_check(fn: ast.FunctionDef, target: str, ops: list, plan: Plan) -> None:
+    ops.append(["exec", -1, f"{fn.args.args[0].arg} = {target}"])
+    for stmt in fn.body:
+        _statement(stmt, ops, plan)
+
+
+def _statement(stmt: ast.stmt, ops: list, plan: Plan) -> None:
+    if isinstance(stmt, ast.Assert):
+        tree = _judge_tree(stmt.test, ops)
+        plan.tests.append(Test("assert", 0, tree))
+    elif any(isinstance(n, ast.Assert) for n in ast.walk(stmt)):
+        # An assert inside a loop or helper cannot be split; it runs in the sandbox and counts only if the whole
+        # statement completes. Weaker than top-level asserts: prefer those in datasets.
+        k = _next_probe(ops)
+        ops.append(["check", k, ast.unparse(stmt)])
+        plan.tests.append(Test("check", 0, None, k))
+    else:
+        ops.append(["exec", -1, ast.unparse(stmt)])
+
+
+def _next_probe(ops: list) -> int:
+    return 1 + max((op[1] for op in ops), default=-1)
+
+
+# ------------------------------------------------------------------ the trusted expression evaluator
+
+SAFE_CALLS = {"abs": abs, "round": round, "len": len, "sorted": sorted, "set": set, "frozenset": frozenset,
+              "list": list, "tuple": tuple, "sum": sum, "min": min, "max": max, "int": int, "float": float,
+              "str": str, "bool": bool, "any": any, "all": all, "dict": dict, "reversed": reversed,
+              "math.isclose": math.isclose, "math.fabs": math.fabs, "math.sqrt": math.sqrt,
+              "math.floor": math.floor, "math.ceil": math.ceil, "math.isnan": math.isnan, "math.isinf": math.isinf}
+SAFE_NAMES = {"math.pi": math.pi, "math.e": math.e, "math.inf": math.inf, "math.nan": math.nan}
+BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+          ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: pow}
+CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+          ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b,
+          ast.NotIn: lambda a, b: a not in b, ast.Is: lambda a, b: a == b if a is None or b is None else a is b,
+          ast.IsNot: lambda a, b: not (a == b if a is None or b is None else a is b)}
+UNOPS = {ast.Not: operator.not_, ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+def _dotted(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return f"{node.value.id}.{node.attr}"
+    return None
+
+
+def _judge_tree(node: ast.expr, ops: list) -> tuple:
+    """The parts of an assert the parent can compute, with every other sub-expression a sandbox probe."""
+    try:
+        return ("const", ast.literal_eval(node))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    if isinstance(node, ast.Compare) and all(type(op) in CMPOPS for op in node.ops):
+        return ("cmp", [CMPOPS[type(op)] for op in node.ops],
+                [_judge_tree(x, ops) for x in [node.left, *node.comparators]])
+    if isinstance(node, ast.BoolOp):
+        return ("and" if isinstance(node.op, ast.And) else "or", [_judge_tree(v, ops) for v in node.values])
+    if isinstance(node, ast.UnaryOp) and type(node.op) in UNOPS:
+        return ("un", UNOPS[type(node.op)], _judge_tree(node.operand, ops))
+    if isinstance(node, ast.BinOp) and type(node.op) in BINOPS:
+        return ("bin", type(node.op), _judge_tree(node.left, ops), _judge_tree(node.right, ops))
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)) and not any(isinstance(e, ast.Starred) for e in node.elts):
+        return ({ast.List: "list", ast.Tuple: "tuple", ast.Set: "set"}[type(node)], [_judge_tree(e, ops) for e in node.elts])
+    if _dotted(node) in SAFE_NAMES:
+        return ("const", SAFE_NAMES[_dotted(node)])
+    if isinstance(node, ast.Call) and _dotted(node.func) in SAFE_CALLS and not any(
+            isinstance(a, ast.Starred) for a in node.args) and all(kw.arg for kw in node.keywords):
+        return ("call", SAFE_CALLS[_dotted(node.func)], [_judge_tree(a, ops) for a in node.args],
+                {kw.arg: _judge_tree(kw.value, ops) for kw in node.keywords})
+    k = _next_probe(ops)
+    ops.append(["eval", k, ast.unparse(node)])
+    return ("probe", k)
+
+
+class _NoAnswer(Exception):
+    pass
+
+
+def evaluate(tree: tuple, answers: dict[int, Any]) -> Any:
+    kind = tree[0]
+    if kind == "const":
+        return tree[1]
+    if kind == "probe":
+        if tree[1] not in answers:
+            raise _NoAnswer(tree[1])
+        return answers[tree[1]]
+    if kind == "cmp":
+        values = [evaluate(t, answers) for t in tree[2]]
+        return all(op(a, b) for op, a, b in zip(tree[1], values, values[1:]))
+    if kind == "and":
+        return all(evaluate(t, answers) for t in tree[1])
+    if kind == "or":
+        return any(evaluate(t, answers) for t in tree[1])
+    if kind == "un":
+        return tree[1](evaluate(tree[2], answers))
+    if kind == "bin":
+        a, b = evaluate(tree[2], answers), evaluate(tree[3], answers)
+        _guard_size(tree[1], a, b)
+        return BINOPS[tree[1]](a, b)
+    if kind in ("list", "tuple", "set"):
+        items = [evaluate(t, answers) for t in tree[1]]
+        return {"list": list, "tuple": tuple, "set": set}[kind](items)
+    if kind == "call":
+        return tree[1](*[evaluate(t, answers) for t in tree[2]], **{k: evaluate(v, answers) for k, v in tree[3].items()})
+    raise ValueError(kind)
+
+
+def _guard_size(op: type, a: Any, b: Any) -> None:
+    # Values come from the program: keep a crafted huge power or repetition from eating the trainer's memory.
+    if op is ast.Pow and isinstance(a, int) and isinstance(b, int) and abs(b) > 4096 and abs(a) > 1:
+        raise OverflowError("power too large")
+    if op is ast.Mult and isinstance(a, (int, str, list, tuple)) and isinstance(b, (int, str, list, tuple)):
+        sizes = [len(x) if not isinstance(x, int) else 1 for x in (a, b)]
+        counts = [x for x in (a, b) if isinstance(x, int)]
+        if counts and max(sizes) * max(abs(c) for c in counts) > 10_000_000 and any(not isinstance(x, int) for x in (a, b)):
+            raise OverflowError("repetition too large")
+
+
+# ------------------------------------------------------------------ decoding what the sandbox sent
+
+def decode(x: Any, depth: int = 0) -> Any:
+    """Strict inverse of the worker's encoder: anything else is garbage and fails the test."""
+    if depth > 100:
+        raise ValueError("too deep")
+    if x is None or type(x) in (bool, str):
+        return x
+    if type(x) is int:
+        return x
+    if type(x) is list:
+        return [decode(v, depth + 1) for v in x]
+    if type(x) is dict and len(x) in (1, 2):
+        (tag, v), *rest = x.items()
+        if tag == "i" and isinstance(v, str) and len(v) < 5000:
+            return int(v)
+        if tag == "f" and isinstance(v, str):
+            return float(v)
+        if tag == "t" and isinstance(v, list):
+            return tuple(decode(e, depth + 1) for e in v)
+        if tag == "s" and isinstance(v, list):
+            items = [decode(e, depth + 1) for e in v]
+            return frozenset(items) if x.get("frozen") else set(items)
+        if tag == "d" and isinstance(v, list):
+            return {decode(k, depth + 1): decode(w, depth + 1) for k, w in v}
+        if tag == "b" and isinstance(v, str):
+            return bytes.fromhex(v)
+        if tag == "c" and isinstance(v, list) and len(v) == 2:
+            return complex(float(v[0]), float(v[1]))
+    raise ValueError("not an encoded value")
+
+
+def read_answers(lines: list[str]) -> dict[int, Any]:
+    answers: dict[int, Any] = {}
+    for line in lines:
+        try:
+            msg = json.loads(line)
+            if type(msg) is dict and type(msg.get("k")) is int and "v" in msg and msg["k"] not in answers:
+                answers[msg["k"]] = decode(msg["v"])
+        except (ValueError, TypeError, RecursionError, OverflowError):
+            continue
+    return answers
+
+
+# ------------------------------------------------------------------ comparisons
+
+def same_stdout(got: str, want: str) -> bool:
+    g = [ln.rstrip() for ln in got.strip().splitlines()]
+    w = [ln.rstrip() for ln in want.strip().splitlines()]
+    if g == w:
+        return True
+    gt, wt = got.split(), want.split()
+    if len(gt) != len(wt):
+        return False
+    for a, b in zip(gt, wt):
+        if a == b:
+            continue
+        try:
+            fa, fb = float(a), float(b)
+        except ValueError:
+            return False
+        if not math.isclose(fa, fb, rel_tol=1e-6, abs_tol=1e-6):
+            return False
+    return True
+
+
+def _lists(x: Any) -> Any:
+    if isinstance(x, (list, tuple)):
+        return [_lists(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _lists(v) for k, v in x.items()}
+    return x
+
+
+def same_value(got: Any, want: Any) -> bool:
+    """Call-based (APPS) outputs: JSON has no tuples, and APPS often wraps the answer in a one-element list."""
+    got, want = _lists(got), _lists(want)
+    try:
+        return got == want or (isinstance(want, list) and len(want) == 1 and got == want[0])
+    except (TypeError, ValueError, RecursionError):
+        return False
+
+
+def grade(test: Test, run_ok: bool, stdout: str, answers: dict[int, Any]) -> bool:
+    try:
+        if test.kind == "stdin":
+            return run_ok and same_stdout(stdout, test.expected)
+        if test.kind == "call":
+            return test.probe in answers and same_value(answers[test.probe], test.expected)
+        if test.kind == "check":
+            return answers.get(test.probe) is True
+        return bool(evaluate(test.expected, answers)) is True
+    except (_NoAnswer, ArithmeticError, ValueError, TypeError, RecursionError, MemoryError, KeyError,
+            AttributeError, IndexError):
+        return False
