@@ -1,0 +1,161 @@
+"""Code reward: extraction, the tests formats, grading outside the sandbox, and the reward contract."""
+
+import json
+
+import pytest
+
+from grpo.errors import UserError
+from rewards.code import code_reward, extract_program, score
+from rewards.sandbox import Executor, Limits, capabilities
+from rewards.sandbox.judge import decode, plan_tests, same_stdout
+
+
+def fenced(src: str, tag: str = "python") -> str:
+    return f"Here is my solution.\n```{tag}\n{src}\n```\nDone."
+
+
+@pytest.fixture(scope="module")
+def ex():
+    return Executor(Limits(timeout_s=2, memory_mb=512))
+
+
+# ------------------------------------------------------------------ extraction
+
+def test_extract_takes_last_python_block():
+    text = "```python\nx = 1\n```\nthen\n```\nplain\n```\n```python\nx = 2\n```"
+    assert extract_program(text) == "x = 2\n"
+    assert extract_program(text, "first_python_block") == "x = 1\n"
+    assert extract_program(text, "last_block") == "x = 2\n"
+
+
+def test_extract_untagged_block_when_no_python_block_and_unterminated_tail():
+    assert extract_program("```\nprint(1)\n```") == "print(1)\n"
+    assert extract_program("text\n```python\nprint(2)\n") == "print(2)\n"
+    assert extract_program("no code at all") is None
+    assert extract_program("```python\n\n```") is None
+
+
+def test_extract_custom_regex_and_bad_regex():
+    assert extract_program("<code>print(3)</code>", r"<code>(.*?)</code>") == "print(3)"
+    with pytest.raises(UserError):
+        extract_program("x", "([")
+
+
+# ------------------------------------------------------------------ honest programs, each format
+
+def test_assert_tests_fraction_and_all(ex):
+    tests = {"asserts": ["assert add(1, 2) == 3", "assert add(2, 2) == 5", "assert add(-1, 1) == 0"]}
+    src = fenced("def add(a, b):\n    return a + b")
+    assert score(src, tests, executor=ex) == pytest.approx(2 / 3)
+    assert score(src, tests, mode="all", executor=ex) == 0.0
+    assert score(src, {"asserts": tests["asserts"][:1]}, mode="all", executor=ex) == 1.0
+
+
+def test_assert_forms_computed_in_parent(ex):
+    tests = {"test_list": [
+        "assert abs(root(2.0) - 1.41421356) < 1e-6",
+        "assert math.isclose(root(9.0), 3.0)",
+        "assert sorted(pair()) == [1, 2]",
+        "assert set(pair()) == {1, 2}",
+        "assert pair() == (2, 1)",
+        "assert not is_neg(3)",
+        "assert is_neg(-3)",
+        "assert len(pair()) == 2 and pair()[0] == 2",
+    ], "test_imports": ["import math"]}
+    src = fenced("import math\ndef root(x):\n    return math.sqrt(x)\n"
+                 "def pair():\n    return (2, 1)\ndef is_neg(x):\n    return x < 0")
+    assert score(src, tests, executor=ex) == 1.0
+
+
+def test_humaneval_check_style(ex):
+    tests = {"test": "def check(candidate):\n    assert candidate([1, 2]) == 3\n    assert candidate([]) == 0\n",
+             "entry_point": "total"}
+    assert score(fenced("def total(xs):\n    return sum(xs)"), tests, executor=ex) == 1.0
+    assert score(fenced("def total(xs):\n    return 3"), tests, executor=ex) == 0.5
+
+
+def test_stdin_stdout_cases_and_real_fds(ex):
+    tests = {"inputs": ["1 2\n", "3 4\n", "10 20\n"], "outputs": ["3\n", "7\n", "31\n"]}
+    for prog in ("a, b = map(int, input().split())\nprint(a + b)",
+                 "import sys\na, b = map(int, sys.stdin.buffer.read().split())\nsys.stdout.write(f'{a+b}\\n')",
+                 "def main():\n    a, b = map(int, open(0).read().split())\n    print(a + b)\n"
+                 "if __name__ == '__main__':\n    main()"):
+        assert score(fenced(prog), tests, executor=ex) == pytest.approx(2 / 3)
+
+
+def test_call_based_apps_style(ex):
+    tests = json.dumps({"fn_name": "double", "inputs": [[1], [2], [3]], "outputs": [[2], [4], [7]]})
+    assert score(fenced("def double(x):\n    return x * 2"), tests, executor=ex) == pytest.approx(2 / 3)
+    # LeetCode style: the function is a method of Solution.
+    assert score(fenced("class Solution:\n    def double(self, x):\n        return 2 * x"), tests,
+                 executor=ex) == pytest.approx(2 / 3)
+
+
+def test_raw_apps_input_output_column(ex):
+    tests = {"input_output": json.dumps({"inputs": ["5\n"], "outputs": ["25\n"]})}
+    assert score(fenced("n = int(input())\nprint(n * n)"), tests, executor=ex) == 1.0
+
+
+def test_wrong_crashing_and_missing_programs_score_zero(ex):
+    tests = {"inputs": ["1\n"], "outputs": ["1\n"]}
+    assert score(fenced("print(2)"), tests, executor=ex) == 0.0
+    assert score(fenced("print(1)\nraise SystemExit(3)"), tests, executor=ex) == 0.0  # runtime error
+    assert score(fenced("def broken(:"), tests, executor=ex) == 0.0
+    assert score("I cannot solve this.", tests, executor=ex) == 0.0
+
+
+def test_slow_test_fails_alone(ex):
+    prog = "import time\ndef f(x):\n    if x == 2:\n        time.sleep(30)\n    return x"
+    tests = {"asserts": ["assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3"]}
+    assert score(fenced(prog), tests, executor=Executor(Limits(timeout_s=0.5))) == pytest.approx(2 / 3)
+
+
+def test_float_tolerance_in_stdout():
+    assert same_stdout("0.3333333\n", "0.33333333333\n")
+    assert not same_stdout("0.34\n", "0.33\n")
+    assert same_stdout("1 2  \n3\n\n", "1 2\n3")
+
+
+def test_decode_is_strict():
+    assert decode({"t": [1, {"f": "0.5"}]}) == (1, 0.5)
+    with pytest.raises(ValueError):
+        decode({"evil": 1})
+
+
+def test_bad_tests_rows_are_user_errors():
+    with pytest.raises(UserError):
+        plan_tests({"inputs": ["1"], "outputs": []}, 1.0)
+    with pytest.raises(UserError):
+        plan_tests({"nothing": 1}, 1.0)
+
+
+# ------------------------------------------------------------------ the reward contract
+
+def test_code_reward_batch_contract():
+    good = fenced("def add(a, b):\n    return a + b")
+    tests = json.dumps({"asserts": ["assert add(1, 2) == 3"]})
+    out = code_reward(["p"] * 4, [good, "no code", good, good], tests=[tests, tests, None, tests],
+                      timeout_s=2, max_parallel=2, completion_ids=[[1]] * 4)
+    assert out == [1.0, 0.0, None, 1.0]
+    assert code_reward(["p"], [good]) == [None]  # a dataset without a tests column
+
+
+def test_mode_is_checked():
+    with pytest.raises(UserError):
+        code_reward(["p"], ["x"], tests=[None], mode="most")
+
+
+def test_refuses_without_isolation_unless_opted_in(monkeypatch):
+    bare = capabilities.Capabilities("none", capabilities.LEVELS["none"], [], ["user namespace"],
+                                     {"userns": "EPERM"})
+    monkeypatch.setattr(capabilities, "detect", lambda refresh=False: bare)
+    with pytest.raises(UserError, match="allow_unsandboxed"):
+        capabilities.require(False)
+    assert capabilities.require(True) is bare
+
+
+def test_detect_reports_protections():
+    caps = capabilities.detect()
+    assert caps.level in ("userns", "rootns", "none")
+    assert "empty environment" in caps.applied
+    assert caps.level in caps.describe()
