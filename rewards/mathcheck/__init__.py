@@ -1,0 +1,1 @@
+"""Internals of the math answer checker (rewards.math): extraction, normalisation, comparison."""
