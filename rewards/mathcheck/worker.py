@@ -1,0 +1,148 @@
+"""A persistent sympy worker process, killed and replaced when a comparison runs past its deadline.
+
+Why a process: sympy has no time bound (10^{10^{10}} or 1000000! never return) and a thread cannot be stopped.
+Why not fork per call: the trainer has torch loaded; forking it per check is slow and unsafe. So a fresh
+interpreter (no torch) is spawned once, plus one warm standby that takes over instantly after a kill.
+
+Protocol: one JSON line per request {"p": pred, "g": gold, "tol": null | "0.005"} -> one JSON line {"r": bool}
+(with tol: the prediction's value is within tol of the gold, for golds written as rounded decimals). The worker prints
+"ready" once its imports are done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class _Proc:
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("OMP_NUM_THREADS", "1")
+        self.p = subprocess.Popen([sys.executable, "-u", "-c", "from rewards.mathcheck.worker import serve; serve()"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  env=env, close_fds=True)
+        self.ready = False
+        self.buf = b""
+
+    def _readline(self, deadline: float) -> bytes | None:
+        fd = self.p.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            r, _, _ = select.select([fd], [], [], left)
+            if not r:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None  # the worker died
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def wait_ready(self, deadline: float) -> bool:
+        if not self.ready:
+            line = self._readline(deadline)
+            self.ready = line == b"ready"
+        return self.ready
+
+    def poll_ready(self) -> bool:
+        return self.wait_ready(time.monotonic())
+
+    def ask(self, pred: str, gold: str, deadline: float, tol: str | None = None) -> bool | None:
+        try:
+            self.p.stdin.write((json.dumps({"p": pred, "g": gold, "tol": tol}) + "\n").encode())
+            self.p.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        line = self._readline(deadline)
+        if line is None:
+            return None
+        try:
+            return bool(json.loads(line)["r"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def kill(self) -> None:
+        try:
+            self.p.kill()
+            self.p.wait(timeout=1)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+class Pool:
+    """One active worker and one standby, both started ahead of need."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active: _Proc | None = None
+        self.standby: _Proc | None = None
+
+    def start(self) -> None:
+        if self.active is None:
+            self.active = _Proc()
+        if self.standby is None:
+            self.standby = _Proc()
+
+    def _replace_active(self) -> None:
+        if self.active is not None:
+            self.active.kill()
+        self.active, self.standby = self.standby, None
+        self.start()
+
+    def equal(self, pred: str, gold: str, deadline: float, tol: str | None = None) -> bool | None:
+        """Sympy's verdict, or None when it could not be had before the deadline (then the worker is replaced)."""
+        if not self.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return None
+        try:
+            self.start()
+            # A standby that finished its imports is as good as a still-starting active one.
+            if not self.active.poll_ready() and self.standby is not None and self.standby.poll_ready():
+                self.active, self.standby = self.standby, self.active
+            if not self.active.wait_ready(deadline):
+                if self.active.p.poll() is not None:
+                    self._replace_active()
+                return None
+            verdict = self.active.ask(pred, gold, deadline, tol)
+            if verdict is None:
+                self._replace_active()
+            return verdict
+        finally:
+            self.lock.release()
+
+    def close(self) -> None:
+        for proc in (self.active, self.standby):
+            if proc is not None:
+                proc.kill()
+        self.active = self.standby = None
+
+
+POOL = Pool()
+
+
+def serve() -> None:
+    """Worker main loop (runs in the child interpreter)."""
+    from rewards.mathcheck.symbolic import latex_close, latex_equal
+
+    out = sys.stdout
+    out.write("ready\n")
+    out.flush()
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            tol = req.get("tol")
+            r = latex_close(req["p"], req["g"], tol) if tol else latex_equal(req["p"], req["g"])
+        except Exception:  # noqa: BLE001 - any failure is a "not equal", never a dead worker
+            r = False
+        out.write(json.dumps({"r": r}) + "\n")
+        out.flush()
