@@ -126,7 +126,7 @@ class LoggingConfig:
 
 @dataclass
 class EvalConfig:
-    data: str = ""  # local file or hub name; empty disables eval
+    data: str = ""  # local file or hub name (several: comma-separated); empty disables eval
     split: str = "test"
     subset: str | None = None
     prompt_template: str = "{problem}"
@@ -143,6 +143,10 @@ class EvalConfig:
     every: int = 0  # during `grpo train`: evaluate every N steps (0: never)
     bootstrap: int = 1000  # resamples for confidence intervals
     sampler: Literal["hf", "vllm", "same"] = "same"  # "same": the training sampler's backend
+    generation_batch_size: int = 64  # hf sampler: rows (problems x k) generated at once; part of the protocol
+    stop: list[str] = field(default_factory=list)  # stop strings (cut from the completion)
+    answer_pattern: str | None = None  # regex; group 1 is the gold answer in answer_column (GSM8K: "####\\s*(.+)")
+    group_by: str | None = None  # a column (e.g. level, subject): metrics per value as well as per dataset
 
 
 @dataclass
