@@ -159,3 +159,20 @@ def test_detect_reports_protections():
     assert caps.level in ("userns", "rootns", "none")
     assert "empty environment" in caps.applied
     assert caps.level in caps.describe()
+
+
+def test_honest_returns_beyond_plain_types(ex):
+    prog = fenced("from collections import Counter, namedtuple\nP = namedtuple('P', 'x y')\n"
+                  "def count(s):\n    return Counter(s)\ndef point():\n    return P(1, 2)\n"
+                  "def evens(n):\n    return (i for i in range(n) if i % 2 == 0)\ndef stop():\n    exit(0)")
+    tests = {"asserts": ["assert count('aab') == {'a': 2, 'b': 1}", "assert point() == (1, 2)",
+                         "assert list(evens(5)) == [0, 2, 4]", "assert sorted(evens(3)) == [0, 2]",
+                         "assert evens(3) != [0, 2]"]}
+    assert score(prog, tests, executor=ex) == 1.0
+    # A generator is not a list, in Python or here.
+    assert score(prog, {"asserts": ["assert evens(3) == [0, 2]"]}, executor=ex) == 0.0
+    assert score(fenced("print(1)\nexit()"), {"inputs": [""], "outputs": ["1"]}, executor=ex) == 1.0
+
+
+def test_bare_assert_code_column(ex):
+    assert score(fenced("def sq(x):\n    return x * x"), "assert sq(3) == 9\nassert sq(2) == 5", executor=ex) == 0.5

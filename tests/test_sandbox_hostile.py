@@ -147,3 +147,12 @@ def test_neighbours_unharmed_and_nothing_left_behind():
     assert out == expect
     assert _sandbox_processes() == 0 or os.geteuid() != 0
     assert not {p for p in set(os.listdir("/tmp")) - before_tmp if p.startswith("grpo-sbx-")}
+
+
+def test_memory_outside_rlimits_is_refused(ex):
+    # memfd pages count against no rlimit; the seccomp filter refuses memfd_create, and nested namespaces.
+    if not capabilities.detect().report.get("seccomp"):
+        pytest.skip("no seccomp here")
+    seen = _probe(ex, "import os, ctypes\ntry:\n    os.memfd_create('x')\n    print('memfd')\nexcept OSError:\n"
+                      "    print('refused')\nprint(ctypes.CDLL(None).unshare(0x10000000 | 0x20000))")
+    assert seen.splitlines() == ["refused", "-1"]

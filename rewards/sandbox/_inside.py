@@ -166,12 +166,15 @@ def finish_root(job, report):
     _check(libc.umount2(b".", 2), "umount old root")  # MNT_DETACH: the host tree is gone from this namespace
     os.chdir("/")
     report["private_root"] = True
-    # Nested user namespaces would hand the program fresh capabilities (and unlimited tmpfs mounts).
-    try:
-        _write("/proc/sys/user/max_user_namespaces", "0")
-        report["no_nested_userns"] = True
-    except OSError:
-        report["no_nested_userns"] = False
+    # Nested user namespaces would hand the program fresh capabilities (and unlimited tmpfs mounts). This sysctl
+    # belongs to the user namespace: write it only in our own, never in the host's (level rootns).
+    report["no_nested_userns"] = False
+    if job["isolate"].get("userns"):
+        try:
+            _write("/proc/sys/user/max_user_namespaces", "0")
+            report["no_nested_userns"] = True
+        except OSError:
+            pass
 
 
 def keeper(job, report):
@@ -189,6 +192,14 @@ def keeper(job, report):
         os.chmod(scratch, 0o777)
     report["uid_drop"] = report.get("host_uid", os.geteuid()) != 0
     if job.get("probe"):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _prctl(PR_SET_NO_NEW_PRIVS, 1)
+                os._exit(0 if _seccomp() else 1)
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+        report["seccomp"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
         os.write(1, (json.dumps({"probe": report}) + "\n").encode())
         return
     try:
@@ -360,6 +371,47 @@ def _drop_privileges(job):
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
+# Syscalls an untrusted program never needs, refused with EPERM. memfd_create matters most: its pages count
+# against no rlimit (not RLIMIT_AS, not RLIMIT_FSIZE), so it would be an unbounded memory channel.
+DENY = {
+    "x86_64": (0xC000003E, [319, 101, 310, 311, 323, 298, 321, 250, 248, 249, 165, 166, 155, 308, 272, 425, 426,
+                            427, 246, 175, 313, 176, 169, 167, 168, 163, 304, 447, 428, 429, 430, 431, 432], 56, 435),
+    "aarch64": (0xC00000B7, [279, 117, 270, 271, 282, 241, 280, 219, 217, 218, 40, 39, 41, 268, 97, 425, 426, 427,
+                             104, 105, 273, 106, 142, 224, 225, 89, 265, 447, 428, 429, 430, 431, 432], 220, 435),
+}
+NS_FLAGS = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | 0x02000000
+
+
+def _seccomp():
+    """A classic-BPF filter: other ABIs killed, the DENY list refused, clone with namespace flags refused, clone3
+    answered ENOSYS (its flags sit behind a pointer; libc falls back to clone)."""
+    spec = DENY.get(platform.machine())
+    if spec is None:
+        return False
+    arch, deny, nr_clone, nr_clone3 = spec
+    ld, jeq, jset, jge, ret = 0x20, 0x15, 0x45, 0x35, 0x06
+    kill, allow, eperm, enosys = 0x80000000, 0x7FFF0000, 0x50000 | 1, 0x50000 | 38
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, kill), (ld, 0, 0, 0)]
+    if arch == 0xC000003E:
+        prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, kill)]  # x32 ABI numbers
+    for nr in deny:
+        prog += [(jeq, 0, 1, nr), (ret, 0, 0, eperm)]
+    prog += [(jeq, 0, 1, nr_clone3), (ret, 0, 0, enosys),
+             (jeq, 0, 3, nr_clone), (ld, 0, 0, 16), (jset, 0, 1, NS_FLAGS), (ret, 0, 0, eperm),
+             (ret, 0, 0, allow)]
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    filters = (Filter * len(prog))(*[Filter(*f) for f in prog])
+    fprog = Prog(len(prog), filters)
+    _check(libc.prctl(22, ctypes.c_ulong(2), ctypes.byref(fprog), 0, 0), "seccomp")  # PR_SET_SECCOMP, FILTER
+    return True
+
+
 def _set_limits(job, run):
     lim = job["limits"]
     cpu = int(run.get("cpu_s", lim["cpu_s"])) + 1
@@ -374,29 +426,46 @@ def _set_limits(job, run):
 
 
 def encode(x, depth=0):
-    """Plain data only, by exact type: an object that merely claims to equal something is not data."""
+    """Plain data out of whatever the program returned, read by structure: an object that merely claims to equal
+    something contributes only its contents, and the parent, not the object, does the comparing."""
     if depth > 100:
         raise ValueError("too deep")
-    t = type(x)
-    if x is None or t is bool or t is str:
+    if x is None or x is True or x is False:
         return x
-    if t is int:
+    if isinstance(x, bool):
+        return bool(x)
+    if isinstance(x, int):
+        x = int.__add__(x, 0)
         return {"i": str(x)} if abs(x) > 2 ** 53 else x
-    if t is float:
-        return {"f": repr(x)}
-    if t is list:
-        return [encode(v, depth + 1) for v in x]
-    if t is tuple:
-        return {"t": [encode(v, depth + 1) for v in x]}
-    if t is set or t is frozenset:
-        return {"s": [encode(v, depth + 1) for v in x], "frozen": t is frozenset}
-    if t is dict:
-        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in x.items()]}
-    if t is bytes:
-        return {"b": x.hex()}
-    if t is complex:
+    if isinstance(x, float):
+        return {"f": repr(float.__add__(x, 0.0))}
+    if isinstance(x, str):
+        return str.__getitem__(x, slice(None))
+    if isinstance(x, complex):
         return {"c": [repr(x.real), repr(x.imag)]}
-    raise TypeError(f"not plain data: {t.__name__}")
+    if isinstance(x, (bytes, bytearray)):
+        return {"b": bytes(x).hex()}
+    if isinstance(x, tuple):
+        return {"t": [encode(v, depth + 1) for v in tuple.__iter__(x)]}
+    if isinstance(x, list):
+        return [encode(v, depth + 1) for v in list.__iter__(x)]
+    if isinstance(x, (set, frozenset)):
+        return {"s": [encode(v, depth + 1) for v in x], "frozen": isinstance(x, frozenset)}
+    if isinstance(x, dict):
+        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in dict.items(x)]}
+    name = type(x).__module__ + "." + type(x).__qualname__
+    if name in ("fractions.Fraction", "decimal.Decimal"):
+        return {"n": [name, str(x)]}
+    if name == "collections.deque":
+        return {"q": [encode(v, depth + 1) for v in x]}
+    if hasattr(x, "__next__") or name in ("builtins.range", "builtins.dict_keys", "builtins.dict_values",
+                                           "builtins.dict_items"):
+        import itertools
+        items = list(itertools.islice(iter(x), 1_000_001))
+        if len(items) > 1_000_000:
+            raise ValueError("iterator too long")
+        return {"it": [encode(v, depth + 1) for v in items]}
+    raise TypeError(f"not plain data: {name}")
 
 
 def worker(job, run, scratch):
@@ -409,6 +478,8 @@ def worker(job, run, scratch):
     os.umask(0o077)
     _drop_privileges(job)
     _set_limits(job, run)
+    if job.get("seccomp", True):
+        _seccomp()
     os.environ.clear()
     import builtins
     import io
@@ -419,6 +490,7 @@ def worker(job, run, scratch):
                                                    encoding="utf-8", errors="replace")
     sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
                                                    encoding="utf-8", errors="replace", line_buffering=True)
+    builtins.exit = builtins.quit = sys.exit  # normally added by the site module, which -S skips
     sys.argv = ["main.py"]
     sys.setrecursionlimit(10000)
     main = types.ModuleType("__main__")

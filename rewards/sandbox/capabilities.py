@@ -33,6 +33,7 @@ class Capabilities:
     applied: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     why: dict = field(default_factory=dict)  # level -> error that ruled it out
+    report: dict = field(default_factory=dict)  # raw findings of the probe
 
     def describe(self) -> str:
         text = f"code sandbox level {self.level}: applied {', '.join(self.applied) or 'nothing'}"
@@ -64,6 +65,8 @@ def _summarise(level: str, report: dict) -> tuple[list[str], list[str]]:
               ("network namespace (no network)", report.get("netns")), ("mount namespace", report.get("mountns")),
               ("private root (read-only system dirs, fresh /proc, tmpfs /tmp)", report.get("private_root")),
               ("no nested user namespaces", report.get("no_nested_userns")),
+              ("seccomp filter (no memfd, ptrace, mount, new namespaces, io_uring, bpf, keyctl)",
+               report.get("seccomp")),
               ("untrusted code runs as a non-root host uid",
                report.get("host_uid", 0) != 0 or (level == "rootns"))]
     applied = [name for name, ok in checks if ok] + ALWAYS
@@ -90,7 +93,7 @@ def detect(refresh: bool = False) -> Capabilities:
                 why[level] = str(exc)
                 continue
             applied, missing = _summarise(level, report)
-            _cached = Capabilities(level, LEVELS[level], applied, missing, why)
+            _cached = Capabilities(level, LEVELS[level], applied, missing, why, report)
             break
         else:
             _cached = Capabilities("unavailable", LEVELS["none"], [], ["everything"], why)

@@ -47,7 +47,8 @@ class Executor:
 
     def run(self, program: str, runs: list[dict], stop_on_timeout: bool = False) -> dict[int, RunResult]:
         job = {"isolate": self.caps.isolate, "binds": bind_paths(), "limits": self.limits.as_job(),
-               "program": program, "runs": runs, "stop_on_timeout": stop_on_timeout}
+               "program": program, "runs": runs, "stop_on_timeout": stop_on_timeout,
+               "seccomp": bool(self.caps.report.get("seccomp"))}
         proc = subprocess.Popen(launch_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, env=launch_env(), cwd="/", close_fds=True,
                                 start_new_session=True)

@@ -21,7 +21,7 @@ def interpreter() -> str:
 
 
 def launch_command() -> list[str]:
-    return [interpreter(), "-I", "-S", "-B", "-c", _source()]
+    return [interpreter(), "-I", "-S", "-B", "-X", "utf8", "-c", _source()]
 
 
 def launch_env() -> dict:
