@@ -38,7 +38,7 @@ _WORDS = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
 _BASE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")
 _INT_STR = re.compile(r"-?\d+")
 _REL = re.compile(r"\\leq|\\geq|\\neq|<|>|\\ne\b|\\approx|\\lt|\\gt")
-_WORD_SEP = re.compile(r"\\text\{\s*(?:or|and)\s*\}|\b(?:or|and)\b")
+_WORD_SEP = re.compile(r"\\text\{\s*(?:or|and)\s*\}|\\(?:quad|qquad)?\s*\b(?:or|and)\b|;")
 
 
 def _deadline_passed() -> bool:
@@ -276,6 +276,16 @@ def equal(pred: str, gold: str) -> bool:
         if len(pm_) != len(gm_) or any(len(a) != len(b) for a, b in zip(pm_, gm_)):
             return False
         return all(equal(a, b) for ra, rb in zip(pm_, gm_) for a, b in zip(ra, rb))
+    # A bare list gold ("1, 2", "1 \\pm \\sqrt{2}"): the prediction may spell it "x = 1 or x = 2".
+    gl = _as_list(g) if "=" not in g else None
+    if gl is not None:
+        pl = _as_list(p)
+        if pl is None:
+            pl = [normalize(unwrap_text(x)) for x in _WORD_SEP.split(pred) if x and x.strip()]
+            if len(pl) <= 1:
+                return False
+        pl = [(_drop_assign(x) or [x])[-1] for x in pl]
+        return _match_unordered(pl, gl)
     # Equations: strip assignments; a real equation gold is compared as an equation.
     g_eq = split_top(g, ("=",))
     p_eq = split_top(p, ("=",))
@@ -290,7 +300,7 @@ def equal(pred: str, gold: str) -> bool:
         return equal(p, g_eq[1])
     if len(g_eq) == 1 and len(p_eq) > 1:
         sides = _drop_assign(p)
-        return len(sides) < len(p_eq) or all(equal(s, g) for s in sides) if sides else False
+        return bool(sides) and all(equal(s, g) for s in sides)
     if len(g_eq) > 2:
         return scalar_equal(p, g)
     # Unions of intervals/sets: same pieces in any order.
@@ -312,16 +322,7 @@ def equal(pred: str, gold: str) -> bool:
                     return False
                 pi = split_top(p[1:-1], (",",))
                 return len(pi) == len(gi) and all(equal(a, b) for a, b in zip(pi, gi))
-    # Lists: "1, 2" / "1 \pm \sqrt{2}" in any order.
-    gl = _as_list(g)
     pl = _as_list(p)
-    if gl is not None:
-        if pl is None:
-            pl = [x.strip() for x in _WORD_SEP.split(unwrap_text(p)) if x.strip()]
-            if len(pl) <= 1:
-                return False
-        pl = [(_drop_assign(x) or [x])[-1] for x in pl]
-        return _match_unordered(pl, gl)
     if pl is not None:
         # A gold that is one number: "1,000" may be thousands.
         if parse_number(p) is not None:
@@ -353,7 +354,7 @@ def _text_gold(gold: str) -> str | None:
     return None
 
 
-def equivalent(pred: str, gold: str, budget_s: float = 0.85) -> bool:
+def equivalent(pred: str, gold: str, budget_s: float = 0.75) -> bool:
     """pred and gold (answer strings, already extracted) denote the same answer."""
     _STATE.deadline = time.monotonic() + budget_s
     try:

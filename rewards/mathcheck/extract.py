@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 _BOX_WORDS = ("\\boxed", "\\fbox")
-_MAX_ANSWER = 2000  # longer "answers" are not answers; keeps later stages bounded
+_MAX_ANSWER = 50_000  # a 60x60 matrix fits; longer "answers" are not answers; keeps later stages bounded
 
 # Phrase markers, most specific first; each finds where the answer text starts.
 _MARKERS = [
@@ -105,7 +105,7 @@ def _after_marker(text: str) -> str | None:
                 best = (last.start(), last.end())
     if best is None:
         return None
-    rest = text[best[1]:best[1] + _MAX_ANSWER].lstrip(" \t*:")
+    rest = text[best[1]:best[1] + 4000].lstrip(" \t*:")
     rest = rest.lstrip("\n").lstrip(" \t*:") if rest.startswith("\n") else rest
     # Display math may span lines: take the whole $$..$$ / \[..\] block.
     for a, b in (("$$", "$$"), ("\\[", "\\]")):
