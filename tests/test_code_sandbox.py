@@ -176,3 +176,13 @@ def test_honest_returns_beyond_plain_types(ex):
 
 def test_bare_assert_code_column(ex):
     assert score(fenced("def sq(x):\n    return x * x"), "assert sq(3) == 9\nassert sq(2) == 5", executor=ex) == 0.5
+
+
+def test_shutdown_like_python(ex):
+    tests = {"inputs": ["4\n"], "outputs": ["16\n"]}
+    threaded = ("import sys, threading\nsys.setrecursionlimit(10000)\nthreading.stack_size(1 << 26)\n"
+                "def main():\n    n = int(input())\n    print(n * n)\nthreading.Thread(target=main).start()")
+    unclosed = "out = open(1, 'w', closefd=False)\nout.write(str(int(input()) ** 2) + '\\n')"
+    hooked = "import atexit\natexit.register(lambda: print(16))\ninput()"
+    for prog in (threaded, unclosed, hooked):
+        assert score(fenced(prog), tests, executor=ex) == 1.0, prog

@@ -27,7 +27,7 @@ def fenced(src):
 
 @pytest.fixture(scope="module")
 def ex():
-    return Executor(Limits(timeout_s=1, memory_mb=256, output_kb=64))
+    return Executor(Limits(timeout_s=0.5, memory_mb=256, output_kb=64))
 
 
 HOSTILE = {

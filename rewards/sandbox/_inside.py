@@ -243,9 +243,13 @@ def _kill_rest(pid, pidns):
     while True:  # reap everything, orphans included (they are re-parented to us)
         try:
             if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                time.sleep(0.002)
                 if not pidns:
                     break
+                time.sleep(0.002)
+                try:
+                    os.kill(-1, signal.SIGKILL)  # again: a fork bomb may have slipped a child past the last sweep
+                except ProcessLookupError:
+                    pass
         except ChildProcessError:
             break
 
@@ -508,6 +512,7 @@ def worker(job, run, scratch):
         traceback.print_exc()
         code = 1
     if run.get("kind") == "stdin":
+        _finish_like_python(g)
         _flush_and_exit(code)
     # Probes: each answer is one line on fd 3 that the parent decodes and grades. Start after the ones a previous
     # worker already answered (the keeper restarts us after a probe that hung or killed the process).
@@ -537,6 +542,23 @@ def worker(job, run, scratch):
                 line = '{"k": %d, "e": "?"}' % k
         write(3, (line + "\n").encode())
     _flush_and_exit(0)
+
+
+def _finish_like_python(g):
+    """What interpreter shutdown would do for an honest program: wait for its non-daemon threads (the usual
+    `threading.Thread(target=main).start()` for deep recursion), run atexit hooks, and finalise its objects so
+    buffered files it never closed get flushed."""
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
+        import atexit
+        atexit._run_exitfuncs()
+        g.clear()
+        import gc
+        gc.collect()
+    except BaseException:  # noqa: BLE001 - the program's own shutdown failing is its own problem
+        pass
 
 
 def _flush_and_exit(code):
