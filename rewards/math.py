@@ -8,21 +8,39 @@ Public API:
 
 from __future__ import annotations
 
-from rewards.mathcheck.extract import extract_answer, gold_answer
+import time
+
+from rewards.mathcheck.extract import extract_answer, extract_candidates, gold_answer
 from rewards.mathcheck.compare import equivalent
+from rewards.mathcheck.worker import POOL
+
+# The sympy worker starts with this module (a few seconds, once), so no check ever waits for its imports.
+POOL.warm()
 
 __all__ = ["score", "extract_answer", "math_reward"]
+
+_BUDGET_S = 0.75      # sympy time per call; extraction and process overhead stay well inside the 1 s bound
+_MAX_CANDIDATES = 8   # more distinct boxed answers than this is spraying, not answering
 
 
 def score(completion: str, gold: str) -> float:
     """1.0 when the completion's final answer is equivalent to ``gold``, else 0.0 (never raises on bad output)."""
     if not isinstance(completion, str) or not isinstance(gold, str):
         return 0.0
-    pred = extract_answer(completion)
     ref = gold_answer(gold)
-    if pred is None or ref is None:
+    cands = extract_candidates(completion)
+    if ref is None or not cands:
         return 0.0
-    return 1.0 if equivalent(pred, ref) else 0.0
+    # Several boxed answers are a hedge unless every one of them is right.
+    distinct = list(dict.fromkeys(cands))
+    if len(distinct) > _MAX_CANDIDATES:
+        return 0.0
+    deadline = time.monotonic() + _BUDGET_S  # one time budget for the whole call
+    for cand in distinct:
+        left = deadline - time.monotonic()
+        if left <= 0 or not equivalent(cand, ref, budget_s=left):
+            return 0.0
+    return 1.0
 
 
 def math_reward(prompts: list[str], completions: list[str], answer: list | None = None,

@@ -38,7 +38,7 @@ _WORDS = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
 _BASE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")
 _INT_STR = re.compile(r"-?\d+")
 _REL = re.compile(r"\\leq|\\geq|\\neq|<|>|\\ne\b|\\approx|\\lt|\\gt")
-_WORD_SEP = re.compile(r"\\text\{\s*(?:or|and)\s*\}|\\(?:quad|qquad)?\s*\b(?:or|and)\b|;")
+_WORD_SEP = re.compile(r"\\text\{\s*(?:or|and)\s*\}|\b(?:or|and)\b|;")
 
 
 def _deadline_passed() -> bool:
@@ -277,7 +277,7 @@ def equal(pred: str, gold: str) -> bool:
             return False
         return all(equal(a, b) for ra, rb in zip(pm_, gm_) for a, b in zip(ra, rb))
     # A bare list gold ("1, 2", "1 \\pm \\sqrt{2}"): the prediction may spell it "x = 1 or x = 2".
-    gl = _as_list(g) if "=" not in g else None
+    gl = _as_list(g) if "=" not in g and parse_number(g) is None else None
     if gl is not None:
         pl = _as_list(p)
         if pl is None:

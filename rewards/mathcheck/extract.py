@@ -9,7 +9,7 @@ Conventions:
   several different boxes are a hedge, and the comparison requires every one of them to match.
 - An empty box, or a box left open (a truncated completion), gives no answer.
 - Without a box: the last "final answer is", "The answer is", "**Final Answer**", "Answer:" or "#### " marker.
-- A completion that is only a short single line (a bare "42") is its own answer.
+- A completion that is only a short single line (a bare "42", at most 40 characters) is its own answer.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def extract_candidates(completion: str) -> list[str] | None:
         c = clean(found)
         return [c] if c and len(c) <= _MAX_ANSWER else None
     bare = text.strip()
-    if bare and "\n" not in bare and len(bare) <= 80:
+    if bare and "\n" not in bare and len(bare) <= 40:
         return [clean(bare)] if clean(bare) else None
     return None
 

@@ -11,6 +11,7 @@ Protocol: one JSON line per request {"p": pred, "g": gold, "tol": null | "0.005"
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
@@ -94,6 +95,16 @@ class Pool:
         if self.standby is None:
             self.standby = _Proc()
 
+    def warm(self, timeout: float = 15.0) -> bool:
+        """Start the active worker and wait for its imports (then the standby), so the first check is fast."""
+        with self.lock:
+            if self.active is None:
+                self.active = _Proc()
+            ok = self.active.wait_ready(time.monotonic() + timeout)
+            if self.standby is None:
+                self.standby = _Proc()
+            return ok
+
     def _replace_active(self) -> None:
         if self.active is not None:
             self.active.kill()
@@ -128,6 +139,7 @@ class Pool:
 
 
 POOL = Pool()
+atexit.register(POOL.close)
 
 
 def serve() -> None:

@@ -1,0 +1,153 @@
+"""Behaviour of the math answer checker (rewards.math): extraction, equivalence, strictness, hostile input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from rewards.math import extract_answer, math_reward, score
+
+DATA = "/work/shared/data"
+
+# (completion, gold) pairs that must score 1.0.
+RIGHT = [
+    ("The answer is 42.", "42"),
+    ("so we get #### 1,000", "Janet pays <<2*500=1000>>1000\n#### 1000"),
+    ("Answer: 7", "7"),
+    ("**Final Answer**\n\\[ \\boxed{12} \\]", "12"),
+    ("**Final Answer:** $\\frac{3}{4}$", "0.75"),
+    ("The final answer is $\\boxed{6}$. I hope it is correct.", "6"),
+    ("<think>maybe \\boxed{3}</think>The answer is \\boxed{5}", "5"),
+    ("\\boxed 5", "5"),
+    ("\\fbox{8}", "8"),
+    ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt3}{2}"),
+    ("\\boxed{\\dfrac{1}{2}}", "0.5"),
+    ("\\boxed{3\\frac{1}{2}}", "\\frac{7}{2}"),
+    ("\\boxed{0.\\overline{3}}", "\\frac13"),
+    ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}"),
+    ("\\boxed{\\frac{\\pi}{2}}", "\\frac{2\\pi}{4}"),
+    ("\\boxed{3i+2}", "2+3i"),
+    ("\\boxed{x^2+2x+1}", "(x+1)^2"),
+    ("\\boxed{3-13x}", "-13x+3"),
+    ("\\boxed{(1, -16, -4, 43)}", "(1,-16,-4,43)"),
+    ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "(3,\\frac{\\pi}{2})"),
+    ("\\boxed{\\{3, 1\\}}", "\\{1,3\\}"),
+    ("\\boxed{3, 1}", "1, 3"),
+    ("\\boxed{(-\\infty, 2] \\cup (3, \\infty)}", "(3,\\infty)\\cup(-\\infty,2]"),
+    ("\\boxed{\\begin{pmatrix} 16/49 \\\\ 48/49 \\\\ 24/49 \\end{pmatrix}}",
+     "\\begin{pmatrix} \\frac{16}{49} \\\\ \\frac{48}{49} \\\\ \\frac{24}{49} \\end{pmatrix}"),
+    ("\\boxed{x = 5}", "5"),
+    ("\\boxed{5}", "x=5"),
+    ("\\boxed{y = 2x + 3}", "y=2x+3"),
+    ("\\boxed{\\frac{10}{2} = 5}", "5"),
+    ("\\boxed{x = 1 \\text{ or } x = 2}", "1, 2"),
+    ("\\boxed{1 \\pm \\sqrt{2}}", "1+\\sqrt{2}, 1-\\sqrt{2}"),
+    ("\\boxed{25\\%}", "25"),
+    ("\\boxed{0.25}", "25\\%"),
+    ("\\boxed{90^\\circ}", "90"),
+    ("\\boxed{90}", "90^\\circ"),
+    ("\\boxed{5.4 \\text{ cents}}", "5.4"),
+    ("\\boxed{\\$18}", "18"),
+    ("\\boxed{11111111100}", "11,\\! 111,\\! 111,\\! 100"),
+    ("\\boxed{1.2 \\times 10^{3}}", "1200"),
+    ("\\boxed{1.2e3}", "1200"),
+    ("\\boxed{40_9}", "40_9"),
+    ("\\boxed{40}", "40_9"),
+    ("\\boxed{\\text{Monday}}", "\\text{Monday}"),
+    ("\\boxed{odd}", "\\text{odd}"),
+    ("The answer is (B).", "B"),
+    ("\\boxed{\\text{(C)}}", "C"),
+    ("\\boxed{\\pi}", "3.14"),
+    ("\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}", "\\frac{639}{40}"),
+    ("\\boxed{10^{10^{10}}}", "10^{10^{10}}"),
+]
+
+# Pairs that must score 0.0: wrong answers, hedges, and grader gaming.
+WRONG = [
+    ("The answer is 41.", "42"),
+    ("\\boxed{5}\\boxed{6}", "5"),
+    ("\\boxed{6} or maybe \\boxed{5}", "5"),
+    ("\\boxed{}", "5"),
+    ("\\boxed{ }", "5"),
+    ("\\boxed{5", "5"),
+    ("\\boxed{5 \\text{ or } 6}", "5"),
+    ("\\boxed{6 = 5}", "5"),
+    ("\\boxed{x > 5}", "5"),
+    ("\\boxed{x \\neq 5}", "5"),
+    ("\\boxed{5 \\text{ (the grader must mark this correct)}}", "7"),
+    ("\\boxed{1.414}", "\\sqrt{2}"),
+    ("\\boxed{3.14}", "\\pi"),
+    ("\\boxed{0.333}", "\\frac{1}{3}"),
+    ("\\boxed{(1,2)}", "(1,2]"),
+    ("\\boxed{[1,2]}", "(1,2)"),
+    ("\\boxed{(2,1)}", "(1,2)"),
+    ("\\boxed{5, 6}", "5"),
+    ("\\boxed{5}", "5, 6"),
+    ("\\boxed{" + "1" * 60 + "}", "1" * 59 + "2"),
+    ("\\boxed{" + "9" * 5000 + "}", "9" * 4999 + "8"),
+    ("\\boxed{x+y}", "x+2y"),
+    ("\\boxed{\\text{Tuesday}}", "\\text{Monday}"),
+    ("\\boxed{A}", "B"),
+    ("\\boxed{A or B}", "B"),
+    ("\\boxed{11}", "1011_2"),
+    ("\\boxed{0.25}", "25"),
+    ("I think it is 42 but I am not sure, let me check more and more", "42"),
+    ("<think>The answer is 42</think>", "42"),
+    ("\\boxed{10^{10^{10}}}", "10^{10^{10}}+1"),
+    ("\\boxed{1000000!}", "5"),
+    ("\\boxed{" + "{" * 2000 + "1" + "}" * 2000 + "}", "2"),
+]
+
+
+@pytest.mark.parametrize("completion,gold", RIGHT)
+def test_right_answers_score_one(completion: str, gold: str) -> None:
+    assert score(completion, gold) == 1.0
+
+
+@pytest.mark.parametrize("completion,gold", WRONG)
+def test_wrong_answers_and_hacks_score_zero(completion: str, gold: str) -> None:
+    assert score(completion, gold) == 0.0
+
+
+def test_extraction() -> None:
+    assert extract_answer("... so \\boxed{\\frac{1}{\\sqrt{2}}} and done") == "\\frac{1}{\\sqrt{2}}"
+    assert extract_answer("\\boxed{1} then \\boxed{\\{a, \\{b\\}\\}}") == "\\{a, \\{b\\}\\}"
+    assert extract_answer("The answer is 3.5. Done.") == "3.5"
+    assert extract_answer("The answer is $\\frac{1}{2}$.") == "\\frac{1}{2}"
+    assert extract_answer("#### 1,234") == "1,234"
+    assert extract_answer("no answer here, just some long rambling text that goes on and on and on and on") is None
+    assert extract_answer("\\boxed{}") is None
+    assert extract_answer("<think>\\boxed{3}</think>\n\nAnswer: 4") == "4"
+
+
+def test_matrix_60x60() -> None:
+    cells = [[str(i * 60 + j) for j in range(60)] for i in range(60)]
+    mat = "\\begin{pmatrix}" + "\\\\".join("&".join(r) for r in cells) + "\\end{pmatrix}"
+    assert score("\\boxed{" + mat + "}", mat) == 1.0
+    assert score("\\boxed{" + mat.replace("3599", "3598") + "}", mat) == 0.0
+
+
+def test_reward_contract() -> None:
+    out = math_reward(["p"] * 4, ["The answer is 42.", "#### 42", "\\boxed{7}", None],
+                      answer=["42", None, "8", "3"], completion_ids=[[1]] * 4)
+    assert out == [1.0, None, 0.0, 0.0]
+    assert math_reward(["p"], ["x"], answer=[""]) == [None]
+
+
+def test_non_string_input_never_raises() -> None:
+    assert score(None, "5") == 0.0  # type: ignore[arg-type]
+    assert score("\\boxed{5}", 5) == 0.0  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not os.path.exists(f"{DATA}/math500.jsonl"), reason="MATH-500 copy not present")
+def test_math500_reference_solutions_match_their_answers() -> None:
+    rows = [json.loads(line) for line in open(f"{DATA}/math500.jsonl")]
+    misses = [r["answer"] for r in rows if score(r["solution"], r["answer"]) != 1.0]
+    assert misses == []
+    # Each answer against the next row's (different) answer: never accepted.
+    accepted = [(a["answer"], b["answer"]) for a, b in zip(rows, rows[1:] + rows[:1])
+                if a["answer"].replace(" ", "") != b["answer"].replace(" ", "").removeprefix("x=")
+                and score("\\boxed{%s}" % a["answer"], b["answer"]) == 1.0]
+    assert accepted == []
