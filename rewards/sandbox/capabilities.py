@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass, field
 
 from grpo.errors import UserError
+from rewards.sandbox import cgroups
 from rewards.sandbox.launch import launch_command, launch_env, bind_paths
 
 log = logging.getLogger("grpo.sandbox")
@@ -67,6 +68,7 @@ def _summarise(level: str, report: dict) -> tuple[list[str], list[str]]:
               ("no nested user namespaces", report.get("no_nested_userns")),
               ("seccomp filter (no memfd, ptrace, mount, new namespaces, io_uring, bpf, keyctl)",
                report.get("seccomp")),
+              ("cgroup per sandbox (memory of the whole tree, pids, equal CPU share)", report.get("cgroups")),
               ("untrusted code runs as a non-root host uid",
                report.get("host_uid", 0) != 0 or (level == "rootns"))]
     applied = [name for name, ok in checks if ok] + ALWAYS
@@ -92,6 +94,7 @@ def detect(refresh: bool = False) -> Capabilities:
             except (OSError, ValueError, subprocess.SubprocessError) as exc:
                 why[level] = str(exc)
                 continue
+            report["cgroups"] = level != "none" and cgroups.available()
             applied, missing = _summarise(level, report)
             _cached = Capabilities(level, LEVELS[level], applied, missing, why, report)
             break

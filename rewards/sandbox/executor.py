@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from rewards.sandbox.capabilities import Capabilities, require
+from rewards.sandbox.cgroups import Cgroup
 from rewards.sandbox.launch import bind_paths, launch_command, launch_env
 from rewards.sandbox.limits import Limits
 
@@ -49,6 +50,21 @@ class Executor:
         job = {"isolate": self.caps.isolate, "binds": bind_paths(), "limits": self.limits.as_job(),
                "program": program, "runs": runs, "stop_on_timeout": stop_on_timeout,
                "seccomp": bool(self.caps.report.get("seccomp"))}
+        group = None
+        if self.caps.report.get("cgroups"):
+            lim = self.limits
+            try:
+                group = Cgroup(memory_bytes=(lim.memory_mb + 2 * lim.file_mb + 128) << 20, pids=lim.processes + 8)
+                job["cgroup_procs"] = group.procs_files
+            except OSError:
+                group = None  # a transient failure costs this job its cgroup, not its score
+        try:
+            return self._launch(job, runs)
+        finally:
+            if group is not None:
+                group.remove()
+
+    def _launch(self, job: dict, runs: list[dict]) -> dict[int, RunResult]:
         proc = subprocess.Popen(launch_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, env=launch_env(), cwd="/", close_fds=True,
                                 start_new_session=True)

@@ -13,7 +13,7 @@ class Limits:
     memory_mb: int = 1024           # address space of every untrusted process (RLIMIT_AS)
     file_mb: int = 16               # largest file it may write (RLIMIT_FSIZE); /tmp holds at most twice that
     open_files: int = 64            # RLIMIT_NOFILE
-    processes: int = 32             # RLIMIT_NPROC inside its own user namespace (threads count)
+    processes: int = 16             # RLIMIT_NPROC inside its own user namespace (threads count)
     output_kb: int = 1024           # captured stdout per run; more fails that run
     max_job_s: float = 120.0        # hard wall clock for a whole completion, whatever its number of tests
 
