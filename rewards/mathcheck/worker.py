@@ -75,9 +75,8 @@ class _Proc:
 
     def kill(self) -> None:
         try:
-            self.p.kill()
-            self.p.wait(timeout=1)
-        except (OSError, subprocess.TimeoutExpired):
+            self.p.kill()  # no wait(): the zombie is reaped by Popen's bookkeeping later, off the deadline
+        except OSError:
             pass
 
 
@@ -146,6 +145,12 @@ def serve() -> None:
     """Worker main loop (runs in the child interpreter)."""
     from rewards.mathcheck.symbolic import latex_close, latex_equal
 
+    # The parser and evalf build caches on first use (~0.5 s): pay that before declaring ready.
+    for p, g in (("\\frac{\\sqrt{2}}{2}+x^2", "\\frac{1}{\\sqrt{2}}+x\\cdot x"), ("1.25", "70\\sqrt{2}"),
+                 ("6-5i", "\\sqrt{51}"), ("\\{1,2\\}", "[1,2)"), ("\\begin{pmatrix}1\\\\x\\end{pmatrix}", "x=1"),
+                 ("\\sin^{-1}(x)", "\\log_2 8"), ("\\pi", "3.14")):
+        latex_equal(p, g)
+    latex_close("\\pi", "3.14", "0.005")
     out = sys.stdout
     out.write("ready\n")
     out.flush()
