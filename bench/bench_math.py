@@ -41,7 +41,7 @@ def mix(path: str) -> list[tuple[str, str, float]]:
         nxt = rows[(i + 1) % len(rows)]["answer"]
         out.append((r["solution"], r["answer"], 1.0))
         out.append((f"Let me think. The answer is $\\boxed{{{r['answer']}}}$.", r["answer"], 1.0))
-        if nxt.replace(" ", "") != r["answer"].replace(" ", ""):
+        if nxt.replace(" ", "").removeprefix("x=") != r["answer"].replace(" ", "").removeprefix("x="):
             out.append((f"So the answer is $\\boxed{{{nxt}}}$.", r["answer"], 0.0))
     return out
 
