@@ -113,7 +113,8 @@ def launcher():
 
 def _remount_ro(target):
     st = os.statvfs(target)
-    keep = st.f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)  # locked flags must be repeated in a user namespace
+    # Locked flags must be repeated in a user namespace (statvfs's ST_NOATIME/ST_NODIRATIME equal the MS_ values).
+    keep = st.f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC | 1024 | 2048)
     _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | keep)
 
 
@@ -181,6 +182,7 @@ def finish_root(job, report):
 
 def keeper(job, report):
     iso = job["isolate"]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # pid 1 gets only signals it handles: Python's SIGINT would be one
     _prctl(PR_SET_DUMPABLE, 0)  # workers share our uid: keep them out of /proc/1/mem and ptrace
     pidns = os.getpid() == 1
     report.update(userns=bool(iso.get("userns")), pidns=pidns, netns=bool(iso.get("ns")), mountns=bool(iso.get("ns")))
