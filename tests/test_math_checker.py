@@ -62,6 +62,9 @@ RIGHT = [
     ("\\boxed{\\pi}", "3.14"),
     ("\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}", "\\frac{639}{40}"),
     ("\\boxed{10^{10^{10}}}", "10^{10^{10}}"),
+    ("\\boxed{\\{1,2,3\\}}", "1, 2, 3"),
+    ("\\boxed{e^{i\\pi}}", "-1"),
+    ("\\boxed{5!}", "120"),
 ]
 
 # Pairs that must score 0.0: wrong answers, hedges, and grader gaming.
@@ -97,6 +100,8 @@ WRONG = [
     ("<think>The answer is 42</think>", "42"),
     ("\\boxed{10^{10^{10}}}", "10^{10^{10}}+1"),
     ("\\boxed{1000000!}", "5"),
+    ("\\boxed{-\\infty}", "\\infty"),
+    ("\\boxed{\\frac{1}{0}}", "\\infty"),
     ("\\boxed{" + "{" * 2000 + "1" + "}" * 2000 + "}", "2"),
 ]
 

@@ -279,7 +279,7 @@ def equal(pred: str, gold: str) -> bool:
     # A bare list gold ("1, 2", "1 \\pm \\sqrt{2}"): the prediction may spell it "x = 1 or x = 2".
     gl = _as_list(g) if "=" not in g and parse_number(g) is None else None
     if gl is not None:
-        pl = _as_list(p)
+        pl = split_top(p[2:-2], (",",)) if _enclosed(p, "\\{", "\\}") else _as_list(p)
         if pl is None:
             pl = [normalize(unwrap_text(x)) for x in _WORD_SEP.split(pred) if x and x.strip()]
             if len(pl) <= 1:

@@ -53,6 +53,8 @@ def _num_close(a: sp.Expr, b: sp.Expr, digits: int) -> bool | None:
         return None
     if not (va.is_number and vb.is_number):
         return None
+    if not (va.is_finite and vb.is_finite):
+        return va == vb  # oo - (-oo) is oo, and oo <= oo * tol would say "close"
     try:
         diff = abs(complex(va - vb))
         scale = max(1.0, abs(complex(va)), abs(complex(vb)))

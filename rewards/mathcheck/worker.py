@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 
+_MIN_ASK_S = 0.2
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -99,9 +100,12 @@ class Pool:
         with self.lock:
             if self.active is None:
                 self.active = _Proc()
-            ok = self.active.wait_ready(time.monotonic() + timeout)
+            end = time.monotonic() + timeout
+            ok = self.active.wait_ready(end)
             if self.standby is None:
                 self.standby = _Proc()
+            # Wait for the standby too: a kill right after import must find a warm replacement.
+            self.standby.wait_ready(end)
             return ok
 
     def _replace_active(self) -> None:
@@ -123,6 +127,8 @@ class Pool:
                 if self.active.p.poll() is not None:
                     self._replace_active()
                 return None
+            if deadline - time.monotonic() < _MIN_ASK_S:
+                return None  # too little time left to ask fairly; killing a healthy worker would not help
             verdict = self.active.ask(pred, gold, deadline, tol)
             if verdict is None:
                 self._replace_active()
@@ -148,7 +154,8 @@ def serve() -> None:
     # The parser and evalf build caches on first use (~0.5 s): pay that before declaring ready.
     for p, g in (("\\frac{\\sqrt{2}}{2}+x^2", "\\frac{1}{\\sqrt{2}}+x\\cdot x"), ("1.25", "70\\sqrt{2}"),
                  ("6-5i", "\\sqrt{51}"), ("\\{1,2\\}", "[1,2)"), ("\\begin{pmatrix}1\\\\x\\end{pmatrix}", "x=1"),
-                 ("\\sin^{-1}(x)", "\\log_2 8"), ("\\pi", "3.14")):
+                 ("\\sin^{-1}(x)", "\\log_2 8"), ("\\pi", "3.14"), ("e^{i\\pi}", "-1"), ("\\tan^{-1}(1)", "\\frac{\\pi}{4}"),
+                 ("\\binom{5}{2}", "5!"), ("\\sin 30", "\\sqrt[3]{8}"), ("2x+3y-z=4", "-2x-3y+z=-4"), ("-\\infty", "\\infty")):
         latex_equal(p, g)
     latex_close("\\pi", "3.14", "0.005")
     out = sys.stdout
