@@ -186,3 +186,30 @@ def test_shutdown_like_python(ex):
     hooked = "import atexit\natexit.register(lambda: print(16))\ninput()"
     for prog in (threaded, unclosed, hooked):
         assert score(fenced(prog), tests, executor=ex) == 1.0, prog
+
+
+def test_loops_helpers_and_named_expectations_are_judged_in_parent(ex):
+    tests = {"test": ("def check(candidate):\n"
+                      "    pairs = [((1, 2), 3), ((5, 7), 12)]\n"
+                      "    for args, want in pairs:\n"
+                      "        assert candidate(*args) == want\n"
+                      "    for i in range(3):\n"
+                      "        assert close(candidate(i, 0.5), i + 0.5)\n"
+                      "    expected = 10\n"
+                      "    assert candidate(4, 6) == expected\n"),
+             "setup": "def close(a, b):\n    return abs(a - b) < 1e-9", "entry_point": "add"}
+    plan = plan_tests(tests, 1.0)
+    assert len(plan.tests) == 6 and all(t.kind == "assert" for t in plan.tests)
+    sandbox_text = json.dumps(plan.runs)
+    assert "12" not in sandbox_text and "expected" not in sandbox_text  # expectations stay in the parent
+    assert score(fenced("def add(a, b):\n    return a + b"), tests, executor=ex) == 1.0
+    # A patched helper inside the sandbox changes nothing: close() is computed by the parent.
+    cheat = "import builtins\nbuiltins.abs = lambda x: 0\ndef close(a, b):\n    return True\ndef add(a, b):\n    return 0"
+    assert score(fenced(cheat), tests, executor=ex) == 0.0
+
+
+def test_unsplittable_assert_still_runs(ex):
+    tests = {"asserts": "i = 0\nwhile i < 3:\n    assert f(i) == i\n    i += 1"}
+    assert [t.kind for t in plan_tests(tests, 1.0).tests] == ["check"]
+    assert score(fenced("def f(x):\n    return x"), tests, executor=ex) == 1.0
+    assert score(fenced("def f(x):\n    return 0"), tests, executor=ex) == 0.0

@@ -536,7 +536,7 @@ def worker(job, run, scratch):
                 if kind == "exec":
                     continue
                 value = True
-            if kind == "eval":
+            elif kind == "eval":
                 value = eval(compile(op[2], "test", "eval"), g)
             else:  # call: ["call", k, fn_name, args]
                 fn = g.get(op[2])
