@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from grpo.errors import UserError
+from grpo.eval_cli import eval_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reinforcement learning on verifiable rewards (GRPO and variants) for language models.")
@@ -87,15 +88,7 @@ def sft(model: str = typer.Option(..., help="model directory to start from"),
         _fail(exc)
 
 
-def _register_eval() -> None:
-    try:
-        from grpo.eval_cli import eval_command
-    except ImportError:  # eval lands in its own change; the rest of the CLI works without it
-        return
-    app.command("eval")(eval_command)
-
-
-_register_eval()
+app.command("eval")(eval_command)
 
 
 def main() -> None:  # pragma: no cover - console entry point wrapper
