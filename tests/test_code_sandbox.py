@@ -7,7 +7,8 @@ import pytest
 from grpo.errors import UserError
 from rewards.code import code_reward, extract_program, score
 from rewards.sandbox import Executor, Limits, capabilities
-from rewards.sandbox.judge import decode, plan_tests, same_stdout
+from rewards.sandbox.judge import decode, same_stdout
+from rewards.sandbox.plan import plan_tests
 
 
 def fenced(src: str, tag: str = "python") -> str:

@@ -1,0 +1,328 @@
+"""Turn a row's tests into sandbox runs: what may enter the sandbox (the program, setup, inputs, the untrusted
+sub-expressions of each assert) and, kept here, what may not (expected outputs and every comparison).
+
+For `assert f(2) == 4` the sandbox evaluates only `f(2)`; the parent decides `value == 4`. Loops over literal
+cases are unrolled into one assert per case, one-line helpers (`def close(a, b): return abs(a - b) < 1e-6`) are
+inlined, and names bound to literals (`expected = 5`) are judged from the parent's copy, so expectations stay out.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpo.errors import UserError
+from rewards.sandbox.judge import BINOPS, CMPOPS, SAFE_CALLS, SAFE_NAMES, UNOPS
+
+
+@dataclass
+class Test:
+    kind: str  # "stdin" | "call" | "assert" | "check"
+    run: int  # id of the run that answers it
+    expected: Any = None  # stdin: expected text; call: expected value; assert: a judge tree
+    probe: int | None = None
+
+
+@dataclass
+class Plan:
+    runs: list[dict] = field(default_factory=list)
+    tests: list[Test] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ reading the tests column
+
+def load_tests(tests: Any) -> dict | None:
+    if tests is None:
+        return None
+    if isinstance(tests, str):
+        if not tests.strip():
+            return None
+        try:
+            tests = json.loads(tests)
+        except ValueError as exc:
+            if tests.lstrip().startswith(("assert", "def check", "import", "from")):
+                return {"asserts": tests}  # a bare test-code column (MBPP / HumanEval style)
+            raise UserError(f"code reward: tests {tests[:80]!r} is not JSON ({exc}); rule: a dict or a JSON object "
+                            "string per row; fix: see the tests format in the README") from exc
+    if isinstance(tests, dict) and isinstance(tests.get("input_output"), str):  # the raw APPS column
+        tests = {**json.loads(tests["input_output"]), **{k: v for k, v in tests.items() if k != "input_output"}}
+    if not isinstance(tests, dict):
+        raise UserError(f"code reward: tests must be a dict, got {type(tests).__name__}; fix: see the tests format")
+    return tests
+
+
+ASSERT_KEYS = ("asserts", "assert", "test_list", "tests", "test")
+SETUP_KEYS = ("setup", "test_setup_code", "test_imports", "imports")
+
+
+def plan_tests(tests: dict, timeout_s: float) -> Plan:
+    plan = Plan()
+    if "inputs" in tests:
+        inputs, outputs = tests["inputs"], tests.get("outputs")
+        if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
+            raise UserError("code reward: 'inputs' and 'outputs' must be lists of the same length; fix the row")
+        fn_name = tests.get("fn_name")
+        if fn_name:
+            ops = []
+            for k, (args, want) in enumerate(zip(inputs, outputs)):
+                if isinstance(args, str):
+                    args = json.loads(args)
+                ops.append(["call", k, str(fn_name), args if isinstance(args, list) else [args]])
+                plan.tests.append(Test("call", 0, want, k))
+            plan.runs.append(_probe_run(0, _setup_ops(tests) + ops, len(ops), timeout_s))
+        else:
+            for k, (stdin, want) in enumerate(zip(inputs, outputs)):
+                plan.runs.append({"id": k, "kind": "stdin", "stdin": _text(stdin)})
+                plan.tests.append(Test("stdin", k, _text(want)))
+        return plan
+    code = next((tests[k] for k in ASSERT_KEYS if k in tests), None)
+    if code is None:
+        raise UserError(f"code reward: tests has none of inputs/outputs or {', '.join(ASSERT_KEYS)} "
+                        f"(keys: {sorted(tests)}); fix: see the tests format in the README")
+    if isinstance(code, list):
+        code = "\n".join(code)
+    # Setup runs through the same planner, so its helpers and constants are known to the judge.
+    setup = "\n".join(op[2] for op in _setup_ops(tests))
+    ops: list = []
+    _compile_asserts(setup + "\n" + str(code), tests.get("entry_point"), ops, plan)
+    plan.runs.append(_probe_run(0, ops, len(plan.tests), timeout_s))
+    return plan
+
+
+def _text(x: Any) -> str:
+    return "\n".join(map(str, x)) if isinstance(x, list) else str(x)
+
+
+def _setup_ops(tests: dict) -> list:
+    ops = []
+    for key in SETUP_KEYS:
+        value = tests.get(key)
+        if value:
+            ops.append(["exec", -1, "\n".join(value) if isinstance(value, list) else str(value)])
+    return ops
+
+
+def _probe_run(run_id: int, ops: list, n_probes: int, timeout_s: float) -> dict:
+    budget = timeout_s * max(1, n_probes) + 1.0
+    return {"id": run_id, "kind": "probes", "ops": ops, "wall_s": budget, "cpu_s": budget}
+
+
+def _compile_asserts(code: str, entry_point: str | None, ops: list, plan: Plan) -> None:
+    try:
+        module = ast.parse(code)
+    except SyntaxError as exc:
+        raise UserError(f"code reward: the tests code does not parse ({exc}); fix the dataset row") from exc
+    ctx = _Ctx(ops, plan)
+    check_body = None
+    for stmt in module.body:
+        if isinstance(stmt, ast.FunctionDef) and stmt.name == "check" and stmt.args.args:
+            check_body = stmt  # HumanEval style: inlined below with `candidate` bound to the function under test
+            continue
+        call = stmt.value if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) else None
+        if check_body and call and isinstance(call.func, ast.Name) and call.func.id == "check" and call.args:
+            _inline_check(check_body, ast.unparse(call.args[0]), ctx)
+            check_body = None
+            continue
+        _statement(stmt, ctx)
+    if check_body is not None and entry_point:
+        _inline_check(check_body, str(entry_point), ctx)
+    ctx.drop_unused_literals()
+
+
+class _Ctx:
+    """What the planner knows while walking the test code: probes so far, names bound to literals, and helpers
+    small enough (`def h(a, b): return <expr>`) to be judged in the parent like the assert that calls them."""
+
+    def __init__(self, ops: list, plan: Plan):
+        self.ops, self.plan = ops, plan
+        self.literals: dict[str, Any] = {}
+        self.helpers: dict[str, tuple[list[str], ast.expr]] = {}
+        self.literal_ops: list[tuple[int, str]] = []  # (op index, name) of `name = <literal>` setup statements
+
+    def drop_unused_literals(self) -> None:
+        """`expected = 5` then `assert f(1) == expected`: the parent judges with 5, so the sandbox need not (and
+        must not) see it. Keep such an assignment only if a later sandbox op reads the name."""
+        drop = set()
+        for index, name in self.literal_ops:
+            later = "\n".join(op[2] for op in self.ops[index + 1:] if len(op) > 2 and isinstance(op[2], str))
+            try:
+                used = any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(ast.parse(later)))
+            except SyntaxError:
+                used = True
+            if not used:
+                drop.add(index)
+        self.ops[:] = [op for i, op in enumerate(self.ops) if i not in drop]
+
+
+def _inline_check(fn: ast.FunctionDef, target: str, ctx: _Ctx) -> None:
+    ctx.ops.append(["exec", -1, f"{fn.args.args[0].arg} = {target}"])
+    ctx.literals.pop(fn.args.args[0].arg, None)
+    for stmt in fn.body:
+        _statement(stmt, ctx)
+
+
+MAX_UNROLL = 2000
+
+
+def _statement(stmt: ast.stmt, ctx: _Ctx) -> None:
+    if isinstance(stmt, ast.Assert):
+        ctx.plan.tests.append(Test("assert", 0, _judge_tree(stmt.test, ctx)))
+        return
+    if isinstance(stmt, ast.For) and not stmt.orelse and _unroll(stmt, ctx):
+        return
+    if any(isinstance(n, ast.Assert) for n in ast.walk(stmt)) and not isinstance(stmt, ast.FunctionDef):
+        # An assert the planner cannot split (inside a while, an if, a loop over computed values) runs in the
+        # sandbox and counts only if the whole statement completes: weaker, prefer top-level asserts in datasets.
+        k = _next_probe(ctx.ops)
+        ctx.ops.append(["check", k, ast.unparse(stmt)])
+        ctx.plan.tests.append(Test("check", 0, None, k))
+        return
+    _remember(stmt, ctx)
+    ctx.ops.append(["exec", -1, ast.unparse(stmt)])
+
+
+def _remember(stmt: ast.stmt, ctx: _Ctx) -> None:
+    for node in ast.walk(stmt):  # a statement that rebinds, or may mutate, a name: forget what we knew of it
+        if isinstance(node, ast.Name):
+            ctx.literals.pop(node.id, None)
+            if isinstance(node.ctx, ast.Store):
+                ctx.helpers.pop(node.id, None)
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        try:
+            ctx.literals[stmt.targets[0].id] = _static(stmt.value, ctx)
+            ctx.literal_ops.append((len(ctx.ops), stmt.targets[0].id))
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, OverflowError):
+            pass
+    if isinstance(stmt, ast.FunctionDef):
+        ctx.literals.pop(stmt.name, None)
+        body = [b for b in stmt.body if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant))]
+        a = stmt.args
+        if (len(body) == 1 and isinstance(body[0], ast.Return) and body[0].value is not None and not a.vararg
+                and not a.kwarg and not a.kwonlyargs and not a.defaults and not a.posonlyargs):
+            ctx.helpers[stmt.name] = ([x.arg for x in a.args], body[0].value)
+        else:
+            ctx.helpers.pop(stmt.name, None)
+
+
+def _static(node: ast.expr, ctx: _Ctx) -> Any:
+    """Values the test code fixes by itself (literals, names bound to them, zip/range/enumerate of those)."""
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError):
+        pass
+    if isinstance(node, ast.Name) and node.id in ctx.literals:
+        return ctx.literals[node.id]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords and not any(
+            isinstance(a, ast.Starred) for a in node.args):
+        fn = {"zip": zip, "range": range, "enumerate": enumerate, "list": list, "tuple": tuple,
+              "reversed": reversed, "sorted": sorted}.get(node.func.id)
+        if fn is not None:
+            args = [_static(a, ctx) for a in node.args]
+            if fn is range and any(abs(a) > 10 * MAX_UNROLL for a in args if isinstance(a, int)):
+                raise ValueError("range too long")
+            return list(fn(*args))
+    raise ValueError("not static")
+
+
+def _as_node(value: Any) -> ast.expr:
+    text = repr(value)
+    if ast.literal_eval(text) != value or len(text) > 100_000:
+        raise ValueError("no literal form")
+    return ast.parse(text, mode="eval").body
+
+
+def _bind(target: ast.expr, value: Any, out: dict[str, ast.expr]) -> None:
+    if isinstance(target, ast.Name):
+        out[target.id] = _as_node(value)
+    elif isinstance(target, (ast.Tuple, ast.List)) and not any(isinstance(e, ast.Starred) for e in target.elts):
+        items = list(value)
+        if len(items) != len(target.elts):
+            raise ValueError("unpack mismatch")
+        for t, v in zip(target.elts, items):
+            _bind(t, v, out)
+    else:
+        raise ValueError("unsupported loop target")
+
+
+class _Substitute(ast.NodeTransformer):
+    def __init__(self, names: dict[str, ast.expr]):
+        self.names = names
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        if isinstance(node.ctx, ast.Load) and node.id in self.names:
+            return copy.deepcopy(self.names[node.id])
+        return node
+
+
+def _unroll(loop: ast.For, ctx: _Ctx) -> bool:
+    """`for x, want in <static>: assert f(x) == want` becomes one top-level assert per item, so each is judged in
+    the parent and `want` never enters the sandbox. Only loops whose bodies are asserts (or such loops)."""
+    if not all(isinstance(b, (ast.Assert, ast.For)) for b in loop.body):
+        return False
+    try:
+        items = _static(loop.iter, ctx)
+        if len(items) > MAX_UNROLL:
+            return False
+        bodies = []
+        for item in items:
+            names: dict[str, ast.expr] = {}
+            _bind(loop.target, item, names)
+            bodies.append([_Substitute(names).visit(copy.deepcopy(b)) for b in loop.body])
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, OverflowError):
+        return False
+    for body in bodies:
+        for stmt in body:
+            _statement(ast.fix_missing_locations(stmt), ctx)
+    return True
+
+
+def _next_probe(ops: list) -> int:
+    return 1 + max((op[1] for op in ops), default=-1)
+
+
+def _dotted(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return f"{node.value.id}.{node.attr}"
+    return None
+
+
+def _judge_tree(node: ast.expr, ctx: _Ctx, depth: int = 0) -> tuple:
+    """The parts of an assert the parent can compute, with every other sub-expression a sandbox probe."""
+    if depth > 50:
+        raise UserError("code reward: an assert in the tests nests helpers too deeply; fix the dataset row")
+    sub = lambda n: _judge_tree(n, ctx, depth + 1)  # noqa: E731
+    try:
+        return ("const", _static(node, ctx) if isinstance(node, ast.Name) else ast.literal_eval(node))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    if isinstance(node, ast.Compare) and all(type(op) in CMPOPS for op in node.ops):
+        return ("cmp", [CMPOPS[type(op)] for op in node.ops], [sub(x) for x in [node.left, *node.comparators]])
+    if isinstance(node, ast.BoolOp):
+        return ("and" if isinstance(node.op, ast.And) else "or", [sub(v) for v in node.values])
+    if isinstance(node, ast.UnaryOp) and type(node.op) in UNOPS:
+        return ("un", UNOPS[type(node.op)], sub(node.operand))
+    if isinstance(node, ast.BinOp) and type(node.op) in BINOPS:
+        return ("bin", type(node.op), sub(node.left), sub(node.right))
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)) and not any(isinstance(e, ast.Starred) for e in node.elts):
+        return ({ast.List: "list", ast.Tuple: "tuple", ast.Set: "set"}[type(node)], [sub(e) for e in node.elts])
+    if _dotted(node) in SAFE_NAMES:
+        return ("const", SAFE_NAMES[_dotted(node)])
+    plain_call = isinstance(node, ast.Call) and not any(isinstance(a, ast.Starred) for a in node.args) and all(
+        kw.arg for kw in node.keywords)
+    if plain_call and _dotted(node.func) in SAFE_CALLS:
+        return ("call", SAFE_CALLS[_dotted(node.func)], [sub(a) for a in node.args],
+                {kw.arg: sub(kw.value) for kw in node.keywords})
+    if plain_call and isinstance(node.func, ast.Name) and node.func.id in ctx.helpers and not node.keywords:
+        params, body = ctx.helpers[node.func.id]
+        if len(params) == len(node.args):
+            return sub(_Substitute(dict(zip(params, node.args))).visit(copy.deepcopy(body)))
+    k = _next_probe(ctx.ops)
+    ctx.ops.append(["eval", k, ast.unparse(node)])
+    return ("probe", k)
+
+
