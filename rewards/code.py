@@ -22,6 +22,7 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 PY_TAGS = {"python", "py", "python3", "py3"}
 EXTRACT_RULES = ("last_python_block", "first_python_block", "last_block", "whole")
 
+
 def extract_program(completion: str, rule: str = "last_python_block") -> str | None:
     """The program in a completion, or None. rule: one of EXTRACT_RULES, or a regex whose group 1 is the code.
 
@@ -57,6 +58,7 @@ def extract_program(completion: str, rule: str = "last_python_block") -> str | N
         return None
     return chosen[0][1]
 
+
 def _aggregate(passed: list[bool], mode: str) -> float:
     if not passed:
         return 0.0
@@ -64,9 +66,11 @@ def _aggregate(passed: list[bool], mode: str) -> float:
         return 1.0 if all(passed) else 0.0
     return sum(passed) / len(passed)
 
+
 def _check_mode(mode: str) -> None:
     if mode not in ("fraction", "all"):
         raise UserError(f"code reward: mode={mode!r} is not 'fraction' or 'all'; fix the recipe's reward args")
+
 
 def run_tests(program: str, tests: dict, executor: Executor, mode: str = "fraction") -> list[bool]:
     """One pass/fail per test, in order."""
@@ -79,18 +83,22 @@ def run_tests(program: str, tests: dict, executor: Executor, mode: str = "fracti
         passed.append(grade(test, r.completed, r.stdout, answers_by_run[test.run]))
     return passed
 
+
 @functools.lru_cache(maxsize=8)
 def _executor(limits: Limits, allow_unsandboxed: bool) -> Executor:
     return Executor(limits, allow_unsandboxed)
+
 
 @functools.lru_cache(maxsize=4)
 def _pool(max_parallel: int) -> Pool:
     return Pool(max_parallel)
 
+
 def _limits(timeout_s: float | None, memory_mb: int | None, output_kb: int | None) -> Limits:
     kw = {k: v for k, v in (("timeout_s", timeout_s), ("memory_mb", memory_mb), ("output_kb", output_kb))
           if v is not None}
     return Limits(**kw)
+
 
 def score(completion: str, tests: dict | str, *, mode: str = "fraction", extract: str = "last_python_block",
           timeout_s: float | None = None, memory_mb: int | None = None, output_kb: int | None = None,
@@ -105,6 +113,7 @@ def score(completion: str, tests: dict | str, *, mode: str = "fraction", extract
         return 0.0
     executor = executor or _executor(_limits(timeout_s, memory_mb, output_kb), allow_unsandboxed)
     return _aggregate(run_tests(program, parsed, executor, mode), mode)
+
 
 def code_reward(prompts: list[str], completions: list[str], tests: list[Any] | None = None, *,
                 mode: str = "fraction", extract: str = "last_python_block", timeout_s: float | None = None,
