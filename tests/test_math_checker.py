@@ -65,6 +65,17 @@ RIGHT = [
     ("\\boxed{\\{1,2,3\\}}", "1, 2, 3"),
     ("\\boxed{e^{i\\pi}}", "-1"),
     ("\\boxed{5!}", "120"),
+    ("\\boxed{\\log_2 8}", "3"),
+    ("\\boxed{\\binom{5}{2}}", "10"),
+    ("\\boxed{x \\in [2, 5)}", "[2,5)"),
+    ("\\boxed{x \\ge 2}", "[2,\\infty)"),
+    ("\\boxed{-3 < x \\leq 4}", "(-3,4]"),
+    ("\\boxed{\\mathbb{R}}", "(-\\infty,\\infty)"),
+    ("\\boxed{a = 2, b = 3}", "(2,3)"),
+    ("\\boxed{5\\text{ cm}^2}", "5"),
+    ("\\boxed{2x+3y-z=4}", "-2x-3y+z=-4"),
+    ("\\boxed{\\pm 2}", "2, -2"),
+    ("\\boxed{\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"),
 ]
 
 # Pairs that must score 0.0: wrong answers, hedges, and grader gaming.
@@ -101,6 +112,10 @@ WRONG = [
     ("\\boxed{10^{10^{10}}}", "10^{10^{10}}+1"),
     ("\\boxed{1000000!}", "5"),
     ("\\boxed{-\\infty}", "\\infty"),
+    ("\\boxed{x > 2}", "[2,\\infty)"),
+    ("\\boxed{1, 2}", "(1,2)"),
+    ("\\boxed{\\{1\\}}", "1"),
+    ("\\boxed{\\frac{\\pi}{3}}", "60^\\circ"),
     ("\\boxed{\\frac{1}{0}}", "\\infty"),
     ("\\boxed{" + "{" * 2000 + "1" + "}" * 2000 + "}", "2"),
 ]

@@ -33,7 +33,7 @@ _UNITS = ("cm|mm|km|m|meters?|metres?|centimeters?|inches|inch|in|feet|foot|ft|y
           "pounds?|lbs?|ounces?|oz|seconds?|sec|s|minutes?|min|hours?|hrs?|h|days?|weeks?|months?|years?|"
           "dollars?|cents?|euros?|units?|sq|square|cubic|liters?|litres?|l|ml|gallons?|degrees?|radians?|rad|"
           "people|persons?|students?|times|percent|points?|pages?|boxes|books?|apples?|eggs?|cups?|items?")
-_UNIT_TAIL = re.compile(rf"^(.*?[\d}}])\s*(?:\\text\{{[^{{}}]*\}}|(?:(?:{_UNITS})(?:\^\{{?[23]\}}?|\^[23])?\s*)+)$")
+_UNIT_TAIL = re.compile(rf"^(.*?[\d}}])\s*(?:\\(?:text|mbox|mathrm|textrm)\{{[^{{}}]*\}}(?:\^\{{?[23]\}}?|\^[23])?|(?:(?:{_UNITS})(?:\^\{{?[23]\}}?|\^[23])?\s*)+)$")
 _WORDS = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
 _BASE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")
 _INT_STR = re.compile(r"-?\d+")
@@ -251,11 +251,42 @@ def _drop_assign(s: str) -> list[str]:
     return parts
 
 
+_INEQ = r"(<|>|\\leq|\\geq|\\lt|\\gt)"
+_VAR = r"([a-zA-Z]|\\[a-zA-Z]+)"
+_RE_VAR_OP = re.compile(rf"{_VAR}{_INEQ}(.+)")
+_RE_OP_VAR = re.compile(rf"(.+?){_INEQ}{_VAR}")
+_RE_BETWEEN = re.compile(rf"(.+?){_INEQ}{_VAR}{_INEQ}(.+)")
+_LESS = {"<": True, "\\lt": True, "\\leq": False}
+_MORE = {">": True, "\\gt": True, "\\geq": False}
+
+
+def as_interval(s: str) -> str:
+    """'x \\geq 2' -> '[2,\\infty)', 'x \\in [2,5)' -> '[2,5)', '\\mathbb{R}' -> '(-\\infty,\\infty)'; else s."""
+    s = re.sub(r"^[a-zA-Z]\\in", "", s)
+    s = s.replace("\\mathbb{R}", "(-\\infty,\\infty)")
+    m = _RE_BETWEEN.fullmatch(s)
+    if m and m.group(2) in _LESS and m.group(4) in _LESS and not re.search(r"[<>]|\\[lg]", m.group(1) + m.group(5)):
+        return ("(" if _LESS[m.group(2)] else "[") + m.group(1) + "," + m.group(5) + (")" if _LESS[m.group(4)] else "]")
+    m = _RE_VAR_OP.fullmatch(s)
+    if m and not re.search(_INEQ, m.group(3)) and "\\infty" != m.group(1):
+        op, a = m.group(2), m.group(3)
+        if op in _LESS:
+            return "(-\\infty," + a + (")" if _LESS[op] else "]")
+        return ("(" if _MORE[op] else "[") + a + ",\\infty)"
+    m = _RE_OP_VAR.fullmatch(s)
+    if m and not re.search(_INEQ, m.group(1)):
+        a, op = m.group(1), m.group(2)
+        if op in _LESS:  # a < x
+            return ("(" if _LESS[op] else "[") + a + ",\\infty)"
+        return "(-\\infty," + a + (")" if _MORE[op] else "]")
+    return s
+
+
 def equal(pred: str, gold: str) -> bool:
     """Structural comparison; scalars go to scalar_equal."""
     if _deadline_passed():
         return False
-    p, g = normalize(pred), normalize(gold)
+    p, g = as_interval(normalize(pred)), as_interval(normalize(gold))
     if not p or not g:
         return False
     if p == g:
@@ -298,7 +329,8 @@ def equal(pred: str, gold: str) -> bool:
         return scalar_equal(p, g)
     if len(g_eq) == 2 and len(p_eq) == 1 and _is_simple_lhs(g_eq[0]):
         return equal(p, g_eq[1])
-    if len(g_eq) == 1 and len(p_eq) > 1:
+    g_tuple = any(_enclosed(g, o, c) and len(split_top(g[1:-1], (",",))) > 1 for o in "([" for c in ")]")
+    if len(g_eq) == 1 and len(p_eq) > 1 and not g_tuple:
         sides = _drop_assign(p)
         return bool(sides) and all(equal(s, g) for s in sides)
     if len(g_eq) > 2:
@@ -318,9 +350,13 @@ def equal(pred: str, gold: str) -> bool:
         for c in ")]":
             if _enclosed(g, o, c) and len(split_top(g[1:-1], (",",))) > 1:
                 gi = split_top(g[1:-1], (",",))
-                if not (_enclosed(p, o, c)):
-                    return False
-                pi = split_top(p[1:-1], (",",))
+                if _enclosed(p, o, c):
+                    pi = split_top(p[1:-1], (",",))
+                else:  # "a = 2, b = 3" for the point (2,3): every item an assignment, in order
+                    items = [split_top(x, ("=",)) for x in split_top(p, (",",))]
+                    if len(items) < 2 or any(len(x) != 2 or not _is_simple_lhs(x[0]) for x in items):
+                        return False
+                    pi = [x[1] for x in items]
                 return len(pi) == len(gi) and all(equal(a, b) for a, b in zip(pi, gi))
     pl = _as_list(p)
     if pl is not None:

@@ -69,6 +69,6 @@ def normalize(s: str) -> str:
     s = _FRAC_HALF2.sub(r"\\frac\1{\2}", s)
     s = _SQRT_SHORT.sub(r"\\sqrt{\1}", s)
     s = _SPACES.sub(" ", s).strip()
-    # Drop spaces except where they separate a command from a letter ("\pi r").
-    s = re.sub(r"(?<![a-zA-Z]) | (?![a-zA-Z])", "", s)
+    # Drop spaces except between two word characters ("\pi r", "\log_2 8" is not "\log_28").
+    s = re.sub(r"(?<![a-zA-Z0-9]) | (?![a-zA-Z0-9])", "", s)
     return s.rstrip(".").strip()
