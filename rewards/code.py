@@ -74,7 +74,7 @@ def _check_mode(mode: str) -> None:
 
 def run_tests(program: str, tests: dict, executor: Executor, mode: str = "fraction") -> list[bool]:
     """One pass/fail per test, in order."""
-    plan = plan_tests(tests, executor.limits.timeout_s)
+    plan = plan_tests(tests, executor.limits.test_wall_s)
     results = executor.run(program, plan.runs, stop_on_timeout=(mode == "all"))
     passed = []
     answers_by_run = {rid: read_answers(r.answers()) for rid, r in results.items()}

@@ -112,7 +112,7 @@ def _strip_units(s: str) -> str:
 
 def _percent(s: str) -> tuple[str, bool]:
     t = s.replace("\\%", "").replace("%", "")
-    t = re.sub(r"\\text\{\s*percent\s*\}|\bpercent\b", "", t).strip()
+    t = re.sub(r"\\text\{\s*(?:percent|percentage|pct)\s*\}|\b(?:percentage|percent|pct)\b", "", t).strip()
     return t, t != s
 
 
@@ -125,6 +125,8 @@ def _clean_scalar(s: str) -> tuple[str, bool]:
 
 
 def _matrix(s: str) -> list[list[str]] | None:
+    if (_enclosed(s, "(", ")") or _enclosed(s, "[", "]")) and s[1:].startswith("\\begin"):
+        s = s[1:-1]  # \left[\begin{array}..\end{array}\right]
     m = re.fullmatch(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", s, re.S)
     if not m:
         return None
@@ -154,7 +156,19 @@ def _num_equal(pn, gn, p_pct: bool, g_pct: bool) -> bool:
     if gn.decimals and pn.decimals is None and not p_pct and not g_pct:
         q = Fraction(1, 10 ** gn.decimals)
         return abs(pv - gv) <= q / 2
+    # A rational gold with no finite decimal form (1/3, 8/3) accepts its decimal rounded to 2+ places
+    # (0.33, 2.6667); a terminating gold (1/8) needs the exact decimal (0.125, not 0.13).
+    if pn.decimals and pn.decimals >= 2 and gn.decimals is None and not _terminates(gv) and p_pct == g_pct:
+        return abs(pv - gv) <= Fraction(1, 2 * 10 ** pn.decimals)
     return False
+
+
+def _terminates(v: Fraction) -> bool:
+    d = v.denominator
+    for f in (2, 5):
+        while d % f == 0:
+            d //= f
+    return d == 1
 
 
 def scalar_equal(pred: str, gold: str) -> bool:

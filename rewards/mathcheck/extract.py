@@ -10,6 +10,7 @@ Conventions:
 - An empty box, or a box left open (a truncated completion), gives no answer.
 - Without a box: the last "final answer is", "The answer is", "**Final Answer**", "Answer:" or "#### " marker.
 - A completion that is only a short single line (a bare "42", at most 40 characters) is its own answer.
+- Prose with none of those: its last math block ($..$, \\(..\\), \\[..\\]), else its last number.
 """
 
 from __future__ import annotations
@@ -149,9 +150,29 @@ def extract_candidates(completion: str) -> list[str] | None:
         c = clean(found)
         return [c] if c and len(c) <= _MAX_ANSWER else None
     bare = text.strip()
-    if bare and "\n" not in bare and len(bare) <= 40:
+    if bare and "\n" not in bare and len(bare) <= 40 and not _MATH_BLOCK.search(bare):
         return [clean(bare)] if clean(bare) else None
-    return None
+    last = _last_math_or_number(text)
+    return [last] if last else None
+
+
+# Display math may span lines; inline $..$ and \(..\) may not.
+_MATH_BLOCK = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<![\\$])\$([^$\n]+?)(?<!\\)\$", re.S)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def _last_math_or_number(text: str) -> str | None:
+    """Fallback for prose without a box or marker: its last math block, else its last number."""
+    tail = text[-20_000:]  # the answer is at the end; bounds the scan on huge outputs
+    last = None
+    for m in _MATH_BLOCK.finditer(tail):
+        last = m
+    if last is not None:
+        body = clean(next(g for g in last.groups() if g is not None))
+        if body:
+            return body
+    nums = _NUMBER.findall(tail)
+    return nums[-1].rstrip(",") if nums else None
 
 
 def extract_answer(completion: str) -> str | None:

@@ -16,7 +16,8 @@ _DROP = [
 _RENAME = [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\le ", "\\leq "),
            ("\\ge ", "\\geq "), ("\\leqslant", "\\leq"), ("\\geqslant", "\\geq"), ("\\ne ", "\\neq "),
            ("\\lbrack", "["), ("\\rbrack", "]"), ("\\lbrace", "\\{"), ("\\rbrace", "\\}"),
-           ("\\emptyset", "\\varnothing"), ("\\lvert", "|"), ("\\rvert", "|"), ("\\vert", "|"),
+           ("\\emptyset", "\\varnothing"), ("\\lvert", "|"), (">=", "\\geq "), ("<=", "\\leq "), ("!=", "\\neq "), ("\\lt ", "<"),
+           ("\\gt ", ">"), ("\\lt", "<"), ("\\gt", ">"), ("\\neq ", "\\neq "), ("\\rvert", "|"), ("\\vert", "|"),
            ("−", "-"), ("–", "-"), ("×", "\\times"), ("·", "\\cdot"), ("π", "\\pi"), ("∞", "\\infty"),
            ("√", "\\sqrt"), ("≤", "\\leq"), ("≥", "\\geq"), ("∪", "\\cup"), ("\\bmatrix", "\\pmatrix")]
 _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree|\{\}\^\{?\\circ\}?")

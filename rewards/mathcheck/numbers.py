@@ -13,7 +13,7 @@ _MAX_EXP = 400       # 1e400 as an exact Fraction is fine; 10^{10^{10}} is not a
 _INT = r"\d+"
 _DEC = r"(?:\d+\.\d*|\.\d+|\d+)"
 _RE_PLAIN = re.compile(rf"([+-]?)({_DEC})")
-_RE_THOUSANDS = re.compile(r"([+-]?)(\d{1,3}(?:,\d{3})+)(\.\d+)?")
+_RE_THOUSANDS = re.compile(r"([+-]?)(\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+)(\.\d+)?")
 _RE_SCI_E = re.compile(rf"([+-]?)({_DEC})[eE]([+-]?\d+)")
 _RE_SCI_TEX = re.compile(rf"([+-]?)(?:({_DEC})(?:\\times|\\cdot|\*|x))?10\^(?:\{{([+-]?\d+)\}}|([+-]?\d))")
 _RE_FRAC = re.compile(rf"([+-]?)\\frac\{{([+-]?{_DEC})\}}\{{([+-]?{_DEC})\}}")
@@ -53,7 +53,7 @@ def parse_number(s: str, thousands: bool = True) -> Num | None:
         if thousands:
             m = _RE_THOUSANDS.fullmatch(s)
             if m:
-                v = _dec(m.group(2).replace(",", "") + (m.group(3) or ""))
+                v = _dec(m.group(2).replace(",", "").replace(" ", "") + (m.group(3) or ""))
                 return Num(-v if m.group(1) == "-" else v, len(m.group(3)) - 1 if m.group(3) else None)
         m = _RE_SCI_E.fullmatch(s) or None
         if m:

@@ -43,7 +43,7 @@ class Executor:
         self.caps: Capabilities = require(allow_unsandboxed)
 
     def job_timeout(self, runs: list[dict]) -> float:
-        per_run = [r.get("wall_s", self.limits.timeout_s) for r in runs]
+        per_run = [r.get("wall_s", self.limits.test_wall_s) for r in runs]
         return min(self.limits.max_job_s, sum(per_run) + 2.0 * len(runs) + 5.0)
 
     def run(self, program: str, runs: list[dict], stop_on_timeout: bool = False) -> dict[int, RunResult]:

@@ -9,7 +9,9 @@ from grpo.errors import UserError
 
 @dataclass(frozen=True)
 class Limits:
-    timeout_s: float = 4.0          # wall clock per test (one stdin case, or one assert / call probe)
+    timeout_s: float = 4.0          # CPU seconds per test (one stdin case, or one assert / call probe)
+    wall_factor: float = 2.0        # wall clock per test = timeout_s * wall_factor + 0.5: 8 sandboxes sharing
+                                    # 2 cores must not turn an honest program's fair CPU time into a timeout
     memory_mb: int = 1024           # address space of every untrusted process (RLIMIT_AS)
     file_mb: int = 16               # largest file it may write (RLIMIT_FSIZE); /tmp holds at most twice that
     open_files: int = 64            # RLIMIT_NOFILE
@@ -18,15 +20,19 @@ class Limits:
     max_job_s: float = 120.0        # hard wall clock for a whole completion, whatever its number of tests
 
     def __post_init__(self):
-        for name in ("timeout_s", "memory_mb", "file_mb", "open_files", "processes", "output_kb", "max_job_s"):
+        for name in ("timeout_s", "wall_factor", "memory_mb", "file_mb", "open_files", "processes", "output_kb", "max_job_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise UserError(f"code sandbox: {name}={value!r} must be a positive number; "
                                 f"set it to e.g. {getattr(Limits, name)}")
 
+    @property
+    def test_wall_s(self) -> float:
+        return float(self.timeout_s) * float(self.wall_factor) + 0.5
+
     def as_job(self) -> dict:
         cpu = max(1, int(self.timeout_s + 0.999))
-        return {"wall_s": float(self.timeout_s), "cpu_s": cpu, "probe_wall_s": float(self.timeout_s),
+        return {"wall_s": self.test_wall_s, "cpu_s": cpu, "probe_wall_s": self.test_wall_s,
                 "mem_bytes": int(self.memory_mb) << 20, "file_bytes": int(self.file_mb) << 20,
                 "tmp_bytes": 2 * (int(self.file_mb) << 20), "nofile": int(self.open_files),
                 "nproc": int(self.processes), "out_bytes": int(self.output_kb) << 10,

@@ -58,7 +58,7 @@ ASSERT_KEYS = ("asserts", "assert", "test_list", "tests", "test")
 SETUP_KEYS = ("setup", "test_setup_code", "test_imports", "imports")
 
 
-def plan_tests(tests: dict, timeout_s: float) -> Plan:
+def plan_tests(tests: dict, test_wall_s: float) -> Plan:
     plan = Plan()
     if "inputs" in tests:
         inputs, outputs = tests["inputs"], tests.get("outputs")
@@ -72,7 +72,7 @@ def plan_tests(tests: dict, timeout_s: float) -> Plan:
                     args = json.loads(args)
                 ops.append(["call", k, str(fn_name), args if isinstance(args, list) else [args]])
                 plan.tests.append(Test("call", 0, want, k))
-            plan.runs.append(_probe_run(0, _setup_ops(tests) + ops, len(ops), timeout_s))
+            plan.runs.append(_probe_run(0, _setup_ops(tests) + ops, len(ops), test_wall_s))
         else:
             for k, (stdin, want) in enumerate(zip(inputs, outputs)):
                 plan.runs.append({"id": k, "kind": "stdin", "stdin": _text(stdin)})
@@ -88,7 +88,7 @@ def plan_tests(tests: dict, timeout_s: float) -> Plan:
     setup = "\n".join(op[2] for op in _setup_ops(tests))
     ops: list = []
     _compile_asserts(setup + "\n" + str(code), tests.get("entry_point"), ops, plan)
-    plan.runs.append(_probe_run(0, ops, len(plan.tests), timeout_s))
+    plan.runs.append(_probe_run(0, ops, len(plan.tests), test_wall_s))
     return plan
 
 
@@ -105,8 +105,8 @@ def _setup_ops(tests: dict) -> list:
     return ops
 
 
-def _probe_run(run_id: int, ops: list, n_probes: int, timeout_s: float) -> dict:
-    budget = timeout_s * max(1, n_probes) + 1.0
+def _probe_run(run_id: int, ops: list, n_probes: int, test_wall_s: float) -> dict:
+    budget = test_wall_s * max(1, n_probes) + 1.0
     return {"id": run_id, "kind": "probes", "ops": ops, "wall_s": budget, "cpu_s": budget}
 
 
