@@ -9,7 +9,7 @@ from grpo.errors import UserError
 
 @dataclass(frozen=True)
 class Limits:
-    timeout_s: float = 4.0          # CPU seconds per test (one stdin case, or one assert / call probe)
+    timeout_s: float = 3.0          # CPU seconds per test (one stdin case, or one assert / call probe)
     wall_factor: float = 2.0        # wall clock per test = timeout_s * wall_factor + 0.5: 8 sandboxes sharing
                                     # 2 cores must not turn an honest program's fair CPU time into a timeout
     memory_mb: int = 1024           # address space of every untrusted process (RLIMIT_AS)
