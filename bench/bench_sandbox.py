@@ -82,7 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", type=int, default=64)
     ap.add_argument("--parallel", type=int, default=8)
-    ap.add_argument("--timeout", type=float, default=2.0)
+    ap.add_argument("--timeout", type=float, default=3.0)  # the reward's default
     args = ap.parse_args()
     cases = corpus(args.cases)
     completions = [c for c, _, _ in cases]
