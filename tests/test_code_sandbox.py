@@ -214,3 +214,11 @@ def test_unsplittable_assert_still_runs(ex):
     assert [t.kind for t in plan_tests(tests, 1.0).tests] == ["check"]
     assert score(fenced("def f(x):\n    return x"), tests, executor=ex) == 1.0
     assert score(fenced("def f(x):\n    return 0"), tests, executor=ex) == 0.0
+
+
+def test_struct_column_rows_with_none_keys(ex):
+    # `datasets` unifies dict columns: each row carries every key, None where it has none.
+    row = {"inputs": None, "outputs": None, "fn_name": None, "asserts": ["assert sq(3) == 9"]}
+    assert score(fenced("def sq(x):\n    return x * x"), row, executor=ex) == 1.0
+    empty = {"inputs": None, "outputs": None, "fn_name": None, "asserts": None}
+    assert code_reward(["p"], [fenced("x = 1")], tests=[empty]) == [None]

@@ -51,7 +51,9 @@ def load_tests(tests: Any) -> dict | None:
         tests = {**json.loads(tests["input_output"]), **{k: v for k, v in tests.items() if k != "input_output"}}
     if not isinstance(tests, dict):
         raise UserError(f"code reward: tests must be a dict, got {type(tests).__name__}; fix: see the tests format")
-    return tests
+    # A datasets struct column gives every row every key, None where the row has none.
+    tests = {k: v for k, v in tests.items() if v is not None}
+    return tests or None
 
 
 ASSERT_KEYS = ("asserts", "assert", "test_list", "tests", "test")
