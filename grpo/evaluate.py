@@ -233,7 +233,8 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
             model = load_policy(ModelConfig(path=str(resolved_path), dtype=chosen_dtype), resolved_path, torch_device)
         sampler = build_sampler(cfg, backend, model, tokenizer, resolved_path, chosen_dtype, vllm_options)
     else:
-        backend = type(sampler).__name__
+        name = type(sampler).__name__
+        backend = {"HFSampler": "hf", "VLLMSampler": "vllm"}.get(name, name)
 
     renderer = PromptRenderer(tokenizer, cfg.prompt_template, cfg.use_chat_template, cfg.system_prompt)
     items = []  # (set, row index, row, prompt text, prompt ids, gold)
@@ -249,6 +250,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
     records: list[dict] = []
     results: list[ProblemResult] = []
     grader_errors = 0
+    not_applicable = 0  # samples the grader returned None for (e.g. a row with no gold answer): counted wrong
     bar = _progress_bar(len(items), enabled=progress)
     from rewards.scoring import NamedReward, score
 
@@ -258,8 +260,9 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
             part = items[start:start + chunk]
             chunk_settings = replace(settings, seed=cfg.seed * SEED_STRIDE + start)
             groups = sampler.generate([it[4] for it in part], chunk_settings)
-            errors = _grade_chunk(part, groups, grader_named, score, extract, cfg, records, results)
+            errors, skipped = _grade_chunk(part, groups, grader_named, score, extract, cfg, records, results)
             grader_errors += errors
+            not_applicable += skipped
             if bar is not None:
                 bar.update(len(part))
     finally:
@@ -294,7 +297,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
                    "answer_pattern": cfg.answer_pattern},
         "grader": {"name": cfg.grader, "function": f"{getattr(grader, '__module__', '?')}:"
                                                     f"{getattr(grader, '__qualname__', '?')}",
-                   "correct_if": "score >= 1.0", "errors": grader_errors},
+                   "correct_if": "score >= 1.0", "errors": grader_errors, "not_applicable": not_applicable},
         "seed": cfg.seed,
         "bootstrap_resamples": cfg.bootstrap,
         "environment": _environment(),
@@ -314,7 +317,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
 
 
 def _grade_chunk(part, groups: list[Group], grader_named, score, extract, cfg: EvalConfig,
-                 records: list[dict], results: list[ProblemResult]) -> int:
+                 records: list[dict], results: list[ProblemResult]) -> tuple[int, int]:
     """Grade every completion of a chunk in one grader call; append one record and one result per problem."""
     prompts, completions, columns_rows, ids, reasons = [], [], [], [], []
     for (s, i, row, text, _, gold), group in zip(part, groups):
@@ -349,7 +352,7 @@ def _grade_chunk(part, groups: list[Group], grader_named, score, extract, cfg: E
                         "num_correct": sum(result.correct), "majority_answer": None if vote is None else
                         result.answers[vote], "majority_correct": vote is not None and result.correct[vote],
                         "samples": samples})
-    return sum(scores.errors.values())
+    return sum(scores.errors.values()), sum(v is None for v in values)
 
 
 def _jsonable(value: Any) -> bool:
@@ -424,7 +427,7 @@ def markdown_report(summary: dict) -> str:
              f"Protocol: {summary['protocol']}. Scores in %, avg@k with a 95% bootstrap interval over problems "
              f"({summary['bootstrap_resamples']} resamples).", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
     s = summary["sampling"]
     lines += ["", "| setting | value |", "|---|---|",
               f"| model | {summary['model']['path']} (files sha256 {summary['model'].get('files_sha256', '-')}) |",
@@ -435,13 +438,18 @@ def markdown_report(summary: dict) -> str:
               f"| temperature | {s['temperature']} |", f"| top_p | {s['top_p']} |",
               f"| max new tokens | {s['max_new_tokens']} |", f"| stop | {s['stop']} |",
               f"| generation batch size | {s['generation_batch_size']} |",
-              f"| prompt template | `{summary['prompt']['template']!r}` |",
+              f"| prompt template | `{_md(repr(summary['prompt']['template']))}` |",
               f"| chat template | {summary['prompt']['use_chat_template']} |",
               f"| grader | {summary['grader']['name']} ({summary['grader']['function']}), correct if score >= 1.0, "
               f"{summary['grader']['errors']} grader error(s) |",
               f"| seed | {summary['seed']} |", f"| grpo | {summary['grpo_version']} |",
               f"| step | {summary['step']} |", f"| seconds | {summary['seconds']} |"]
     return "\n".join(lines) + "\n"
+
+
+def _md(cell: str) -> str:
+    """A table cell: a | or newline from a template or a column value must not break the table."""
+    return cell.replace("|", "\\|").replace("\n", "\\n")
 
 
 def console_table(summary: dict) -> str:
@@ -463,10 +471,19 @@ def evaluate_during_training(policy: Any, tokenizer: Any, cfg: EvalConfig, outpu
     log: eval/avg@k, eval/pass@j (j = 1, 2, 4, ..., k), eval/maj@k, eval/length_mean, eval/truncation_rate, and the
     same under eval/<dataset>/ when several datasets are evaluated. Pass the trainer's `sampler` to reuse it (its
     weights must be synced); without one the policy generates through the transformers sampler."""
+    import torch
+
     device = next(policy.parameters()).device
-    summary = run_eval(cfg, model=policy, tokenizer=tokenizer, sampler=sampler,
-                       output_dir=Path(output_dir) / "eval" / f"step_{step:06d}", step=step,
-                       device=device.type, progress=False, console=False)
+    if sampler is None and cfg.sampler == "vllm":
+        cfg = replace(cfg, sampler="hf")  # a second vLLM engine beside training's would not fit; the policy generates
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        summary = run_eval(cfg, model=policy, tokenizer=tokenizer, sampler=sampler,
+                           output_dir=Path(output_dir) / "eval" / f"step_{step:06d}", step=step,
+                           device=device.type, progress=False, console=False)
+    finally:
+        if cuda_states is not None:  # the sampler reseeds every device; training's own draws must not move
+            torch.cuda.set_rng_state_all(cuda_states)
     return flat_metrics(summary)
 
 
