@@ -222,3 +222,11 @@ def test_struct_column_rows_with_none_keys(ex):
     assert score(fenced("def sq(x):\n    return x * x"), row, executor=ex) == 1.0
     empty = {"inputs": None, "outputs": None, "fn_name": None, "asserts": None}
     assert code_reward(["p"], [fenced("x = 1")], tests=[empty]) == [None]
+
+
+def test_large_expected_output_is_not_an_output_flood():
+    small_cap = Executor(Limits(timeout_s=2, output_kb=1))
+    n = 3000
+    tests = {"inputs": [f"{n}\n"], "outputs": ["\n".join(str(i) for i in range(n))]}
+    assert score(fenced("print('\\n'.join(map(str, range(int(input())))))"), tests, executor=small_cap) == 1.0
+    assert score(fenced("while True:\n    print(0)"), tests, executor=small_cap) == 0.0

@@ -286,7 +286,7 @@ def do_run(job, run, scratch, pidns):
             os._exit(70)
     for fd in (out_w, err_w, res_w, stdin_fd):
         os.close(fd)
-    caps = {out_r: lim["out_bytes"], err_r: 4096, res_r: lim["res_bytes"]}
+    caps = {out_r: run.get("out_bytes", lim["out_bytes"]), err_r: 4096, res_r: lim["res_bytes"]}
     bufs = {out_r: bytearray(), err_r: bytearray(), res_r: bytearray()}
     pidfd = os.pidfd_open(pid)
     status, why = None, None

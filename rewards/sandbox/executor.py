@@ -47,6 +47,9 @@ class Executor:
         return min(self.limits.max_job_s, sum(per_run) + 2.0 * len(runs) + 5.0)
 
     def run(self, program: str, runs: list[dict], stop_on_timeout: bool = False) -> dict[int, RunResult]:
+        cap = int(self.limits.output_kb) << 10
+        runs = [{**r, "out_bytes": max(cap, r.pop("out_bytes_min", 0) + 4096)} if "out_bytes_min" in r else r
+                for r in (dict(r) for r in runs)]
         job = {"isolate": self.caps.isolate, "binds": bind_paths(), "limits": self.limits.as_job(),
                "program": program, "runs": runs, "stop_on_timeout": stop_on_timeout,
                "seccomp": bool(self.caps.report.get("seccomp"))}

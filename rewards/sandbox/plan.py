@@ -77,8 +77,10 @@ def plan_tests(tests: dict, test_wall_s: float) -> Plan:
             plan.runs.append(_probe_run(0, _setup_ops(tests) + ops, len(ops), test_wall_s))
         else:
             for k, (stdin, want) in enumerate(zip(inputs, outputs)):
-                plan.runs.append({"id": k, "kind": "stdin", "stdin": _text(stdin)})
-                plan.tests.append(Test("stdin", k, _text(want)))
+                want = _text(want)
+                # A right answer must never hit the output cap: allow twice the expected size, whatever the cap.
+                plan.runs.append({"id": k, "kind": "stdin", "stdin": _text(stdin), "out_bytes_min": 2 * len(want)})
+                plan.tests.append(Test("stdin", k, want))
         return plan
     code = next((tests[k] for k in ASSERT_KEYS if k in tests), None)
     if code is None:
