@@ -33,7 +33,7 @@ _UNITS = ("cm|mm|km|m|meters?|metres?|centimeters?|inches|inch|in|feet|foot|ft|y
           "pounds?|lbs?|ounces?|oz|seconds?|sec|s|minutes?|min|hours?|hrs?|h|days?|weeks?|months?|years?|"
           "dollars?|cents?|euros?|units?|sq|square|cubic|liters?|litres?|l|ml|gallons?|degrees?|radians?|rad|"
           "people|persons?|students?|times|percent|points?|pages?|boxes|books?|apples?|eggs?|cups?|items?")
-_UNIT_TAIL = re.compile(rf"^(.*?[\d}}])\s*(?:\\(?:text|mbox|mathrm|textrm)\{{[^{{}}]*\}}(?:\^\{{?[23]\}}?|\^[23])?|(?:(?:{_UNITS})(?:\^\{{?[23]\}}?|\^[23])?\s*)+)$")
+_UNIT_TAIL = re.compile(rf"^(.*?[\d}}])\s*(?:\\(?:text|mbox|mathrm|textrm|textbf|textit)\{{[^{{}}]*\}}(?:\^\{{?[23]\}}?|\^[23])?|(?:(?:{_UNITS})(?:\^\{{?[23]\}}?|\^[23])?\s*)+)$")
 _WORDS = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
 _BASE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")
 _INT_STR = re.compile(r"-?\d+")
@@ -220,6 +220,11 @@ def _is_simple_lhs(s: str) -> bool:
     return bool(s) and bool(re.search(r"[a-zA-Z]", s)) and len(s) <= 40
 
 
+def _is_variable(s: str) -> bool:
+    """A gold equation 'x = 5' / 'f(3) = 5' may be answered by '5'; 'a + 3z = 0' may not be answered by '0'."""
+    return bool(re.fullmatch(r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?(?:\([^()]*\))?", s))
+
+
 def _match_unordered(ps: list[str], gs: list[str]) -> bool:
     if len(ps) != len(gs):
         return False
@@ -267,9 +272,9 @@ def _drop_assign(s: str) -> list[str]:
 
 _INEQ = r"(<|>|\\leq|\\geq|\\lt|\\gt)"
 _VAR = r"([a-zA-Z]|\\[a-zA-Z]+)"
-_RE_VAR_OP = re.compile(rf"{_VAR}{_INEQ}(.+)")
-_RE_OP_VAR = re.compile(rf"(.+?){_INEQ}{_VAR}")
-_RE_BETWEEN = re.compile(rf"(.+?){_INEQ}{_VAR}{_INEQ}(.+)")
+_RE_VAR_OP = re.compile(rf"{_VAR}\s*{_INEQ}\s*(.+)")
+_RE_OP_VAR = re.compile(rf"(.+?)\s*{_INEQ}\s*{_VAR}")
+_RE_BETWEEN = re.compile(rf"(.+?)\s*{_INEQ}\s*{_VAR}\s*{_INEQ}\s*(.+)")
 _LESS = {"<": True, "\\lt": True, "\\leq": False}
 _MORE = {">": True, "\\gt": True, "\\geq": False}
 
@@ -300,7 +305,12 @@ def equal(pred: str, gold: str) -> bool:
     """Structural comparison; scalars go to scalar_equal."""
     if _deadline_passed():
         return False
-    p, g = as_interval(normalize(pred)), as_interval(normalize(gold))
+    p, g = normalize(pred), normalize(gold)
+    if _REL.search(p) and _REL.search(g):
+        pi, gi = as_interval(p), as_interval(g)
+        if _REL.search(pi) or _REL.search(gi):
+            return scalar_equal(p, g)  # relations sympy compares (5 \\geq x, -x > -1)
+    p, g = as_interval(p), as_interval(g)
     if not p or not g:
         return False
     if p == g:
@@ -341,7 +351,7 @@ def equal(pred: str, gold: str) -> bool:
                 re.fullmatch(r"[a-zA-Z](?:_\{?\w+\}?)?", p_eq[0]):
             return p_eq[0] == g_eq[0] and equal(p_eq[1], g_eq[1])
         return scalar_equal(p, g)
-    if len(g_eq) == 2 and len(p_eq) == 1 and _is_simple_lhs(g_eq[0]):
+    if len(g_eq) == 2 and len(p_eq) == 1 and _is_variable(g_eq[0]):
         return equal(p, g_eq[1])
     g_tuple = any(_enclosed(g, o, c) and len(split_top(g[1:-1], (",",))) > 1 for o in "([" for c in ")]")
     if len(g_eq) == 1 and len(p_eq) > 1 and not g_tuple:

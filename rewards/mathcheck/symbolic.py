@@ -80,12 +80,18 @@ def expr_equal(a: sp.Basic, b: sp.Basic) -> bool:
     if isinstance(a, Relational) or isinstance(b, Relational):
         if not (isinstance(a, Relational) and isinstance(b, Relational)):
             return False
-        if type(a) is not type(b):
-            return False
-        da, db = a.lhs - a.rhs, b.lhs - b.rhs
-        if isinstance(a, sp.Equality):
+        if isinstance(a, sp.Equality) or isinstance(b, sp.Equality) or isinstance(a, sp.Unequality) \
+                or isinstance(b, sp.Unequality):
+            if type(a) is not type(b):
+                return False
+            da, db = a.lhs - a.rhs, b.lhs - b.rhs
             return expr_equal(da, db) or expr_equal(da, -db) or _proportional(da, db)
-        return expr_equal(da, db)
+        # Inequalities as "d < 0" / "d <= 0": same strictness, d's a positive multiple of each other.
+        sa, fa = _as_negative(a)
+        sb, fb = _as_negative(b)
+        if sa != sb:
+            return False
+        return expr_equal(fa, fb) or _proportional(fa, fb, positive=True)
     if not (isinstance(a, sp.Expr) and isinstance(b, sp.Expr)):
         return False
     if explosive(a) or explosive(b):
@@ -128,11 +134,20 @@ def expr_equal(a: sp.Basic, b: sp.Basic) -> bool:
         return False
 
 
-def _proportional(da: sp.Expr, db: sp.Expr) -> bool:
+def _as_negative(r: Relational) -> tuple[bool, sp.Expr]:
+    """(strict, d) with r equivalent to d < 0 (strict) or d <= 0."""
+    if isinstance(r, (sp.StrictLessThan, sp.LessThan)):
+        return isinstance(r, sp.StrictLessThan), r.lhs - r.rhs
+    return isinstance(r, sp.StrictGreaterThan), r.rhs - r.lhs
+
+
+def _proportional(da: sp.Expr, db: sp.Expr, positive: bool = False) -> bool:
     try:
         r = sp.simplify(da / db)
     except (TypeError, ValueError, ArithmeticError, ZeroDivisionError):
         return False
+    if positive:
+        return bool(r.is_number and r.is_positive and r.is_finite)
     return bool(r.is_number and r != 0 and r.is_finite)
 
 
