@@ -2,8 +2,8 @@
 
     python bench/bench_sandbox.py [--cases 64] [--parallel 8]
 
-The corpus mixes honest solutions (assert, stdin and call-based tests) with hostile ones (timeouts, floods, fake
-verdicts, exit(0)); the naive grader runs `python -c program` per test with a timeout and trusts exit codes for
+The corpus mixes honest solutions (assert, stdin and call-based tests) with hostile ones, two for each honest one
+(exits, fake objects and verdicts, patched helpers, signals, sleepers, spinners, fork bombs, floods, snooping); the naive grader runs `python -c program` per test with a timeout and trusts exit codes for
 asserts, like many published executors. Prints throughput of both, their ratio, and how many cases each scored
 right (honest: full marks, hostile: zero).
 """
@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,12 +31,23 @@ STDIN = {"inputs": ["1 2\n", "5 7\n", "-1 1\n"], "outputs": ["3\n", "12\n", "0\n
 CALL = {"fn_name": "add", "inputs": [[1, 2], [5, 7], [-1, 1]], "outputs": [3, 12, 0]}
 HONEST = ("def add(a, b):\n    return a + b\nif __name__ == '__main__':\n    import sys\n"
           "    d = sys.stdin.read().split()\n    if d:\n        print(add(*map(int, d)))")
-HOSTILE = [
+HOSTILE = [  # one per category of attack; each must score 0
     "import sys\nsys.exit(0)",
+    "import os\nos._exit(0)",
     "class A:\n    def __eq__(s, o): return True\ndef add(a, b):\n    return A()",
+    "import builtins\nbuiltins.sorted = lambda x: x\ndef add(a, b):\n    return -7",
     "print('3')\nprint('12')\nprint('0')\ndef add(a, b):\n    return -7",
+    "import sys\nsys.modules['json'] = None\ndef add(a, b):\n    return -7",
+    "import os, signal\nos.kill(-1, signal.SIGKILL)\ndef add(a, b):\n    return -7",
     "import time\ndef add(a, b):\n    time.sleep(30)",
+    "def add(a, b):\n    while True: pass",
+    "import os\ndef add(a, b):\n    while True:\n        try: os.fork()\n        except OSError: pass",
+    "def add(a, b):\n    x = []\n    while True: x.append(bytearray(10**7))",
     "def add(a, b):\n    while True: print('x' * 1000)",
+    "import threading, time\nthreading.Thread(target=time.sleep, args=(30,)).start()\ndef add(a, b):\n    return -7",
+    "import os\ndef add(a, b):\n    return len(os.listdir('/proc')) + len(os.environ) - 99",
+    "import socket\ndef add(a, b):\n    socket.create_connection(('1.1.1.1', 80), timeout=1)\n    return a + b",
+    "def add(a, b):\n    return int(open('/work/expected.txt').read())",
 ]
 
 
@@ -41,46 +55,75 @@ def corpus(n: int) -> list[tuple[str, dict, float]]:
     cases = []
     formats = [ADD, STDIN, CALL]
     for i in range(n):
-        tests = formats[i % 3]
-        if i % 4 == 3:
-            cases.append((f"```python\n{HOSTILE[(i // 4) % len(HOSTILE)]}\n```", tests, 0.0))
+        tests = formats[(i // 3) % 3]
+        if i % 3 != 0:  # about two hostile cases for each honest one, like the issue's corpus (55 / 84)
+            cases.append((f"```python\n{HOSTILE[(i // 3 * 2 + i % 3 - 1) % len(HOSTILE)]}\n```", tests, 0.0))
         else:
             cases.append((f"```python\n{HONEST}\n```", tests, 1.0))
     return cases
 
 
+# The naive grader runs model code as a plain subprocess; here it still must not hurt the machine running the
+# bench, so it gets rlimits, a capped output file, its own process group (killed after each run) and, when we
+# are root, the nobody uid (RLIMIT_NPROC does not bind root). Where it cannot be bounded, bombs are skipped.
+NAIVE_PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+BOUNDED = os.geteuid() != 0 or NAIVE_PY.startswith("/usr/")
+
+
+def _limit(timeout_s: float) -> None:
+    cpu = int(timeout_s) + 1
+    resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
+    resource.setrlimit(resource.RLIMIT_NPROC, (64, 64))
+
+
+def _naive_run(src: str, stdin: str, timeout_s: float) -> tuple[int | None, str]:
+    """(exit code or None on timeout, stdout)."""
+    as_nobody = {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as inp:
+        inp.write(stdin.encode())
+        inp.seek(0)
+        proc = subprocess.Popen([NAIVE_PY, "-c", src], stdin=inp, stdout=out, stderr=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=lambda: _limit(timeout_s), cwd="/tmp",
+                                **as_nobody)
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # its children too
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        out.seek(0)
+        return code, out.read(1 << 20).decode(errors="replace")
+
+
 def naive_score(completion: str, tests: dict, timeout_s: float) -> float:
     prog = extract_program(completion) or ""
+    if not BOUNDED and ("fork" in prog or "bytearray" in prog):
+        return 0.0  # not run: this machine cannot bound it
     passed = []
-    py = sys.executable
     if "asserts" in tests:
         for a in tests["asserts"]:
-            try:
-                r = subprocess.run([py, "-c", prog + "\n" + a], capture_output=True, timeout=timeout_s)
-                passed.append(r.returncode == 0)
-            except subprocess.TimeoutExpired:
-                passed.append(False)
+            code, _ = _naive_run(prog + "\n" + a, "", timeout_s)
+            passed.append(code == 0)
     elif "fn_name" in tests:
         for args, want in zip(tests["inputs"], tests["outputs"]):
-            src = prog + f"\nprint(repr({tests['fn_name']}(*{args!r})))"
-            try:
-                r = subprocess.run([py, "-c", src], capture_output=True, timeout=timeout_s)
-                passed.append(r.stdout.decode(errors="replace").strip().endswith(repr(want)))
-            except subprocess.TimeoutExpired:
-                passed.append(False)
+            _, out = _naive_run(prog + f"\nprint(repr({tests['fn_name']}(*{args!r})))", "", timeout_s)
+            passed.append(out.strip().endswith(repr(want)))
     else:
         for inp, want in zip(tests["inputs"], tests["outputs"]):
-            try:
-                r = subprocess.run([py, "-c", prog], input=inp.encode(), capture_output=True, timeout=timeout_s)
-                passed.append(same_stdout(r.stdout.decode(errors="replace")[:1 << 20], want))
-            except subprocess.TimeoutExpired:
-                passed.append(False)
+            code, out = _naive_run(prog, inp, timeout_s)
+            passed.append(code is not None and same_stdout(out, want))
     return sum(passed) / len(passed)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=64)
+    ap.add_argument("--cases", type=int, default=84)
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=3.0)  # the reward's default
     args = ap.parse_args()
