@@ -190,7 +190,7 @@ def keeper(job, report):
     if iso.get("ns"):
         finish_root(job, report)
         scratch = "/tmp"
-    else:
+    elif not job.get("probe"):  # no private /tmp to vanish with us: a host temp dir, removed below
         import tempfile
         scratch = tempfile.mkdtemp(prefix="grpo-sbx-")
         os.chmod(scratch, 0o777)
