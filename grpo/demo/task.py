@@ -1,5 +1,10 @@
 """The demo task: small one- and two-step word problems with a worked line of arithmetic, generated from a
-seed so every machine gets the same data. Answers are integers, checked by the math reward."""
+seed so every machine gets the same data. Answers are non-negative integers, checked by the math reward.
+
+Regenerate the shipped files (data/arith/train.jsonl, data/arith/test.jsonl):
+
+    python -m grpo.demo.task
+"""
 
 from __future__ import annotations
 
@@ -7,33 +12,56 @@ import json
 import random
 from pathlib import Path
 
+# The prompt the RL recipe renders (recipes/tiny.yaml) and the SFT warm start trains on: they must be the same
+# string, or RL starts from a distribution the warm start never saw.
+PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+
 NAMES = ["Tom", "Ana", "Ben", "Mia", "Sam", "Lea", "Max", "Zoe", "Ian", "Eva"]
-ITEMS = ["apple", "book", "coin", "card", "shell", "stamp", "egg", "pen"]
-PROMPT_TEMPLATE = "Q: {question}\nA:"
+ITEMS = ["apple", "book", "coin", "card", "shell", "stamp", "egg", "pen", "cup", "toy"]
+GAIN = ["buys", "finds", "gets"]
+LOSS = ["eats", "loses", "gives away"]
+KINDS = ["add", "sub", "mul", "add_sub", "sub_add"]
+
+# Shipped files: seeds apart from the ones the demo model's warm start draws from (grpo.demo.BUILDS).
+TRAIN_SEED, TEST_SEED = 1, 2
+TRAIN_ROWS, TEST_ROWS = 2000, 200
+
+
+def _count(n: int, item: str) -> str:
+    return f"{n} {item}" if n == 1 else f"{n} {item}s"
 
 
 def make_problem(rng: random.Random) -> dict:
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    kind = rng.choice(["add", "sub", "mul", "add_sub"])
+    """One row: question, answer (a string, as a dataset column would hold it) and the worked solution the
+    model learns to write after "Answer:" (leading space, steps, then "The answer is N.")."""
+    name, item, kind = rng.choice(NAMES), rng.choice(ITEMS), rng.choice(KINDS)
+    gain, loss = rng.choice(GAIN), rng.choice(LOSS)
+    ask = f"How many {item}s now?"
     if kind == "add":
-        a, b = rng.randint(1, 12), rng.randint(1, 12)
-        q = f"{name} has {a} {item}s and gets {b} more. How many now?"
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        question = f"{name} has {_count(a, item)} and {gain} {b} more. {ask}"
         steps, answer = [f"{a} + {b} = {a + b}."], a + b
     elif kind == "sub":
-        a = rng.randint(2, 20)
+        a = rng.randint(2, 15)
         b = rng.randint(1, a - 1)
-        q = f"{name} has {a} {item}s and gives away {b}. How many left?"
+        question = f"{name} has {_count(a, item)} and {loss} {b}. {ask}"
         steps, answer = [f"{a} - {b} = {a - b}."], a - b
     elif kind == "mul":
-        a, b = rng.randint(2, 6), rng.randint(2, 6)
-        q = f"{name} has {a} bags of {b} {item}s. How many {item}s?"
+        a, b = rng.randint(2, 5), rng.randint(2, 5)
+        question = f"{name} has {a} bags of {_count(b, item)}. How many {item}s in all?"
         steps, answer = [f"{a} * {b} = {a * b}."], a * b
-    else:
+    elif kind == "add_sub":
         a, b = rng.randint(1, 9), rng.randint(1, 9)
         c = rng.randint(1, a + b - 1)
-        q = f"{name} has {a} {item}s, gets {b}, gives away {c}. How many left?"
+        question = f"{name} has {_count(a, item)}, {gain} {b} more, then {loss} {c}. {ask}"
         steps, answer = [f"{a} + {b} = {a + b}.", f"{a + b} - {c} = {a + b - c}."], a + b - c
-    return {"question": q, "answer": str(answer), "solution": " " + " ".join(steps) + f" The answer is {answer}."}
+    else:  # sub_add
+        a = rng.randint(2, 9)
+        b, c = rng.randint(1, a - 1), rng.randint(1, 9)
+        question = f"{name} has {_count(a, item)}, {loss} {b}, then {gain} {c} more. {ask}"
+        steps, answer = [f"{a} - {b} = {a - b}.", f"{a - b} + {c} = {a - b + c}."], a - b + c
+    solution = " " + " ".join(steps) + f" The answer is {answer}."
+    return {"question": question, "answer": str(answer), "solution": solution}
 
 
 def make_problems(count: int, seed: int) -> list[dict]:
@@ -42,14 +70,19 @@ def make_problems(count: int, seed: int) -> list[dict]:
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:
+    """Written to a temporary name then renamed, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(path)
 
 
-if __name__ == "__main__":  # regenerate the shipped files: python -m grpo.demo.task
-    root = Path(__file__).resolve().parents[2] / "data" / "arith"
-    write_jsonl(make_problems(2000, seed=1), root / "train.jsonl")
-    write_jsonl(make_problems(200, seed=2), root / "test.jsonl")
-    print(f"wrote {root}/train.jsonl (2000 rows) and test.jsonl (200 rows)")
+def write_shipped_files(root: Path) -> None:
+    write_jsonl(make_problems(TRAIN_ROWS, seed=TRAIN_SEED), root / "train.jsonl")
+    write_jsonl(make_problems(TEST_ROWS, seed=TEST_SEED), root / "test.jsonl")
+
+
+if __name__ == "__main__":
+    out = Path(__file__).resolve().parents[2] / "data" / "arith"
+    write_shipped_files(out)
+    print(f"wrote {out}/train.jsonl ({TRAIN_ROWS} rows) and {out}/test.jsonl ({TEST_ROWS} rows)")
