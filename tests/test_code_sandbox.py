@@ -1,6 +1,7 @@
 """Code reward: extraction, the tests formats, grading outside the sandbox, and the reward contract."""
 
 import json
+import os
 
 import pytest
 
@@ -230,3 +231,15 @@ def test_large_expected_output_is_not_an_output_flood():
     tests = {"inputs": [f"{n}\n"], "outputs": ["\n".join(str(i) for i in range(n))]}
     assert score(fenced("print('\\n'.join(map(str, range(int(input())))))"), tests, executor=small_cap) == 1.0
     assert score(fenced("while True:\n    print(0)"), tests, executor=small_cap) == 0.0
+
+
+def test_opted_in_plain_subprocess_level_runs_and_cleans_up(monkeypatch):
+    bare = capabilities.Capabilities("none", capabilities.LEVELS["none"], [], [], {}, {})
+    monkeypatch.setattr(capabilities, "detect", lambda refresh=False: bare)
+    ex = Executor(Limits(timeout_s=2), allow_unsandboxed=True)
+    before = {p for p in os.listdir("/tmp") if p.startswith("grpo-sbx-")}
+    tests = {"inputs": ["2\n"], "outputs": ["0 4\n"]}
+    assert score(fenced("import os\nprint(len(os.environ), int(input()) ** 2)"), tests, executor=ex) == 1.0
+    assert score(fenced("def sq(x):\n    return x * x"), {"asserts": ["assert sq(3) == 9"]}, executor=ex) == 1.0
+    after = {p for p in os.listdir("/tmp") if p.startswith("grpo-sbx-")}
+    assert after <= before
