@@ -126,6 +126,15 @@ def _after_marker(text: str) -> str | None:
     return line
 
 
+_IS_TAIL = re.compile(r"^[A-Za-z][^=]*\b(?:is|are|equals|was)\s+(.+)$")
+
+
+def _after_is(found: str) -> str:
+    """'The volume of $ABCD$ is 120' -> '120': a marker followed by a sentence names its value at the end."""
+    m = _IS_TAIL.match(found.strip())
+    return m.group(1) if m else found
+
+
 def answer_region(text: str) -> str:
     """The part of a completion that may hold the final answer (after the last </think>, if any)."""
     cut = text.rfind("</think>")
@@ -147,10 +156,10 @@ def extract_candidates(completion: str) -> list[str] | None:
         return cands
     found = _after_marker(text)
     if found is not None:
-        c = clean(found)
+        c = clean(_after_is(found))
         return [c] if c and len(c) <= _MAX_ANSWER else None
     bare = text.strip()
-    if bare and "\n" not in bare and len(bare) <= 40 and not _MATH_BLOCK.search(bare):
+    if bare and "\n" not in bare and len(bare) <= 40 and len(bare.split()) <= 3 and not _MATH_BLOCK.search(bare):
         return [clean(bare)] if clean(bare) else None
     last = _last_math_or_number(text)
     return [last] if last else None

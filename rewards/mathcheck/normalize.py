@@ -58,6 +58,8 @@ def strip_degrees(s: str) -> tuple[str, bool]:
 
 def normalize(s: str) -> str:
     """Canonical spelling of a LaTeX answer (whitespace-free); equal strings here mean equal answers."""
+    if "\\begin" not in s:
+        s = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", s)  # '\\frac' from a doubly escaped string is \frac
     s = s.replace("\\\\", "\0")  # keep matrix row breaks away from the "\\," style drops
     s = s.replace("\\ ", " ")
     for a in _DROP:
