@@ -520,6 +520,7 @@ def worker(job, run, scratch):
     os.chdir(scratch)
     os.umask(0o077)
     _drop_privileges(job)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it; matters without a pid ns
     _set_limits(job, run)
     if job.get("seccomp", True):
         _seccomp()
