@@ -288,7 +288,10 @@ def do_run(job, run, scratch, pidns):
         os.close(fd)
     caps = {out_r: run.get("out_bytes", lim["out_bytes"]), err_r: 4096, res_r: lim["res_bytes"]}
     bufs = {out_r: bytearray(), err_r: bytearray(), res_r: bytearray()}
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # kernels before 5.3: poll for the exit instead
+        pidfd = None
     status, why = None, None
     wall = run.get("wall_s", lim["wall_s"])
     probe_wall = lim.get("probe_wall_s")
@@ -308,7 +311,13 @@ def do_run(job, run, scratch, pidns):
         if pidns and now >= next_idle_check:
             next_idle_check = now + IDLE_EVERY
             since = (now, _tree_cpu())
-        ready, _, _ = select.select(open_fds + [pidfd], [], [], max(0.0, min(deadline, next_idle_check) - now))
+        wait = max(0.0, min(deadline, next_idle_check) - now)
+        ready, _, _ = select.select(open_fds + ([pidfd] if pidfd is not None else []), [], [],
+                                    wait if pidfd is not None else min(wait, 0.02))
+        if pidfd is None:
+            done, st, ru = os.wait4(pid, os.WNOHANG)
+            if done:
+                status = st
         for fd in ready:
             if fd == pidfd:
                 _, st, ru = os.wait4(pid, 0)
@@ -330,7 +339,8 @@ def do_run(job, run, scratch, pidns):
                     break
             else:
                 bufs[fd] += chunk
-    os.close(pidfd)
+    if pidfd is not None:
+        os.close(pidfd)
     _kill_rest(pid, pidns)
     # Survivors are dead now; what they wrote is still in the pipes. Read it, capped, without waiting.
     for fd in open_fds:
