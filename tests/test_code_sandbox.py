@@ -243,3 +243,8 @@ def test_opted_in_plain_subprocess_level_runs_and_cleans_up(monkeypatch):
     assert score(fenced("def sq(x):\n    return x * x"), {"asserts": ["assert sq(3) == 9"]}, executor=ex) == 1.0
     after = {p for p in os.listdir("/tmp") if p.startswith("grpo-sbx-")}
     assert after <= before
+
+
+def test_call_arguments_one_json_value_per_line(ex):
+    tests = {"fn_name": "add", "inputs": ["[1, 2]\n3", "[4]\n5"], "outputs": [6, 9]}
+    assert score(fenced("def add(xs, y):\n    return sum(xs) + y"), tests, executor=ex) == 1.0

@@ -71,7 +71,7 @@ def plan_tests(tests: dict, test_wall_s: float) -> Plan:
             ops = []
             for k, (args, want) in enumerate(zip(inputs, outputs)):
                 if isinstance(args, str):
-                    args = json.loads(args)
+                    args = _json_args(args)
                 ops.append(["call", k, str(fn_name), args if isinstance(args, list) else [args]])
                 plan.tests.append(Test("call", 0, want, k))
             plan.runs.append(_probe_run(0, _setup_ops(tests) + ops, len(ops), test_wall_s))
@@ -94,6 +94,17 @@ def plan_tests(tests: dict, test_wall_s: float) -> Plan:
     _compile_asserts(setup + "\n" + str(code), tests.get("entry_point"), ops, plan)
     plan.runs.append(_probe_run(0, ops, len(plan.tests), test_wall_s))
     return plan
+
+
+def _json_args(text: str) -> list:
+    """One JSON value holding the argument list (APPS), or one JSON value per line (LiveCodeBench)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        try:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError as exc:
+            raise UserError(f"code reward: call arguments {text[:80]!r} are not JSON ({exc}); fix the dataset row") from exc
 
 
 def _text(x: Any) -> str:
