@@ -246,5 +246,5 @@ def test_opted_in_plain_subprocess_level_runs_and_cleans_up(monkeypatch):
 
 
 def test_call_arguments_one_json_value_per_line(ex):
-    tests = {"fn_name": "add", "inputs": ["[1, 2]\n3", "[4]\n5"], "outputs": [6, 9]}
+    tests = {"fn_name": "add", "inputs": ["[1, 2]\n3", "[4]\n5"], "outputs": [6, "9"]}
     assert score(fenced("def add(xs, y):\n    return sum(xs) + y"), tests, executor=ex) == 1.0

@@ -173,7 +173,11 @@ def same_value(got: Any, want: Any) -> bool:
     """Call-based (APPS) outputs: JSON has no tuples, and APPS often wraps the answer in a one-element list."""
     got, want = _lists(got), _lists(want)
     try:
-        return got == want or (isinstance(want, list) and len(want) == 1 and got == want[0])
+        if got == want or (isinstance(want, list) and len(want) == 1 and got == want[0]):
+            return True
+        if isinstance(want, str) and not isinstance(got, str):  # LiveCodeBench keeps outputs as JSON text
+            return got == _lists(json.loads(want))
+        return False
     except (TypeError, ValueError, RecursionError):
         return False
 
