@@ -130,7 +130,7 @@ class VLLMSampler:
             # across scheduler steps (chunked prefill rewinds the request's torch.Generator, which CPU generators
             # cannot do). Whole prompts only, with a step budget that always fits one.
             args["enable_chunked_prefill"] = False
-            args["max_num_batched_tokens"] = max(max_model_len or 0, 8192)
+            args["max_num_batched_tokens"] = max(max_model_len or _model_positions(str(model_path)) or 0, 8192)
         if tensor_parallel_size > 1:
             world = int(os.environ.get("WORLD_SIZE", "1"))
             if world != tensor_parallel_size:
@@ -256,14 +256,19 @@ def prompt_seed(base: int, index: int) -> int:
 def _fit_model_length(model_path: str, wanted: int | None) -> int | None:
     """The trainer asks for max_prompt_tokens + max_new_tokens; vLLM refuses more than the model's positions
     (560 > 512 for the demo model). Such sequences were never going to fit, so cap it and say so."""
-    from transformers import AutoConfig
-
-    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    limit = _model_positions(model_path)
     if wanted is None or limit is None or wanted <= limit:
         return wanted
     warnings.warn(f"sampler.vllm.max_model_len: {wanted} tokens asked for but the model has {limit} positions; using "
                   f"{limit} (a completion that reaches it ends with finish_reason 'length').", stacklevel=3)
     return int(limit)
+
+
+def _model_positions(model_path: str) -> int | None:
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    return int(limit) if limit else None
 
 
 def _eos_ids(model_path: str, tokenizer: Any) -> set[int]:
