@@ -7,6 +7,7 @@ against the host.
 
 import os
 import socket
+import time
 
 import pytest
 
@@ -154,7 +155,11 @@ def test_neighbours_unharmed_and_nothing_left_behind():
     out = code_reward(["p"] * len(completions), completions, tests=[ADD] * len(completions),
                       timeout_s=1, memory_mb=256, max_parallel=8)
     assert out == expect
-    assert _sandbox_processes() == 0 or os.geteuid() != 0
+    if os.geteuid() == 0:  # as root the sandboxes run as nobody: count what is left of them (SIGKILL is async)
+        deadline = time.monotonic() + 3
+        while _sandbox_processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _sandbox_processes() == 0
     assert not {p for p in set(os.listdir("/tmp")) - before_tmp if p.startswith("grpo-sbx-")}
 
 
