@@ -546,7 +546,7 @@ def worker(job, run, scratch):
                                                    encoding="utf-8", errors="replace", line_buffering=True)
     builtins.exit = builtins.quit = sys.exit  # normally added by the site module, which -S skips
     sys.argv = ["main.py"]
-    sys.setrecursionlimit(10000)
+    sys.setrecursionlimit(1000)  # Python's default: a program that needs more must ask, as it would anywhere
     main = types.ModuleType("__main__")
     main.__dict__["__builtins__"] = builtins
     main.__file__ = "main.py"
@@ -612,11 +612,11 @@ def _finish_like_python(g):
 
 
 def _flush_and_exit(code):
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BaseException:  # noqa: BLE001 - a closed or replaced stream must not keep us alive
-        pass
+    for stream in (sys.stdout, sys.__stdout__, sys.stderr, sys.__stderr__):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001 - a closed or replaced stream must not keep us alive
+            pass
     os._exit(code if isinstance(code, int) and 0 <= code < 256 else 1)
 
 
