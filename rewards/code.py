@@ -54,6 +54,13 @@ def extract_program(completion: str, rule: str = "last_python_block") -> str | N
     else:
         python = [b for b in blocks if b[0] in PY_TAGS] or [b for b in blocks if b[0] == ""]
         chosen = python[:1] if rule == "first_python_block" else python[-1:]
+    if not blocks and "```" not in text and text.strip():
+        # No fence at all: a completion that is nothing but a program (prose does not compile) is the program.
+        try:
+            compile(text, "completion", "exec")
+            return text
+        except (SyntaxError, ValueError):
+            return None
     if not chosen or not chosen[0][1].strip():
         return None
     return chosen[0][1]

@@ -34,6 +34,7 @@ def test_extract_untagged_block_when_no_python_block_and_unterminated_tail():
     assert extract_program("```\nprint(1)\n```") == "print(1)\n"
     assert extract_program("text\n```python\nprint(2)\n") == "print(2)\n"
     assert extract_program("no code at all") is None
+    assert extract_program("def f(x):\n    return x\n") == "def f(x):\n    return x\n"  # a bare program
     assert extract_program("```python\n\n```") is None
 
 
