@@ -57,9 +57,9 @@ def extract_program(completion: str, rule: str = "last_python_block") -> str | N
     if not blocks and "```" not in text and text.strip():
         # No fence at all: a completion that is nothing but a program (prose does not compile) is the program.
         try:
-            compile(text, "completion", "exec")
+            compile(text, "completion", "exec")  # parsed only, never run here
             return text
-        except (SyntaxError, ValueError):
+        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
             return None
     if not chosen or not chosen[0][1].strip():
         return None
