@@ -18,7 +18,9 @@ def fenced(src: str, tag: str = "python") -> str:
 
 @pytest.fixture(scope="module")
 def ex():
-    return Executor(Limits(timeout_s=2, memory_mb=512))
+    # Honest programs only in this file: where the machine allows no namespaces (some CI containers) they may
+    # run with rlimits alone; where it does, the flag changes nothing (the best level is always taken).
+    return Executor(Limits(timeout_s=2, memory_mb=512), allow_unsandboxed=True)
 
 
 # ------------------------------------------------------------------ extraction
@@ -110,7 +112,7 @@ def test_wrong_crashing_and_missing_programs_score_zero(ex):
 def test_slow_test_fails_alone(ex):
     prog = "import time\ndef f(x):\n    if x == 2:\n        time.sleep(30)\n    return x"
     tests = {"asserts": ["assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3"]}
-    assert score(fenced(prog), tests, executor=Executor(Limits(timeout_s=0.5))) == pytest.approx(2 / 3)
+    assert score(fenced(prog), tests, executor=Executor(Limits(timeout_s=0.5), allow_unsandboxed=True)) == pytest.approx(2 / 3)
 
 
 def test_float_tolerance_in_stdout():
@@ -138,7 +140,7 @@ def test_code_reward_batch_contract():
     good = fenced("def add(a, b):\n    return a + b")
     tests = json.dumps({"asserts": ["assert add(1, 2) == 3"]})
     out = code_reward(["p"] * 4, [good, "no code", good, good], tests=[tests, tests, None, tests],
-                      timeout_s=2, max_parallel=2, completion_ids=[[1]] * 4)
+                      timeout_s=2, max_parallel=2, allow_unsandboxed=True, completion_ids=[[1]] * 4)
     assert out == [1.0, 0.0, None, 1.0]
     assert code_reward(["p"], [good]) == [None]  # a dataset without a tests column
 
@@ -223,11 +225,11 @@ def test_struct_column_rows_with_none_keys(ex):
     row = {"inputs": None, "outputs": None, "fn_name": None, "asserts": ["assert sq(3) == 9"]}
     assert score(fenced("def sq(x):\n    return x * x"), row, executor=ex) == 1.0
     empty = {"inputs": None, "outputs": None, "fn_name": None, "asserts": None}
-    assert code_reward(["p"], [fenced("x = 1")], tests=[empty]) == [None]
+    assert code_reward(["p"], [fenced("x = 1")], tests=[empty], allow_unsandboxed=True) == [None]
 
 
 def test_large_expected_output_is_not_an_output_flood():
-    small_cap = Executor(Limits(timeout_s=2, output_kb=1))
+    small_cap = Executor(Limits(timeout_s=2, output_kb=1), allow_unsandboxed=True)
     n = 3000
     tests = {"inputs": [f"{n}\n"], "outputs": ["\n".join(str(i) for i in range(n))]}
     assert score(fenced("print('\\n'.join(map(str, range(int(input())))))"), tests, executor=small_cap) == 1.0
