@@ -26,9 +26,34 @@ def _own_path(controller: str) -> str | None:
     return None
 
 
+def sweep_stale() -> None:
+    """Remove (empty) cgroups left by a trainer that died mid-job: their name carries its pid."""
+    for controller in CONTROLLERS:
+        base = _own_path(controller)
+        if base is None or not os.path.isdir(base):
+            continue
+        for name in os.listdir(base):
+            parts = name.split("-")
+            if not name.startswith("grpo-sbx-") or len(parts) != 4 or not parts[2].isdigit():
+                continue
+            try:
+                os.kill(int(parts[2]), 0)
+                continue  # its trainer is alive
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            try:
+                _kill_members(os.path.join(base, name))
+                os.rmdir(os.path.join(base, name))
+            except OSError:
+                pass
+
+
 def available() -> bool:
     if os.geteuid() != 0:
         return False
+    sweep_stale()
     try:
         group = Cgroup(memory_bytes=64 << 20, pids=8)
     except OSError:
