@@ -17,7 +17,13 @@ from rewards.mathcheck.worker import POOL
 # The sympy worker starts with this module (a few seconds, once), so no check ever waits for its imports.
 POOL.warm()
 
-__all__ = ["score", "extract_answer", "math_reward"]
+
+def warm_up(timeout: float = 60.0) -> bool:
+    """Block until the sympy worker and its standby are both ready (a harness about to feed hostile input
+    right after import calls this; the trainer need not)."""
+    return POOL.warm(timeout=timeout, standby=True)
+
+__all__ = ["score", "extract_answer", "math_reward", "warm_up"]
 
 _BUDGET_S = 0.75      # sympy time per call; extraction and process overhead stay well inside the 1 s bound
 _MAX_CANDIDATES = 8   # more distinct boxed answers than this is spraying, not answering

@@ -7,9 +7,15 @@ import os
 
 import pytest
 
-from rewards.math import extract_answer, math_reward, score
+from rewards.math import extract_answer, math_reward, score, warm_up
 
 DATA = "/work/shared/data"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _warm_worker() -> None:
+    # Both sympy workers ready before the first case, so a hostile case's kill never leaves the next cold.
+    assert warm_up()
 
 # (completion, gold) pairs that must score 1.0.
 RIGHT = [
@@ -67,6 +73,9 @@ RIGHT = [
     ("\\boxed{5!}", "120"),
     ("\\boxed{\\log_2 8}", "3"),
     ("\\boxed{0.333}", "\\frac{1}{3}"),
+    ("\\boxed{1, 2}", "(1,2)"),
+    ("so $6 = \\boxed{2}$ and $9 = \\boxed{3}$. Final Answer: The final answer is $18$. I hope it is correct.", "18"),
+    ("$\\boxed{12}$ We may check our answer: $3 \\cdot 4 = 12$, so the answer is correct.", "12"),
     ("So the area is $6 \\times 7 = 42$. Final Answer: The area of $PQRS$ is 42. Hope this helps.", "42"),
     ("Final Answer: The final answer is 3,000,017. I hope it is correct.", "3000017"),
     ("\\boxed{\\left( \\frac{2}{7}, \\frac{1}{3} \\right)}", "$\\\\left(\\\\frac{2}{7},\\\\frac{1}{3}\\\\right)$"),
@@ -133,7 +142,6 @@ WRONG = [
     ("\\boxed{1000000!}", "5"),
     ("\\boxed{-\\infty}", "\\infty"),
     ("\\boxed{x > 2}", "[2,\\infty)"),
-    ("\\boxed{1, 2}", "(1,2)"),
     ("\\boxed{\\{1\\}}", "1"),
     ("\\boxed{\\frac{\\pi}{3}}", "60^\\circ"),
     ("\\boxed{\\frac{1}{0}}", "\\infty"),

@@ -301,11 +301,18 @@ def as_interval(s: str) -> str:
     return s
 
 
+def _ungroup(s: str) -> str:
+    """'{1,3}' is LaTeX grouping around '1,3', not a set (a set is written \\{..\\})."""
+    while _enclosed(s, "{", "}") and not s.startswith("\\"):
+        s = s[1:-1].strip()
+    return s
+
+
 def equal(pred: str, gold: str) -> bool:
     """Structural comparison; scalars go to scalar_equal."""
     if _deadline_passed():
         return False
-    p, g = normalize(pred), normalize(gold)
+    p, g = _ungroup(normalize(pred)), _ungroup(normalize(gold))
     if _REL.search(p) and _REL.search(g):
         pi, gi = as_interval(p), as_interval(g)
         if _REL.search(pi) or _REL.search(gi):
@@ -376,6 +383,8 @@ def equal(pred: str, gold: str) -> bool:
                 gi = split_top(g[1:-1], (",",))
                 if _enclosed(p, o, c):
                     pi = split_top(p[1:-1], (",",))
+                elif o + c == "()" and "=" not in p and len(split_top(p, (",",))) == len(gi):
+                    pi = split_top(p, (",",))  # the point (1,3) written bare or in grouping braces: 1,3
                 else:  # "a = 2, b = 3" for the point (2,3): every item an assignment, in order
                     items = [split_top(x, ("=",)) for x in split_top(p, (",",))]
                     if len(items) < 2 or any(len(x) != 2 or not _is_simple_lhs(x[0]) for x in items):

@@ -96,8 +96,14 @@ def clean(ans: str) -> str:
 
 
 def _after_marker(text: str) -> str | None:
+    found = _marker(text)
+    return found[1] if found else None
+
+
+def _marker(text: str, strong_only: bool = False) -> tuple[int, str] | None:
+    """(where the last answer marker starts, the answer text after it), or None."""
     best: tuple[int, int] | None = None
-    for rule in _MARKERS:
+    for rule in (_MARKERS[:-1] if strong_only else _MARKERS):
         last = None
         for m in rule.finditer(text):
             last = m
@@ -106,7 +112,11 @@ def _after_marker(text: str) -> str | None:
                 best = (last.start(), last.end())
     if best is None:
         return None
-    rest = text[best[1]:best[1] + 4000].lstrip(" \t*:")
+    return best[0], _answer_text(text[best[1]:best[1] + 4000])
+
+
+def _answer_text(rest: str) -> str:
+    rest = rest.lstrip(" \t*:")
     rest = rest.lstrip("\n").lstrip(" \t*:") if rest.startswith("\n") else rest
     # Display math may span lines: take the whole $$..$$ / \[..\] block.
     for a, b in (("$$", "$$"), ("\\[", "\\]")):
@@ -129,6 +139,14 @@ def _after_marker(text: str) -> str | None:
 _IS_TAIL = re.compile(r"^[A-Za-z][^=]*\b(?:is|are|equals|was)\s+(.+)$")
 
 
+def _marked_answer(found: str) -> str | None:
+    c = clean(_after_is(found))
+    if len(re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}", c.replace("\\text", ""))) >= 3:
+        # Still a sentence ("Jane started growing Sphere 3 hours ago"): its last math block or number.
+        c = _last_math_or_number(c) or c
+    return c if c and len(c) <= _MAX_ANSWER else None
+
+
 def _after_is(found: str) -> str:
     """'The volume of $ABCD$ is 120' -> '120': a marker followed by a sentence names its value at the end."""
     m = _IS_TAIL.match(found.strip())
@@ -147,6 +165,14 @@ def extract_candidates(completion: str) -> list[str] | None:
         return None
     text = answer_region(completion)
     boxes = find_boxes(text)
+    last_box = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    final = _marker(text, strong_only=True) if boxes else None
+    if final is not None and final[0] > last_box and re.search(r"[\d$\\]", final[1]):
+        # "\boxed{200} ... \boxed{255} ... Final Answer: The final answer is $10,455$": boxes before a later
+        # explicit final answer were intermediate results; the marked answer is the one committed to.
+        c = _marked_answer(final[1])
+        if c:
+            return [c]
     if boxes:
         if any(b is None or not clean(b) for b in boxes):
             return None  # an empty or unterminated box never counts
@@ -154,10 +180,10 @@ def extract_candidates(completion: str) -> list[str] | None:
         if any(len(c) > _MAX_ANSWER for c in cands):
             return None
         return cands
-    found = _after_marker(text)
-    if found is not None:
-        c = clean(_after_is(found))
-        return [c] if c and len(c) <= _MAX_ANSWER else None
+    marked = _marker(text)
+    if marked is not None:
+        c = _marked_answer(marked[1])
+        return [c] if c else None
     bare = text.strip()
     if bare and "\n" not in bare and len(bare) <= 40 and len(bare.split()) <= 3 and not _MATH_BLOCK.search(bare):
         return [clean(bare)] if clean(bare) else None

@@ -95,8 +95,9 @@ class Pool:
         if self.standby is None:
             self.standby = _Proc()
 
-    def warm(self, timeout: float = 15.0) -> bool:
-        """Start the active worker and wait for its imports (then the standby), so the first check is fast."""
+    def warm(self, timeout: float = 30.0, standby: bool = False) -> bool:
+        """Start the active worker and wait for its imports, so the first check is fast; the standby starts
+        after it (waited for too with standby=True: then even a kill right away finds a warm replacement)."""
         with self.lock:
             if self.active is None:
                 self.active = _Proc()
@@ -104,8 +105,8 @@ class Pool:
             ok = self.active.wait_ready(end)
             if self.standby is None:
                 self.standby = _Proc()
-            # Wait for the standby too: a kill right after import must find a warm replacement.
-            self.standby.wait_ready(end)
+            if standby:
+                ok = self.standby.wait_ready(end) and ok
             return ok
 
     def _replace_active(self) -> None:
@@ -149,14 +150,20 @@ atexit.register(POOL.close)
 
 def serve() -> None:
     """Worker main loop (runs in the child interpreter)."""
+    import sympy as sp
+
     from rewards.mathcheck.symbolic import latex_close, latex_equal
 
     # The parser and evalf build caches on first use (~0.5 s): pay that before declaring ready.
     for p, g in (("\\frac{\\sqrt{2}}{2}+x^2", "\\frac{1}{\\sqrt{2}}+x\\cdot x"), ("1.25", "70\\sqrt{2}"),
                  ("6-5i", "\\sqrt{51}"), ("\\{1,2\\}", "[1,2)"), ("\\begin{pmatrix}1\\\\x\\end{pmatrix}", "x=1"),
                  ("\\sin^{-1}(x)", "\\log_2 8"), ("\\pi", "3.14"), ("e^{i\\pi}", "-1"), ("\\tan^{-1}(1)", "\\frac{\\pi}{4}"),
-                 ("\\binom{5}{2}", "5!"), ("\\sin 30", "\\sqrt[3]{8}"), ("2x+3y-z=4", "-2x-3y+z=-4"), ("-\\infty", "\\infty")):
+                 ("\\binom{5}{2}", "5!"), ("\\sin 30", "\\sqrt[3]{8}"), ("2x+3y-z=4", "-2x-3y+z=-4"), ("-\\infty", "\\infty"),
+                 ("y=-\\frac{1}{2}x+\\frac{3}{4}", "2x+4y-3=0"), ("\\tan^2(y)+1", "\\sec^2(y)"), ("x<1", "-x>-1"),
+                 ("\\frac{\\sqrt{\\sqrt{11}+\\sqrt{194}}}{15+2\\sqrt{33}}", "\\frac{\\sqrt{\\sqrt{11}+\\sqrt{194}}}{2\\sqrt{33}+15}"),
+                 ("(a+5)(b+2)", "(+5)(b+2)"), ("x\\neq3", "x\\neq 3"), ("\\{1,2\\}\\cup(3,4]", "[1,2]")):
         latex_equal(p, g)
+    sp.simplify(sp.sqrt(8) - 2 * sp.sqrt(2) + sp.sin(sp.Symbol("t")) ** 2 + sp.cos(sp.Symbol("t")) ** 2)
     latex_close("\\pi", "3.14", "0.005")
     out = sys.stdout
     out.write("ready\n")
