@@ -303,7 +303,9 @@ def as_interval(s: str) -> str:
 
 def _ungroup(s: str) -> str:
     """'{1,3}' is LaTeX grouping around '1,3', not a set (a set is written \\{..\\})."""
-    while _enclosed(s, "{", "}") and not s.startswith("\\"):
+    for _ in range(4):  # each layer costs a scan; deeper grouping is left to the depth guard
+        if not (_enclosed(s, "{", "}") and not s.startswith("\\")):
+            break
         s = s[1:-1].strip()
     return s
 
@@ -337,7 +339,7 @@ def equal(pred: str, gold: str) -> bool:
             return False
         if len(pm_) != len(gm_) or any(len(a) != len(b) for a, b in zip(pm_, gm_)):
             return False
-        return all(equal(a, b) for ra, rb in zip(pm_, gm_) for a, b in zip(ra, rb))
+        return all(a == b or equal(a, b) for ra, rb in zip(pm_, gm_) for a, b in zip(ra, rb))
     # A bare list gold ("1, 2", "1 \\pm \\sqrt{2}"): the prediction may spell it "x = 1 or x = 2".
     gl = _as_list(g) if "=" not in g and parse_number(g) is None else None
     if gl is not None:

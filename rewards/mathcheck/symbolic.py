@@ -36,6 +36,10 @@ def explosive(expr: sp.Basic) -> bool:
                 return True
             if e.has(sp.Pow) and e.free_symbols == set():
                 return True
+        elif isinstance(node, (sp.Sum, sp.Product)):
+            for lim in node.limits:
+                if any(not b.is_Number or abs(b) > _BIG for b in lim[1:]):
+                    return True
         elif isinstance(node, (sp.factorial, sp.factorial2, sp.gamma, sp.binomial)):
             a = node.args[0]
             if a.is_Number and abs(a) > _BIG:
