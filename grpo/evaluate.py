@@ -4,8 +4,9 @@ Order matters for the user: the config and the data are checked before any model
 costs a second, not a model load. Every sampling setting, the grader, the seed, the data hashes and the model
 fingerprint go into the summary beside the scores: a number without its protocol cannot be compared.
 
-Reproducibility: problems are generated in fixed chunks of `generation_batch_size // k` problems, each chunk
-seeded from (seed, index of its first problem), so the same config, data and machine give the same numbers.
+Reproducibility: problems are generated in fixed chunks (hf: `generation_batch_size // k` problems; vLLM:
+2048 // k), each chunk seeded from (seed, index of its first problem), so the same config, data and machine give
+the same numbers.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from grpo.errors import ConfigError, UserError
 from grpo.eval_metrics import ProblemResult, aggregate, majority_vote, normalize_answer, report_ks
 from grpo.sampling.base import Group, Sampler, SamplingSettings
 
+VLLM_ROWS_PER_CALL = 2048  # completions per vLLM generate call
 SEED_STRIDE = 1_000_003  # chunk seed = seed * SEED_STRIDE + first problem index: distinct for any realistic size
 
 
@@ -245,7 +247,9 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
 
     settings = SamplingSettings(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens, stop=tuple(cfg.stop), seed=cfg.seed)
-    chunk = max(1, cfg.generation_batch_size // cfg.k)
+    # hf: one generate call is one padded batch, so the chunk is the batch. vLLM schedules its own batches and
+    # is fastest given much at once; its chunks only pace the progress bar.
+    chunk = max(1, (VLLM_ROWS_PER_CALL if backend == "vllm" else cfg.generation_batch_size) // cfg.k)
     started = time.perf_counter()
     records: list[dict] = []
     results: list[ProblemResult] = []
