@@ -226,3 +226,35 @@ def test_vllm_sampler_missing_is_a_user_error(tmp_path, problems_file, grader_mo
     cfg = config(problems_file, grader_module, sampler="vllm")
     with pytest.raises(UserError, match="--sampler hf"):
         run_eval(cfg, model_path=tiny_model_dir, output_dir=tmp_path / "o")
+
+
+def test_vllm_sampler_is_built_from_the_model_directory(tmp_path, problems_file, grader_module, tiny_model_dir,
+                                                        monkeypatch):
+    import types
+
+    from grpo.sampling.base import Completion, Group
+
+    built = {}
+
+    class FakeVLLMSampler:  # records how eval builds and calls it; answers "4" to everything
+        def __init__(self, model_path, **kwargs):
+            built.update(model_path=model_path, **kwargs)
+            built["calls"] = []
+
+        def generate(self, prompt_ids, settings):
+            built["calls"].append((len(prompt_ids), settings))
+            return [Group(list(p), [Completion([5], [0.0], "4", "stop") for _ in range(settings.n)])
+                    for p in prompt_ids]
+
+    monkeypatch.setitem(sys.modules, "grpo.sampling.vllm", types.SimpleNamespace(VLLMSampler=FakeVLLMSampler))
+    cfg = config(problems_file, grader_module, "first_char", sampler="vllm", k=2, seed=3)
+    summary = run_eval(cfg, model_path=tiny_model_dir, output_dir=tmp_path / "o", progress=False, console=False,
+                       vllm_options={"kv_cache_memory_bytes": 1 << 28})
+    assert built["model_path"] == str(tiny_model_dir) and built["seed"] == 3
+    assert built["kv_cache_memory_bytes"] == 1 << 28 and built["gpu_memory_utilization"] == 0.85
+    assert [n for n, _ in built["calls"]] == [5]  # all five problems in one call (vLLM batches itself)
+    settings = built["calls"][0][1]
+    assert (settings.n, settings.temperature, settings.max_new_tokens) == (2, 1.0, 5)
+    assert summary["sampling"]["sampler"] == "vllm"
+    assert summary["metrics"]["overall"]["metrics"]["avg@2"] == 1.0  # "4": ord 52 is even -> right
+    assert summary["metrics"]["overall"]["metrics"]["maj@2"] == 1.0
