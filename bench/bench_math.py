@@ -46,6 +46,19 @@ def mix(path: str) -> list[tuple[str, str, float]]:
     return out
 
 
+def hostile() -> list[tuple[str, str]]:
+    """Inputs that make an unguarded checker hang or crawl; each call must still return within 1 s."""
+    mat = "\\begin{pmatrix}" + "\\\\".join("&".join(str(i * 60 + j) for j in range(60)) for i in range(60)) + \
+        "\\end{pmatrix}"
+    return [("\\boxed{10^{10^{10}}}", "1"), ("\\boxed{10^{10^{10}}}", "10^{10^{10}}"), ("\\boxed{1000000!}", "5"),
+            ("\\boxed{" + "{" * 2000 + "1" + "}" * 2000 + "}", "1"), ("\\boxed{" + mat + "}", mat),
+            ("\\boxed{" + mat.replace("3599", "3598") + "}", mat), ("\\boxed{2^{2^{2^{2^{2}}}}}", "3"),
+            ("\\boxed{9^{9^{9}}}", "9^{9^{9}}+1"), ("\\boxed{" + "1" * 5000 + "}", "1" * 4999 + "2"),
+            ("\\boxed{\\sum_{n=1}^{10^{12}} n}", "5"), ("\\boxed{x^{10^{9}} - 1}", "(x-1)(x+1)"),
+            ("\\boxed{(x+1)^{100000}}", "x"), ("x" * 1_000_000, "1"), ("\\boxed{\\frac{1}{0}}", "\\infty"),
+            ("(" * 5000 + "1" + ")" * 5000, "1"), ("\\boxed{" + "\\sqrt{" * 300 + "2" + "}" * 300 + "}", "2")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mv-python", default="/tmp/mvenv/bin/python")
@@ -66,6 +79,13 @@ def main() -> None:
     ours = len(pairs) / secs
     print(f"grpo checker : {len(pairs)} checks in {secs:.2f}s = {ours:.0f} checks/s (1 core); "
           f"agrees with labels {right}/{len(pairs)}; slowest call {worst * 1000:.0f} ms; import+warm {t_import:.1f}s")
+    worst_h = 0.0
+    for c, g in hostile():
+        t = time.perf_counter()
+        score(c, g)
+        worst_h = max(worst_h, time.perf_counter() - t)
+    print(f"hostile      : {len(hostile())} inputs (10^{{10^{{10}}}}, 1000000!, 2000-deep braces, 60x60 matrix, ...); "
+          f"slowest call {worst_h * 1000:.0f} ms")
     if not os.path.exists(args.mv_python):
         print(f"Math-Verify  : skipped ({args.mv_python} not found)")
         return

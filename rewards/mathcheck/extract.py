@@ -4,7 +4,8 @@ Every scan here is linear in the text length (no backtracking regexes over the w
 hostile completion (megabytes, 2000-deep braces) costs milliseconds, not seconds.
 
 Conventions:
-- With a ``</think>`` the answer is looked for only after the last one (the reasoning is not the answer).
+- With a ``</think>`` the answer is looked for only after the last one (the reasoning is not the answer);
+  a ``<think>`` never closed (a truncated completion) has no answer.
 - ``\\boxed{..}`` / ``\\fbox{..}`` win over any phrase marker. All boxes of the answer region are returned:
   several different boxes are a hedge, and the comparison requires every one of them to match.
 - An empty box, or a box left open (a truncated completion), gives no answer.
@@ -128,7 +129,7 @@ def _answer_text(rest: str) -> str:
     # "The answer is 42. Done." -> "42": cut at a sentence end (a period followed by a space), outside $..$.
     in_math = False
     for k, c in enumerate(line):
-        if c == "$":
+        if c == "$" and (k == 0 or line[k - 1] != "\\"):
             in_math = not in_math
         elif c == "." and not in_math and (k + 1 == len(line) or line[k + 1] == " ") and k > 0:
             if not (line[k - 1].isdigit() and k + 1 < len(line) and line[k + 1].isdigit()):
@@ -156,6 +157,8 @@ def _after_is(found: str) -> str:
 def answer_region(text: str) -> str:
     """The part of a completion that may hold the final answer (after the last </think>, if any)."""
     cut = text.rfind("</think>")
+    if cut < 0 and "<think>" in text:
+        return ""  # still thinking (cut off by the length limit): no final answer yet
     return text[cut + len("</think>"):] if cut >= 0 else text
 
 
