@@ -67,7 +67,7 @@ def eval_command(
     seed: Optional[int] = typer.Option(None, "--seed"),
     limit: Optional[int] = typer.Option(None, "--limit", help="first N problems of each dataset"),
     split: Optional[str] = typer.Option(None, "--split", help="hub split (ignored for local files)"),
-    bootstrap: Optional[int] = typer.Option(None, "--bootstrap", help="resamples for the 95%% intervals (0: off)"),
+    bootstrap: Optional[int] = typer.Option(None, "--bootstrap", help="resamples for the 95% intervals (0: off)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="hf sampler: rows generated at once"),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="also report per value of this column"),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="default: eval_results/<model>__<data>__..."),
