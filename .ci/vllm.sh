@@ -42,7 +42,7 @@ if [ -f recipes/tiny.yaml ]; then
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 gaps = [r["sampler/logprob_gap"] for r in rows if "sampler/logprob_gap" in r]
-print(f"tiny recipe with vllm: {len(rows)} steps, sampler/logprob_gap per step: {[f"{g:.1e}" for g in gaps]}")
+print(f"tiny recipe with vllm: {len(rows)} steps, sampler/logprob_gap per step: {[f'{g:.1e}' for g in gaps]}")
 if not gaps or max(gaps) > 1e-3:
     sys.exit("the vLLM sampler's log-probs do not match the trainer's (float32 should agree within 1e-3)")
 EOF
