@@ -244,9 +244,10 @@ def _expand_pm(s: str) -> list[str] | None:
     if len(parts) != 2 or not parts[1]:
         return None
     a, b = parts
+    neg = f"-{b}" if re.fullmatch(r"[\w.\\{}^]+", b) else f"-({b})"  # -2021 stays a plain number
     if not a:
-        return [f"{b}", f"-({b})"]
-    return [f"{a}+{b}", f"{a}-({b})"]
+        return [b, neg]
+    return [f"{a}+{b}", f"{a}{neg}"]
 
 
 def _as_list(s: str) -> list[str] | None:
@@ -255,6 +256,7 @@ def _as_list(s: str) -> list[str] | None:
     if len(items) > 1:
         out: list[str] = []
         for it in items:
+            it = re.sub(r"^(?:\\text\{\s*and\s*\}|and\b)\s*", "", it)  # "19, 46, and 82"
             out.extend(_expand_pm(it) or [it])
         return out
     return _expand_pm(s)
@@ -368,6 +370,10 @@ def equal(pred: str, gold: str) -> bool:
         return bool(sides) and all(equal(s, g) for s in sides)
     if len(g_eq) > 2:
         return scalar_equal(p, g)
+    # Times and ratios (12:00, 3:4): part by part.
+    if ":" in g or ":" in p:
+        gc, pc = split_top(g, (":",)), split_top(p, (":",))
+        return len(gc) == len(pc) and all(a == b or equal(a, b) for a, b in zip(pc, gc))
     # Unions of intervals/sets: same pieces in any order.
     g_u, p_u = split_top(g, ("\\cup",)), split_top(p, ("\\cup",))
     if len(g_u) > 1 or len(p_u) > 1:

@@ -96,9 +96,10 @@ class Pool:
             self.standby = _Proc()
 
     def warm(self, timeout: float = 30.0, standby: bool = False) -> bool:
-        """Start the active worker and wait for its imports, so the first check is fast; the standby starts
-        after it (waited for too with standby=True: then even a kill right away finds a warm replacement)."""
+        """Start the active worker and wait for its imports, so the first check is fast; then start the standby
+        (standby=True waits for it too: then even a kill right away finds a warm replacement)."""
         with self.lock:
+            # One at a time: on a busy machine two interpreters importing sympy at once take twice as long.
             if self.active is None:
                 self.active = _Proc()
             end = time.monotonic() + timeout
