@@ -166,6 +166,8 @@ class VLLMSampler:
     def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings) -> list[Group]:
         from vllm import SamplingParams
 
+        if not prompt_ids:
+            return []
         for i, ids in enumerate(prompt_ids):
             if len(ids) >= self.max_model_len:
                 raise UserError(f"prompt {i} has {len(ids)} tokens but the vLLM engine's max_model_len is "
