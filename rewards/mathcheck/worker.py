@@ -88,6 +88,14 @@ class Pool:
         self.lock = threading.Lock()
         self.active: _Proc | None = None
         self.standby: _Proc | None = None
+        self.pid = os.getpid()
+
+    def _after_fork(self) -> None:
+        """In a forked child the pipes belong to the parent's workers: leave them to it, start our own."""
+        if os.getpid() != self.pid:
+            self.lock = threading.Lock()
+            self.active = self.standby = None
+            self.pid = os.getpid()
 
     def start(self) -> None:
         if self.active is None:
@@ -98,6 +106,7 @@ class Pool:
     def warm(self, timeout: float = 30.0, standby: bool = False) -> bool:
         """Start the active worker and wait for its imports, so the first check is fast; then start the standby
         (standby=True waits for it too: then even a kill right away finds a warm replacement)."""
+        self._after_fork()
         with self.lock:
             # One at a time: on a busy machine two interpreters importing sympy at once take twice as long.
             if self.active is None:
@@ -118,6 +127,7 @@ class Pool:
 
     def equal(self, pred: str, gold: str, deadline: float, tol: str | None = None) -> bool | None:
         """Sympy's verdict, or None when it could not be had before the deadline (then the worker is replaced)."""
+        self._after_fork()
         if not self.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return None
         try:
@@ -139,6 +149,8 @@ class Pool:
             self.lock.release()
 
     def close(self) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child's atexit must not kill the parent's workers
         for proc in (self.active, self.standby):
             if proc is not None:
                 proc.kill()
