@@ -376,6 +376,10 @@ def equal(pred: str, gold: str) -> bool:
         return len(gc) == len(pc) and all(a == b or equal(a, b) for a, b in zip(pc, gc))
     # Unions of intervals/sets: same pieces in any order.
     g_u, p_u = split_top(g, ("\\cup",)), split_top(p, ("\\cup",))
+    if len(g_u) > 1 and len(p_u) == 1:  # "x < -3 or x > 3" for (-\infty,-3)\cup(3,\infty)
+        words = [as_interval(normalize(unwrap_text(x))) for x in _WORD_SEP.split(pred) if x and x.strip()]
+        if len(words) > 1:
+            p_u = words
     if len(g_u) > 1 or len(p_u) > 1:
         return _match_unordered(p_u, g_u)
     # Sets: any order.

@@ -67,6 +67,7 @@ def normalize(s: str) -> str:
     for a, b in _RENAME:
         s = s.replace(a, b)
     s = s.replace("\0", "\\\\")
+    s = re.sub(r"^\\\{\s*\\\}$", r"\\varnothing", s)  # {} written as a set is the empty set
     s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
     s = _FRAC_HALF.sub(r"\\frac{\1}", s)
     s = _FRAC_HALF2.sub(r"\\frac\1{\2}", s)
