@@ -31,6 +31,8 @@ _MAX_CANDIDATES = 8   # more distinct boxed answers than this is spraying, not a
 
 def score(completion: str, gold: str) -> float:
     """1.0 when the completion's final answer is equivalent to ``gold``, else 0.0 (never raises on bad output)."""
+    if isinstance(gold, (int, float)) and not isinstance(gold, bool):
+        gold = str(gold)  # AIME-style integer columns
     if not isinstance(completion, str) or not isinstance(gold, str):
         return 0.0
     start = time.monotonic()  # the 1 s bound covers extraction too

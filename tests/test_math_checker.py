@@ -212,7 +212,8 @@ def test_reward_contract() -> None:
 
 def test_non_string_input_never_raises() -> None:
     assert score(None, "5") == 0.0  # type: ignore[arg-type]
-    assert score("\\boxed{5}", 5) == 0.0  # type: ignore[arg-type]
+    assert score("\\boxed{5}", [5]) == 0.0  # type: ignore[arg-type]
+    assert score("\\boxed{5}", 5) == 1.0  # type: ignore[arg-type]  (integer answer columns)
 
 
 @pytest.mark.skipif(not os.path.exists(f"{DATA}/math500.jsonl"), reason="MATH-500 copy not present")
