@@ -40,8 +40,8 @@ def supervised_fine_tune(model, tokenizer, pairs: list[tuple[str, str]], steps: 
 
     Returns {"first_loss", "last_loss" (mean of the last `log_every` steps), "steps", "target_tokens"}; `log` is
     called every `log_every` steps with (step, running mean loss). The loss is the mean over target tokens;
-    `prompt_loss_weight` > 0 also trains on the prompt tokens at that weight (more signal per step for a model
-    learning the language from scratch; 0, the default, is plain prompt-masked SFT)."""
+    `prompt_loss_weight` > 0 also trains on the prompt tokens (a weighted mean), for a model learning the
+    language from scratch; 0, the default, is plain prompt-masked SFT."""
     if not pairs:
         raise UserError("sft: no (prompt, target) pairs to train on; the data file is empty. Give a file with rows.")
     if schedule not in SCHEDULES:

@@ -65,8 +65,10 @@ def test_shipped_files_are_what_the_generator_writes(tmp_path):
     for name in ("train.jsonl", "test.jsonl"):
         assert (tmp_path / name).read_text() == (ROOT / "data" / "arith" / name).read_text(), \
             f"data/arith/{name} is stale: run python -m grpo.demo.task"
-    test = {json.loads(line)["question"] for line in (tmp_path / "test.jsonl").read_text().splitlines()}
-    assert len(test) == 200
+    questions = {n: [json.loads(line)["question"] for line in (tmp_path / n).read_text().splitlines()]
+                 for n in ("train.jsonl", "test.jsonl")}
+    assert len(questions["train.jsonl"]) == 2000 and len(set(questions["test.jsonl"])) == 200
+    assert not set(questions["test.jsonl"]) & set(questions["train.jsonl"])  # held out
 
 
 def test_sft_trains_on_target_tokens_only_unless_asked():

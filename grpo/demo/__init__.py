@@ -22,8 +22,8 @@ BUILD_VERSION = 2
 
 BUILDS = {
     # name: settings that define the build; any change gives a new cache key, so a stale cache is never used
-    "tiny-arith": {"seed": 0, "hidden": 128, "layers": 4, "heads": 2, "sft_steps": 400, "sft_batch": 16,
-                   "sft_lr": 1e-2, "sft_warmup": 30, "sft_schedule": "cosine", "sft_prompt_loss_weight": 0.0,
+    "tiny-arith": {"seed": 0, "hidden": 128, "layers": 4, "heads": 2, "sft_steps": 450, "sft_batch": 32,
+                   "sft_lr": 3e-3, "sft_warmup": 30, "sft_schedule": "cosine", "sft_prompt_loss_weight": 0.0,
                    "sft_problems": 20000, "data_seed": 100},
 }
 
