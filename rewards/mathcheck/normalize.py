@@ -51,7 +51,12 @@ def unwrap_text(s: str) -> str:
     return s
 
 
+_TRIG_DEG = re.compile(r"\\(sin|cos|tan|sec|csc|cot)\s*\(?\s*(\d+(?:\.\d+)?)\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°)\s*\)?")
+
+
 def strip_degrees(s: str) -> tuple[str, bool]:
+    """Drop degree signs (90^\\circ is 90); inside a trig function they become radians (\\sin 30^\\circ = 1/2)."""
+    s = _TRIG_DEG.sub(lambda m: "\\%s(\\frac{%s\\pi}{180})" % (m.group(1), m.group(2)), s)
     t = _DEGREES.sub("", s)
     return t, t != s
 
