@@ -324,7 +324,7 @@ def check_combinations(cfg: RecipeConfig) -> list[str]:
         ("train.max_sampling_rounds", t.max_sampling_rounds), ("train.loss_constant", t.loss_constant),
         ("sampler.max_new_tokens", s.max_new_tokens), ("sampler.generation_batch_size", s.generation_batch_size),
         ("sampler.top_p", s.top_p), ("data.max_prompt_tokens", cfg.data.max_prompt_tokens),
-        ("sampler.max_logprob_gap", s.max_logprob_gap), ("eval.k", cfg.eval.k),
+        ("sampler.max_logprob_gap", s.max_logprob_gap),
     ]:
         positive(where, value)
     if s.top_p > 1:

@@ -268,7 +268,10 @@ def periodic_eval(run: Run, step: int) -> dict[str, float]:
         return {}
     from grpo.evaluate import evaluate_during_training
 
-    return evaluate_during_training(run.policy, run.tokenizer, run.cfg.eval, run.output_dir, step)
+    # Reuse the training sampler (its weights were synced this step) unless eval asks for another backend.
+    same = run.cfg.eval.sampler in ("same", run.cfg.sampler.backend)
+    return evaluate_during_training(run.policy, run.tokenizer, run.cfg.eval, run.output_dir, step,
+                                    sampler=run.sampler if same else None)
 
 
 def write_samples(run: Run, exp: Experience, step: int) -> None:

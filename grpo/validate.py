@@ -30,8 +30,12 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
     problems += _check_data(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.prompt_template,
                             cfg.data.answer_column, "data")
     if cfg.eval.data:
-        problems += _check_data(cfg.eval.data, cfg.eval.split, cfg.eval.subset, cfg.eval.prompt_template,
-                                cfg.eval.answer_column, "eval")
+        from grpo.evaluate import check_eval_config, data_sources
+
+        problems += check_eval_config(cfg.eval)
+        for source in data_sources(cfg.eval):  # several sets may be given, comma-separated
+            problems += _check_data(source, cfg.eval.split, cfg.eval.subset, cfg.eval.prompt_template,
+                                    cfg.eval.answer_column, "eval")
     if check_environment:
         problems += _check_environment(cfg)
     model = cfg.model.path
