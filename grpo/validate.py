@@ -13,7 +13,7 @@ from grpo.config import RecipeConfig, parse_recipe
 from grpo.data import LOCAL_SUFFIXES, check_template, load_rows
 from grpo.errors import ConfigError, UserError
 from grpo.modeling import looks_like_hub_id
-from rewards.registry import load_reward
+from rewards.registry import find_installed, load_reward
 
 
 def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_environment: bool = True) -> RecipeConfig:
@@ -23,8 +23,8 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
     for i, reward in enumerate(cfg.rewards):
         if not reward.name:
             continue  # already reported as required
-        try:
-            load_reward(reward.name)
+        try:  # a user's module:function is imported; installed rewards are looked up, not imported (fast)
+            load_reward(reward.name) if ":" in reward.name else find_installed(reward.name)
         except UserError as exc:
             problems.append(f"rewards[{i}].name: {exc}")
     problems += _check_data(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.prompt_template,

@@ -48,6 +48,12 @@ def load_reward(name: str) -> RewardFn:
     """Resolve a reward name from a recipe to a callable."""
     if ":" in name:
         return _import_target(name, f"reward '{name}'")
+    source = find_installed(name)
+    return _import_target(source.target, f"reward '{name}' ({source.origin})")
+
+
+def find_installed(name: str) -> RewardSource:
+    """Where an installed reward comes from, without importing it (some rewards start workers on import)."""
     known = installed_rewards()
     if name not in known:
         guess = difflib.get_close_matches(name, list(known), n=1)
@@ -58,7 +64,7 @@ def load_reward(name: str) -> RewardFn:
             f"A reward of your own can be named as module:function, or registered under the "
             f"'{ENTRY_POINT_GROUP}' entry-point group of your package."
         )
-    return _import_target(known[name].target, f"reward '{name}' ({known[name].origin})")
+    return known[name]
 
 
 def _import_target(target: str, what: str) -> RewardFn:
