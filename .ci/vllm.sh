@@ -29,7 +29,7 @@ fi
 "$VENV/bin/python" -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider -m vllm tests/test_vllm_sampler.py
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -rs     tests/test_vllm_sampler.py
 stamp "sampler tests passed"
 
 if [ -f recipes/tiny.yaml ]; then
