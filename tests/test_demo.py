@@ -100,6 +100,30 @@ def test_sft_rejects_bad_arguments_with_a_fix():
         supervised_fine_tune(model, tok, [("a", "b")], steps=1, schedule="linear")
 
 
+@pytest.fixture(autouse=True)
+def build_instead_of_shipped(monkeypatch):
+    """These tests exercise the build and its cache, so the shipped copy is set aside (GRPO_DEMO_REBUILD)."""
+    monkeypatch.setenv("GRPO_DEMO_REBUILD", "1")
+
+
+def test_shipped_weights_are_the_current_build_and_load(tmp_path, monkeypatch):
+    from grpo.demo import SHIPPED
+
+    monkeypatch.delenv("GRPO_DEMO_REBUILD")
+    monkeypatch.setattr("grpo.demo.build_demo_model", lambda *a: pytest.fail("the shipped copy should be used"))
+    path = resolve_demo_model("demo:tiny-arith", tmp_path)
+    assert path == SHIPPED / "tiny-arith" and list(tmp_path.iterdir()) == []
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.hidden_size // model.config.num_attention_heads == 64
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.decode(tok("Question: 1\nAnswer:").input_ids, skip_special_tokens=True) == "Question: 1\nAnswer:"
+    # changed build settings no longer match the shipped weights: they are rebuilt, never silently reused
+    monkeypatch.setitem(BUILDS, "tiny-arith", dict(BUILDS["tiny-arith"], sft_steps=1))
+    from grpo.demo import shipped_copy
+
+    assert shipped_copy("tiny-arith", BUILDS["tiny-arith"]) is None
+
+
 def test_unknown_demo_model_lists_the_known_ones(tmp_path):
     with pytest.raises(UserError, match="demo:tiny-arith"):
         resolve_demo_model("demo:huge", tmp_path)

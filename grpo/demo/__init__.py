@@ -48,6 +48,9 @@ def resolve_demo_model(spec: str, cache_dir: Path | None = None) -> Path:
         raise UserError(f"model.path: unknown demo model {spec!r}; built-in demo models: "
                         f"{', '.join('demo:' + n for n in BUILDS)}. Use one of those, or a model directory.")
     settings = BUILDS[name]
+    shipped = shipped_copy(name, settings)
+    if shipped is not None and not os.environ.get("GRPO_DEMO_REBUILD"):
+        return shipped
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     target = root / f"demo-{name}-{cache_key(settings)}"
     if (target / "config.json").is_file():
@@ -67,6 +70,21 @@ def resolve_demo_model(spec: str, cache_dir: Path | None = None) -> Path:
         shutil.rmtree(target, ignore_errors=True)  # a directory without config.json is debris, not a model
         os.replace(tmp, target)
     return target
+
+
+SHIPPED = Path(__file__).resolve().parent / "shipped"
+
+
+def shipped_copy(name: str, settings: dict) -> Path | None:
+    """The weights built by this very code and settings, shipped in the package (4 MB) so the demo starts at
+    once; None when the settings changed since (then the model is built and cached as usual).
+    `python -m grpo.demo` rebuilds the shipped copy; GRPO_DEMO_REBUILD=1 ignores it."""
+    path = SHIPPED / name
+    try:
+        built = json.loads((path / "demo_build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return path if built.get("cache_key") == cache_key(settings) and (path / "config.json").is_file() else None
 
 
 def build_demo_model(out_dir: Path, settings: dict) -> dict:
@@ -97,5 +115,5 @@ def build_demo_model(out_dir: Path, settings: dict) -> dict:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "demo_build.json").write_text(json.dumps({"version": BUILD_VERSION, "settings": settings,
-                                                         "sft": stats}, indent=2))
+                                                         "cache_key": cache_key(settings), "sft": stats}, indent=2))
     return stats
