@@ -258,3 +258,24 @@ def test_vllm_sampler_is_built_from_the_model_directory(tmp_path, problems_file,
     assert summary["sampling"]["sampler"] == "vllm"
     assert summary["metrics"]["overall"]["metrics"]["avg@2"] == 1.0  # "4": ord 52 is even -> right
     assert summary["metrics"]["overall"]["metrics"]["maj@2"] == 1.0
+
+
+def test_demo_model_on_the_demo_test_set_with_the_math_grader(tmp_path):
+    """The README's first eval command, on a slice: the shipped demo model, a local file, the real grader."""
+    from grpo.cli import app
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "demo-eval"
+    result = CliRunner().invoke(app, ["eval", "--model", "demo:tiny-arith", "--data", str(root / "data/arith/test.jsonl"),
+                                      "--prompt-template", "Question: {question}\nAnswer:", "--k", "4",
+                                      "--temperature", "1.0", "--top-p", "1.0", "--max-tokens", "48", "--limit", "16",
+                                      "--bootstrap", "50", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    overall = json.loads((out / "summary.json").read_text())["metrics"]["overall"]
+    assert overall["problems"] == 16 and {"avg@4", "pass@4", "maj@4"} <= set(overall["metrics"])
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    graded = [s for p in samples for s in p["samples"]]
+    assert len(graded) == 64 and all(s["extracted"] is not None for s in graded if "The answer is" in s["text"])
+    accuracy = sum(s["correct"] for s in graded) / len(graded)
+    assert overall["metrics"]["avg@4"] == pytest.approx(accuracy)
+    assert 0 < accuracy < 1  # the warm-started model is right some of the time, wrong often
