@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from grpo.errors import UserError
+from grpo.modeling import plain_model
 
 STATE_FILE = "trainer_state.pt"
 
@@ -32,8 +33,7 @@ def save_checkpoint(output_dir: Path, step: int, policy, tokenizer, trainer_stat
     tmp.mkdir(parents=True)
     if hasattr(policy, "peft_config"):
         policy.save_pretrained(tmp / "adapter")  # exact trainable state for resume
-        merged = _merged_copy(policy)
-        merged.save_pretrained(tmp)
+        plain_model(policy).save_pretrained(tmp)  # a merged copy that transformers loads as it is
     else:
         policy.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -45,12 +45,6 @@ def save_checkpoint(output_dir: Path, step: int, policy, tokenizer, trainer_stat
     _write_atomic(output_dir / "checkpoints" / "latest", final.name)
     _prune(output_dir, keep_last)
     return final
-
-
-def _merged_copy(policy):
-    import copy
-
-    return copy.deepcopy(policy).merge_and_unload()
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:

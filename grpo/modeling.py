@@ -113,6 +113,5 @@ def build_reference(policy: torch.nn.Module, cfg: ModelConfig):
 def plain_model(policy: torch.nn.Module) -> torch.nn.Module:
     """A transformers model with LoRA merged in, for saving and for samplers that need plain weights."""
     if hasattr(policy, "merge_and_unload"):
-        merged = copy.deepcopy(policy).merge_and_unload()
-        return merged
+        return copy.deepcopy(policy).merge_and_unload()  # the live policy keeps its adapters
     return policy

@@ -10,6 +10,7 @@ import torch
 
 from grpo.advantages import AdvantageFn, zero_variance_groups
 from grpo.data import PromptRenderer, PromptStream
+from grpo.errors import UserError
 from grpo.sampling.base import Completion, Sampler, SamplingSettings
 from rewards.scoring import NamedReward, score
 
@@ -97,8 +98,6 @@ def _next_prompts(stream: PromptStream, renderer: PromptRenderer, count: int, ma
             exp.skipped_prompts += 1
             skipped_in_a_row += 1
             if skipped_in_a_row > 10 * len(stream.rows):
-                from grpo.errors import UserError
-
                 raise UserError(f"data.max_prompt_tokens: every prompt is longer than {max_prompt_tokens} tokens; "
                                 f"raise data.max_prompt_tokens")
             continue
