@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo.demo import BUILDS, resolve_demo_model
 from grpo.demo.model import build_tiny_llama
-from grpo.demo.task import PROMPT_TEMPLATE, make_problems, write_shipped_files
+from grpo.demo.task import PROMPT_TEMPLATE, make_problems, with_guesses, write_shipped_files
 from grpo.demo.tokenizer import build_char_tokenizer
 from grpo.errors import UserError
 from grpo.sft import _collate, encode_pair, supervised_fine_tune
@@ -58,6 +58,17 @@ def test_problems_are_deterministic_and_consistent():
             lhs, rhs = step.strip(" .").split(" = ")
             assert eval(lhs) == int(rhs)  # noqa: S307 - our own generated arithmetic
         assert steps[-1].endswith(f"= {p['answer']}") and int(p["answer"]) >= 0
+
+
+def test_the_sloppy_teacher_guesses_on_about_the_asked_fraction_and_works_out_the_rest():
+    problems = make_problems(2000, seed=3)
+    taught = with_guesses(problems, 0.7, seed=9)
+    assert taught == with_guesses(problems, 0.7, seed=9) and problems == make_problems(2000, seed=3)  # untouched
+    guesses = [t for t, p in zip(taught, problems) if t["solution"] != p["solution"]]
+    assert 0.65 < len(guesses) / len(problems) < 0.75
+    assert all(g["solution"].startswith(" The answer is ") and " = " not in g["solution"] for g in guesses)
+    assert {g["solution"][-2] for g in guesses} == set("0123456789")  # guessed digits, right or not
+    assert with_guesses(problems, 0.0, seed=9) == problems
 
 
 def test_shipped_files_are_what_the_generator_writes(tmp_path):
@@ -170,17 +181,39 @@ def test_interrupted_build_leaves_no_cache_entry(tmp_path, monkeypatch):
     assert (resolve_demo_model("demo:tiny-arith", tmp_path) / "config.json").is_file() and len(calls) == 1
 
 
-@pytest.mark.slow
-def test_real_demo_build_loads_and_is_right_sometimes(tmp_path):
-    """The whole build (about a minute on a laptop CPU): a warm start that is right some of the time at T=1."""
+def test_shipped_demo_model_sometimes_works_it_out_and_sometimes_guesses(monkeypatch):
+    """What RL has to learn on the demo: the warm start shows its working on some samples (right most of the
+    time) and guesses on the others (right about one time in ten), so groups have mixed rewards and the reward
+    can tell the two behaviours apart."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from demo_accuracy import accuracy
+    from demo_accuracy import generate, is_correct
+
+    monkeypatch.delenv("GRPO_DEMO_REBUILD")
+    path = resolve_demo_model("demo:tiny-arith")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    rows = [json.loads(line) for line in (ROOT / "data/arith/test.jsonl").read_text().splitlines()][:100]
+    groups = generate(model, tok, [PROMPT_TEMPLATE.format(**r) for r in rows], samples=4, temperature=1.0)
+    worked = [is_correct(t, r["answer"]) for g, r in zip(groups, rows) for t in g if " = " in t]
+    guessed = [is_correct(t, r["answer"]) for g, r in zip(groups, rows) for t in g if " = " not in t]
+    assert 0.1 < len(worked) / 400 < 0.9, len(worked)
+    assert sum(worked) / len(worked) > sum(guessed) / len(guessed) + 0.3, (sum(worked), len(worked), sum(guessed))
+    assert sum(0 < sum(is_correct(t, r["answer"]) for t in g) < 4 for g, r in zip(groups, rows)) > 40
+
+
+@pytest.mark.slow
+def test_real_demo_build_loads_and_answers_in_the_task_format(tmp_path, monkeypatch):
+    """The whole build pipeline (tokenizer, model, warm start, save, cache), with fewer warm-start steps than
+    the shipped build (2000 steps take about 6 minutes on 2 cores)."""
+    monkeypatch.setitem(BUILDS, "tiny-arith", dict(BUILDS["tiny-arith"], sft_steps=150))
+    sys.path.insert(0, str(ROOT / "bench"))
+    from demo_accuracy import generate
 
     path = resolve_demo_model("demo:tiny-arith", tmp_path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    rows = [json.loads(line) for line in (ROOT / "data/arith/test.jsonl").read_text().splitlines()][:100]
-    result = accuracy(model, tok, rows, samples=4, seed=0)
-    assert 0.1 < result["sampled"] < 0.9 and result["mixed_groups"] > 0.2, result
-    assert "The answer is" in result["example"]
+    texts = [t for g in generate(model, tok, [PROMPT_TEMPLATE.format(question="Tom has 2 eggs and finds 3 more. "
+                                                                              "How many eggs now?")], 8, 1.0) for t in g]
+    assert sum("The answer is" in t for t in texts) >= 4, texts
+    assert json.loads((path / "demo_build.json").read_text())["settings"]["sft_steps"] == 150
     assert os.listdir(tmp_path) == [path.name]

@@ -86,6 +86,20 @@ def make_problems(count: int, seed: int, exclude: set[str] | frozenset[str] = fr
     return rows
 
 
+def with_guesses(problems: list[dict], fraction: float, seed: int) -> list[dict]:
+    """The warm start's sloppy teacher: on `fraction` of the problems it skips the working and guesses a digit
+    (" The answer is 4.", right one time in ten). A model imitating it has the skill but does not always use it,
+    which is the situation RL with a verifiable reward exists for: the reward tells working (often right) from
+    guessing (rarely right), and the policy learns to work every problem out."""
+    rng = random.Random(seed)
+    out = []
+    for row in problems:
+        if rng.random() < fraction:
+            row = {**row, "solution": f" The answer is {rng.randint(0, 9)}."}
+        out.append(row)
+    return out
+
+
 def write_jsonl(rows: list[dict], path: Path) -> None:
     """Written to a temporary name then renamed, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
