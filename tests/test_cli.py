@@ -43,3 +43,11 @@ def test_rewards_lists_builtins_with_their_source():
 def test_train_with_a_missing_recipe_says_so():
     result = grpo("train", "no/such/recipe.yaml")
     assert result.returncode == 2 and "no/such/recipe.yaml: no such file" in result.stderr
+
+
+def test_convert_gguf_names_a_bad_dtype_and_a_missing_file(tmp_path):
+    bad_dtype = grpo("convert-gguf", "model.gguf", str(tmp_path / "out"), "--dtype", "int8")
+    assert bad_dtype.returncode == 2 and "--dtype: 'int8' is not one of float32" in bad_dtype.stderr
+    missing = grpo("convert-gguf", str(tmp_path / "nothing.gguf"), str(tmp_path / "out"))
+    assert missing.returncode == 2 and "nothing.gguf: no such GGUF file" in missing.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
