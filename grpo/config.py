@@ -33,7 +33,7 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = "demo:tiny-arith"  # a Hugging Face model directory, or "demo:tiny-arith" (shipped; rebuilt if its settings change)
+    path: str = "demo:tiny-arith"  # a Hugging Face model directory, a hub id, or the shipped "demo:tiny-arith"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False

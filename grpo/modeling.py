@@ -51,10 +51,12 @@ def _from_pretrained(loader, path, **kwargs):
     try:
         return loader(path, **kwargs)
     except OSError as exc:  # transformers raises OSError for a hub id it cannot fetch (offline, gated, typo)
-        hint = " (`make smollm2` makes it)" if str(path) == SMOLLM2_DIR else ""
-        raise UserError(f"model.path: could not load {path} ({str(exc).splitlines()[0]}). There is no local "
-                        f"directory {path} either{hint}. Where the hub is not reachable, download the model "
-                        f"elsewhere and point model.path at its directory.") from exc
+        where = ""
+        if not Path(path).is_dir():
+            where = f" There is no local directory {path} either" + (
+                " (`make smollm2` makes it)." if str(path) == SMOLLM2_DIR else ".")
+        raise UserError(f"model.path: could not load {path} ({str(exc).splitlines()[0]}).{where} Where the hub is "
+                        f"not reachable, download the model elsewhere and point model.path at its directory.") from exc
 
 
 def load_tokenizer(path: Path | str, trust_remote_code: bool = False):
