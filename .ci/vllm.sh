@@ -45,6 +45,11 @@ gaps = [r["sampler/logprob_gap"] for r in rows if "sampler/logprob_gap" in r]
 print(f"tiny recipe with vllm: {len(rows)} steps, sampler/logprob_gap per step: {[f'{g:.1e}' for g in gaps]}")
 if not gaps or max(gaps) > 1e-3:
     sys.exit("the vLLM sampler's log-probs do not match the trainer's (float32 should agree within 1e-3)")
+if len(rows) >= 100:  # VLLM_STEPS=100: the whole demo, which must learn with this sampler as with transformers
+    first, last = (sum(r["reward/mean"] for r in part) / len(part) for part in (rows[:20], rows[-20:]))
+    print(f"tiny recipe with vllm: mean reward {first:.3f} (first 20 steps) -> {last:.3f} (last 20)")
+    if last < first + 0.2:
+        sys.exit("the tiny recipe did not learn with the vLLM sampler")
 EOF
     stamp "tiny recipe with sampler.backend=vllm passed"
 else

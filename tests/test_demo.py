@@ -212,8 +212,8 @@ def test_real_demo_build_loads_and_answers_in_the_task_format(tmp_path, monkeypa
     path = resolve_demo_model("demo:tiny-arith", tmp_path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    texts = [t for g in generate(model, tok, [PROMPT_TEMPLATE.format(question="Tom has 2 eggs and finds 3 more. "
-                                                                              "How many eggs now?")], 8, 1.0) for t in g]
+    prompt = PROMPT_TEMPLATE.format(question="Tom has 2 eggs and finds 3 more. How many eggs now?")
+    texts = generate(model, tok, [prompt], samples=8, temperature=1.0)[0]
     assert sum("The answer is" in t for t in texts) >= 4, texts
     assert json.loads((path / "demo_build.json").read_text())["settings"]["sft_steps"] == 150
     assert os.listdir(tmp_path) == [path.name]
