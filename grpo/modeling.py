@@ -12,7 +12,6 @@ import torch
 from grpo.config import ModelConfig
 from grpo.errors import UserError
 
-SMOLLM2_DIR = "models/smollm2-135m-instruct"  # where `make smollm2` converts the SmolLM2 CPU recipe's model
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -51,10 +50,7 @@ def _from_pretrained(loader, path, **kwargs):
     try:
         return loader(path, **kwargs)
     except OSError as exc:  # transformers raises OSError for a hub id it cannot fetch (offline, gated, typo)
-        where = ""
-        if not Path(path).is_dir():
-            where = f" There is no local directory {path} either" + (
-                " (`make smollm2` makes it)." if str(path) == SMOLLM2_DIR else ".")
+        where = "" if Path(path).is_dir() else f" There is no local directory {path} either."
         raise UserError(f"model.path: could not load {path} ({str(exc).splitlines()[0]}).{where} Where the hub is "
                         f"not reachable, download the model elsewhere and point model.path at its directory.") from exc
 
