@@ -48,7 +48,7 @@ def trl_worker(steps: int, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from grpo.config import load_recipe
+    from grpo.recipe import load_recipe
     from grpo.data import load_rows
     from grpo.demo import resolve_demo_model
     from rewards.math import math_reward

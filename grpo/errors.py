@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from rewards.errors import UserError  # one class for both packages; rewards must not import grpo
 
-class UserError(Exception):
-    """A problem in the user's input (recipe, file, name): the message says what, the rule, and the fix."""
+__all__ = ["UserError", "ConfigError"]
 
 
 class ConfigError(UserError):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from grpo.config import RecipeConfig, parse_recipe
+from grpo.config import RecipeConfig
 from grpo.data import LOCAL_SUFFIXES, check_template, load_rows
 from grpo.errors import ConfigError, UserError
 from grpo.modeling import looks_like_hub_id
+from grpo.recipe import parse_recipe
 from rewards.registry import find_installed, load_reward
 
 
@@ -30,9 +31,8 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
     problems += _check_data(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.prompt_template,
                             cfg.data.answer_column, "data")
     if cfg.eval.data:
-        from grpo.evaluate import check_eval_config, data_sources
+        from grpo.eval.sets import data_sources
 
-        problems += check_eval_config(cfg.eval)
         for source in data_sources(cfg.eval):  # several sets may be given, comma-separated
             problems += _check_data(source, cfg.eval.split, cfg.eval.subset, cfg.eval.prompt_template,
                                     cfg.eval.answer_column, "eval")

@@ -10,6 +10,9 @@ The contract (shared by built-ins and plugins):
   ``max_new_tokens`` (an int). Accept ``**kwargs`` so new columns never break a reward.
 - Return one float per completion, or None where the reward does not apply to that completion.
 - Recipe ``args`` are passed as extra keyword arguments.
+- Optional attributes on the function say what it is: ``fn.measures_correctness = True`` when 1.0 means
+  "right" (training then logs ``accuracy`` from it, and eval can grade with it); ``fn.extract_answer`` a
+  ``str -> str | None`` giving the answer it judged (eval's majority vote counts those).
 
 A reward never needs to guard against its own crashes: the scorer catches an exception, scores the
 offending completion 0 and counts it in the metrics. It should still return 0.0 (not raise) on a

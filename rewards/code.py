@@ -13,7 +13,7 @@ import functools
 import re
 from typing import Any
 
-from grpo.errors import UserError
+from rewards.errors import UserError
 from rewards.sandbox import Executor, Limits, Pool
 from rewards.sandbox.judge import grade, read_answers
 from rewards.sandbox.plan import load_tests, plan_tests
@@ -142,3 +142,6 @@ def code_reward(prompts: list[str], completions: list[str], tests: list[Any] | N
         return _aggregate(run_tests(program, parsed[i], executor, mode), mode)
 
     return _pool(int(max_parallel)).map(one, range(len(completions)))
+
+
+code_reward.measures_correctness = True  # 1.0: every test passed (grpo logs `accuracy` from it)

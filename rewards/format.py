@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from grpo.errors import UserError
+from rewards.errors import UserError
 
 _ANSWER_MARK = re.compile(r"\\boxed\s*\{\s*[^{}\s]|\\boxed\s+\S|[Tt]he (?:final )?answer is\s*\S|####\s*\S|Answer:\s*\S")
 _THINK = re.compile(r"^\s*<think>.*?\S.*?</think>\s*\S", re.DOTALL)

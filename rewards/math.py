@@ -63,3 +63,9 @@ def math_reward(prompts: list[str], completions: list[str], answer: list | None 
             continue
         out.append(score(completion or "", gold if isinstance(gold, str) else str(gold)))
     return out
+
+
+# What the reward declares about itself (the reward contract): its 1.0 means right, and this is the answer it
+# judged, which eval's majority vote counts.
+math_reward.measures_correctness = True
+math_reward.extract_answer = extract_answer

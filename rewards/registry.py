@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable
 
-from grpo.errors import UserError
+from rewards.errors import UserError
 
 ENTRY_POINT_GROUP = "grpo.rewards"
 RewardFn = Callable[..., list]

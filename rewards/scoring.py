@@ -15,11 +15,19 @@ from typing import Any, Callable
 from rewards.registry import load_reward
 
 
+RESERVED = {"prompts", "completions"}  # positional arguments of the reward contract, never column names
+
+
 @dataclass
 class NamedReward:
     name: str
     fn: Callable[..., list]
     weight: float
+    # Declared by the function itself (attributes, so plugins can say the same): a correctness reward's 1.0
+    # means "right" (the trainer logs `accuracy` from it; eval grades with it), and its answer extractor gives
+    # the answer that majority votes count.
+    measures_correctness: bool = False
+    extract_answer: Callable[[str], str | None] | None = None
 
 
 @dataclass
@@ -35,14 +43,34 @@ def build_rewards(specs: list[Any]) -> list[NamedReward]:
     names_seen: dict[str, int] = {}
     for spec in specs:
         fn = load_reward(spec.name)
-        if spec.args:
-            fn = functools.partial(fn, **spec.args)
         # Two uses of one reward (say with different args) get distinct metric names.
         count = names_seen.get(spec.name, 0)
         names_seen[spec.name] = count + 1
         label = spec.name if count == 0 else f"{spec.name}#{count + 1}"
-        built.append(NamedReward(label, fn, spec.weight))
+        built.append(named(label, fn, spec.weight, spec.args))
     return built
+
+
+def named(label: str, fn: Callable[..., list], weight: float = 1.0, args: dict | None = None) -> NamedReward:
+    """A reward ready to call, with what the function declares about itself read before any args bind it."""
+    return NamedReward(label, functools.partial(fn, **args) if args else fn, weight,
+                       measures_correctness=bool(getattr(fn, "measures_correctness", False)),
+                       extract_answer=getattr(fn, "extract_answer", None))
+
+
+def reward_columns(rows: list[dict], answers: list, completion_ids: list[list[int]], finish_reasons: list[str],
+                   max_new_tokens: int) -> dict[str, Any]:
+    """The keyword arguments of the reward contract for N completions: every dataset column under its own name,
+    `answer` (the gold answer, after any extraction the caller did), and what the sampler knows."""
+    columns: dict[str, Any] = {}
+    for key in dict.fromkeys(k for row in rows for k in row):
+        if key not in RESERVED:
+            columns[key] = [row.get(key) for row in rows]
+    columns["answer"] = list(answers)
+    columns["completion_ids"] = completion_ids
+    columns["finish_reasons"] = finish_reasons
+    columns["max_new_tokens"] = max_new_tokens
+    return columns
 
 
 def score(rewards: list[NamedReward], prompts: list[str], completions: list[str], columns: dict[str, list]) -> Scores:

@@ -6,30 +6,21 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json
-import string
 
 import pytest
-import torch
 
 
 def build_tiny_model(out_dir, seed=0, layers=2, hidden=64):
-    """A random tiny Llama with a character tokenizer: enough to exercise every code path in seconds."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """A random tiny Llama with the demo's character tokenizer: enough to exercise every code path in seconds.
+    The same builders as the shipped demo model (grpo.demo), smaller."""
+    from grpo.demo.model import build_tiny_llama
+    from grpo.demo.tokenizer import build_char_tokenizer
 
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
-    for ch in string.printable:
-        vocab.setdefault(ch, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    fast.save_pretrained(out_dir)
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    LlamaForCausalLM(config).save_pretrained(out_dir)
+    tok = build_char_tokenizer()
+    tok.save_pretrained(out_dir)
+    model = build_tiny_llama(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, seed=seed,
+                             hidden=hidden, layers=layers, heads=2, max_positions=256)
+    model.save_pretrained(out_dir)
     return out_dir
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from grpo.advantages import ADVANTAGES, dr_grpo_advantages, grpo_advantages, rloo_advantages, zero_variance_groups
+from grpo.objectives.advantages import ADVANTAGES, dr_grpo_advantages, grpo_advantages, rloo_advantages, zero_variance_groups
 
 
 def test_grpo_normalises_each_group_by_its_own_mean_and_sample_std():

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from typer.testing import CliRunner
+
+from grpo.cli import app
 from grpo.validate import validate_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,3 +54,31 @@ def test_convert_gguf_names_a_bad_dtype_and_a_missing_file(tmp_path):
     missing = grpo("convert-gguf", str(tmp_path / "nothing.gguf"), str(tmp_path / "out"))
     assert missing.returncode == 2 and "nothing.gguf: no such GGUF file" in missing.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_every_eval_option_sets_the_eval_field_of_its_name():
+    """grpo eval's options are the EvalConfig fields, one to one (besides the few that are not settings)."""
+    import dataclasses
+    import inspect
+
+    from grpo.config import EvalConfig
+    from grpo.eval.cli import NOT_FIELDS, eval_command
+
+    options = set(inspect.signature(eval_command).parameters) - set(NOT_FIELDS)
+    fields = {f.name for f in dataclasses.fields(EvalConfig)} - {"every"}  # `every` is training's
+    assert options == fields
+
+
+def test_eval_options_reach_the_config(monkeypatch, tmp_path):
+    import grpo.eval.run
+
+    seen = {}
+    monkeypatch.setattr(grpo.eval.run, "run_eval", lambda cfg, **kw: seen.update(cfg=cfg, **kw) or {})
+    result = CliRunner().invoke(app, ["eval", "--model", "demo:tiny-arith", "--data", "a.jsonl", "--k", "3",
+                                      "--max-tokens", "7", "--stop", "\n", "--prompt-template", "{question}",
+                                      "--vllm", "gpu_memory_utilization=0.7", "--limit", "5"])
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert (cfg.k, cfg.max_new_tokens, cfg.stop, cfg.prompt_template) == (3, 7, ["\n"], "{question}")
+    assert seen["engine"].gpu_memory_utilization == 0.7
+    assert str(seen["output_dir"]).endswith("_limit5")

@@ -1,6 +1,7 @@
 import pytest
 
-from grpo.config import RecipeConfig, load_recipe
+from grpo.config import RecipeConfig
+from grpo.recipe import load_recipe
 from grpo.errors import ConfigError, UserError
 
 MINIMAL = """
@@ -79,3 +80,39 @@ def test_missing_recipe_file_names_the_path(tmp_path):
 def test_invalid_yaml_names_the_file(tmp_path):
     with pytest.raises(UserError, match="not valid YAML"):
         load_recipe(write(tmp_path, "train: {steps: [1,\n"))
+
+
+def test_a_string_override_keeps_the_exact_text(tmp_path):
+    cfg = load_recipe(write(tmp_path, MINIMAL), ["data.prompt_template={question}", "data.answer_column=true",
+                                                 "data.system_prompt=null", "name=123"])
+    assert cfg.data.prompt_template == "{question}"  # not a YAML mapping
+    assert cfg.data.answer_column == "true" and cfg.name == "123"
+    assert cfg.data.system_prompt is None
+
+
+def test_a_top_level_key_that_belongs_to_a_section_is_pointed_there(tmp_path):
+    found = problems(tmp_path, MINIMAL, ["steps=3"])
+    assert any("did you mean 'train.steps'" in p for p in found)
+
+
+def test_shared_slices_are_one_declaration():
+    """Train, eval and the sampler read the same prompt and generation fields: adding one reaches all."""
+    import dataclasses
+
+    from grpo.config import DataConfig, EvalConfig, GenerationConfig, PromptConfig, SamplerConfig
+
+    prompt = {f.name for f in dataclasses.fields(PromptConfig)}
+    generation = {f.name for f in dataclasses.fields(GenerationConfig)}
+    assert issubclass(DataConfig, PromptConfig) and issubclass(EvalConfig, PromptConfig)
+    assert issubclass(SamplerConfig, GenerationConfig) and issubclass(EvalConfig, GenerationConfig)
+    assert prompt <= {f.name for f in dataclasses.fields(EvalConfig)}
+    assert generation <= {f.name for f in dataclasses.fields(EvalConfig)}
+
+
+def test_eval_section_alone_is_checked_by_the_eval_rules_only(tmp_path):
+    from grpo.recipe import load_eval_section
+
+    cfg, _ = load_eval_section(write(tmp_path, "eval: {data: x.jsonl, k: 4}\n"))  # no data.path, no rewards
+    assert cfg.k == 4 and cfg.temperature == 0.6
+    with pytest.raises(ConfigError, match="eval.k: samples per problem must be >= 1"):
+        load_eval_section(write(tmp_path, "eval: {data: x.jsonl}\n"), values={"eval.k": 0})

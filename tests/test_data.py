@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from grpo.config import PromptConfig
 from grpo.data import PromptRenderer, PromptStream, check_template, load_rows
 from grpo.errors import UserError
 
@@ -61,7 +62,7 @@ def test_renderer_fills_template_and_encodes(tiny_model_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    r = PromptRenderer(tok, "Q: {question}\nA:")
+    r = PromptRenderer(tok, PromptConfig(prompt_template="Q: {question}\nA:"))
     text = r.text({"question": "1 + 2", "answer": "3"})
     assert text == "Q: 1 + 2\nA:"
     assert tok.decode(r.ids(text), skip_special_tokens=True) == text
@@ -71,4 +72,4 @@ def test_chat_template_required_when_asked(tiny_model_dir):
     from transformers import AutoTokenizer
 
     with pytest.raises(UserError, match="no chat template"):
-        PromptRenderer(AutoTokenizer.from_pretrained(tiny_model_dir), "{question}", use_chat_template=True)
+        PromptRenderer(AutoTokenizer.from_pretrained(tiny_model_dir), PromptConfig(use_chat_template=True))

@@ -12,7 +12,7 @@ from grpo.demo.model import build_tiny_llama
 from grpo.demo.task import PROMPT_TEMPLATE, make_problems, with_guesses, write_shipped_files
 from grpo.demo.tokenizer import build_char_tokenizer
 from grpo.errors import UserError
-from grpo.sft import _collate, encode_pair, supervised_fine_tune
+from grpo.tools.sft import _collate, encode_pair, supervised_fine_tune
 
 ROOT = Path(__file__).resolve().parents[1]
 

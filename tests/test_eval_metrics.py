@@ -6,7 +6,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from grpo.eval_metrics import (ProblemResult, aggregate, bootstrap_ci, maj_correct, majority_vote, normalize_answer,
+from grpo.eval.metrics import (ProblemResult, aggregate, bootstrap_ci, maj_correct, majority_vote, normalize_answer,
                                pass_at_k, per_problem_values, report_ks, summarize)
 
 

@@ -10,9 +10,11 @@ from typer.testing import CliRunner
 
 from grpo.config import EvalConfig
 from grpo.errors import ConfigError, UserError
-from grpo.eval_cli import load_eval_section
-from grpo.eval_metrics import normalize_answer
-from grpo.evaluate import check_eval_config, evaluate_during_training, run_eval
+from grpo.recipe import load_eval_section
+from grpo.eval.metrics import normalize_answer
+from grpo.config import VllmConfig
+from grpo.eval.run import evaluate_during_training, run_eval
+from grpo.rules import eval_rules as check_eval_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,7 +211,7 @@ def test_shipped_eval_recipes_validate(name, monkeypatch):
     row = {"problem": "P", "question": "Q"}
     assert "\\boxed{}" in cfg.prompt_template.format_map(row)
     if (ROOT / cfg.data).is_file():  # the shared data is present on dev machines and CI
-        from grpo.evaluate import load_eval_sets
+        from grpo.eval.sets import load_eval_sets
 
         assert len(load_eval_sets(cfg)[0].rows) > 0
 
@@ -237,6 +239,8 @@ def test_vllm_sampler_is_built_from_the_model_directory(tmp_path, problems_file,
     built = {}
 
     class FakeVLLMSampler:  # records how eval builds and calls it; answers "4" to everything
+        backend = "vllm"
+
         def __init__(self, model_path, **kwargs):
             built.update(model_path=model_path, **kwargs)
             built["calls"] = []
@@ -249,7 +253,7 @@ def test_vllm_sampler_is_built_from_the_model_directory(tmp_path, problems_file,
     monkeypatch.setitem(sys.modules, "grpo.sampling.vllm", types.SimpleNamespace(VLLMSampler=FakeVLLMSampler))
     cfg = config(problems_file, grader_module, "first_char", sampler="vllm", k=2, seed=3)
     summary = run_eval(cfg, model_path=tiny_model_dir, output_dir=tmp_path / "o", progress=False, console=False,
-                       vllm_options={"kv_cache_memory_bytes": 1 << 28})
+                       engine=VllmConfig(kv_cache_memory_bytes=1 << 28, gpu_memory_utilization=0.85))
     assert built["model_path"] == str(tiny_model_dir) and built["seed"] == 3
     assert built["kv_cache_memory_bytes"] == 1 << 28 and built["gpu_memory_utilization"] == 0.85
     assert [n for n, _ in built["calls"]] == [5]  # all five problems in one call (vLLM batches itself)

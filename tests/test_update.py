@@ -7,10 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo.loss import aggregate, clipped_surrogate, token_logprobs
-from grpo.rollouts import Rollout
+from grpo.objectives.loss import aggregate, clipped_surrogate, token_logprobs
+from grpo.train.rollouts import Rollout
 from grpo.sampling.base import Completion
-from grpo.update import UpdateSettings, completion_logits, make_micro_batch, policy_update
+from grpo.config import TrainConfig
+from grpo.train.update import completion_logits, make_micro_batch, policy_update
 
 
 def fixed_batch(tok):
@@ -26,10 +27,15 @@ def fixed_batch(tok):
 
 
 def settings(**kw):
-    base = dict(temperature=1.0, clip_low=0.2, clip_high=0.28, beta=0.0, mu=1, micro_batch_size=4,
-                loss_aggregation="token_mean", loss_constant=16, max_grad_norm=1.0)
+    base = dict(clip_low=0.2, clip_high=0.28, beta=0.0, mu=1, micro_batch_size=4, loss_aggregation="token_mean",
+                max_grad_norm=1.0)
     base.update(kw)
-    return UpdateSettings(**base)
+    return TrainConfig(**base)
+
+
+def update(model, reference, optimizer, rollouts, train, pad_id, device=torch.device("cpu"), temperature=1.0):
+    return policy_update(model, reference, optimizer, rollouts, train, temperature=temperature, loss_constant=16,
+                         pad_id=pad_id, device=device)
 
 
 def batch_logprobs(model, rollouts, pad_id):
@@ -57,7 +63,7 @@ def test_update_changes_parameters_and_lowers_the_loss_on_a_fixed_batch(model_an
     loss_before = batch_loss(model, rollouts, old_logp, tok.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(3):
-        stats = policy_update(model, None, optimizer, rollouts, settings(), tok.pad_token_id, torch.device("cpu"))
+        stats = update(model, None, optimizer, rollouts, settings(), tok.pad_token_id, torch.device("cpu"))
     assert any(not torch.equal(before_params[k], v) for k, v in model.state_dict().items())
     assert batch_loss(model, rollouts, old_logp, tok.pad_token_id) < loss_before
     new_logp, _ = batch_logprobs(model, rollouts, tok.pad_token_id)
@@ -74,7 +80,7 @@ def test_zero_advantages_leave_parameters_unchanged(model_and_tok):
     for r in rollouts:
         r.advantage = 0.0
     before = copy.deepcopy(model.state_dict())
-    policy_update(model, None, torch.optim.SGD(model.parameters(), lr=1.0), rollouts, settings(),
+    update(model, None, torch.optim.SGD(model.parameters(), lr=1.0), rollouts, settings(),
                   tok.pad_token_id, torch.device("cpu"))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -86,7 +92,7 @@ def test_micro_batching_gives_the_same_gradient_as_one_batch(model_and_tok, mode
     grads = []
     for micro in (4, 1):
         m = copy.deepcopy(model)
-        policy_update(m, None, torch.optim.SGD(m.parameters(), lr=0.0), rollouts,
+        update(m, None, torch.optim.SGD(m.parameters(), lr=0.0), rollouts,
                       settings(micro_batch_size=micro, loss_aggregation=mode), tok.pad_token_id, torch.device("cpu"))
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
@@ -97,10 +103,10 @@ def test_kl_to_reference_is_zero_before_any_change_and_grows_after(model_and_tok
     reference = copy.deepcopy(model).eval()
     rollouts = fixed_batch(tok)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    first = policy_update(model, reference, optimizer, rollouts, settings(beta=0.1), tok.pad_token_id,
+    first = update(model, reference, optimizer, rollouts, settings(beta=0.1), tok.pad_token_id,
                           torch.device("cpu"))
     assert first.kl == pytest.approx(0.0, abs=1e-7)
-    second = policy_update(model, reference, optimizer, rollouts, settings(beta=0.1), tok.pad_token_id,
+    second = update(model, reference, optimizer, rollouts, settings(beta=0.1), tok.pad_token_id,
                            torch.device("cpu"))
     assert second.kl > 1e-5
 
@@ -111,7 +117,7 @@ def test_several_passes_use_the_sampler_logprobs_as_the_old_policy(model_and_tok
     old_logp, mb = batch_logprobs(model, rollouts, tok.pad_token_id)
     for i, r in enumerate(rollouts):  # the sampler's view of the same tokens
         r.completion.logprobs = old_logp[i, : len(r.completion.token_ids)].tolist()
-    stats = policy_update(model, None, torch.optim.AdamW(model.parameters(), lr=5e-2), rollouts,
+    stats = update(model, None, torch.optim.AdamW(model.parameters(), lr=5e-2), rollouts,
                           settings(mu=4, clip_low=0.05, clip_high=0.05), tok.pad_token_id, torch.device("cpu"))
     assert stats.logprob_gap < 1e-4  # first pass: the policy is the sampler's
     assert stats.clip_fraction > 0  # later passes moved past the clip range, so the clip engaged

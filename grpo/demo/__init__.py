@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
 from grpo.errors import UserError
+from grpo.io import atomic_dir, write_json
 
 # Bump when the build code changes in a way the settings below do not show (the task generator, the tokenizer,
 # the SFT loop): the version is part of the cache key, so every cache built by older code is left unused.
@@ -59,20 +59,20 @@ def resolve_demo_model(spec: str, cache_dir: Path | None = None) -> Path:
     if (target / "config.json").is_file():
         return target
     print(f"building the demo model {spec} into {target} (once; about 6 minutes on 2 CPU cores)", flush=True)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        build_demo_model(tmp, settings)
-    except BaseException:  # interrupted or failed: leave nothing behind that a later run could trip on
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if (target / "config.json").is_file():  # another process finished the same build first; keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        shutil.rmtree(target, ignore_errors=True)  # a directory without config.json is debris, not a model
-        os.replace(tmp, target)
+        # replace=True: a directory without config.json is debris, not a model. An interrupted or failed build
+        # leaves nothing behind that a later run could trip on.
+        with atomic_dir(target, replace=True) as tmp:
+            build_demo_model(tmp, settings)
+            if (target / "config.json").is_file():  # another process finished the same build first; keep theirs
+                raise _AlreadyBuilt
+    except _AlreadyBuilt:
+        pass
     return target
+
+
+class _AlreadyBuilt(Exception):
+    """Abandons our copy of a build that another process completed first."""
 
 
 SHIPPED = Path(__file__).resolve().parent / "shipped"
@@ -95,7 +95,7 @@ def build_demo_model(out_dir: Path, settings: dict) -> dict:
     from grpo.demo.model import build_tiny_llama
     from grpo.demo.task import PROMPT_TEMPLATE, make_problems, with_guesses
     from grpo.demo.tokenizer import build_char_tokenizer
-    from grpo.sft import supervised_fine_tune
+    from grpo.tools.sft import supervised_fine_tune
 
     tokenizer = build_char_tokenizer()
     model = build_tiny_llama(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
@@ -118,6 +118,6 @@ def build_demo_model(out_dir: Path, settings: dict) -> dict:
     stats["seconds"] = round(time.perf_counter() - start, 1)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "demo_build.json").write_text(json.dumps({"version": BUILD_VERSION, "settings": settings,
-                                                         "cache_key": cache_key(settings), "sft": stats}, indent=2))
+    write_json(out_dir / "demo_build.json", {"version": BUILD_VERSION, "settings": settings,
+                                             "cache_key": cache_key(settings), "sft": stats})
     return stats

@@ -12,6 +12,8 @@ import json
 import random
 from pathlib import Path
 
+from grpo.io import write_lines
+
 # The prompt the RL recipe renders (recipes/tiny.yaml) and the SFT warm start trains on: they must be the same
 # string, or RL starts from a distribution the warm start never saw.
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
@@ -103,9 +105,7 @@ def with_guesses(problems: list[dict], fraction: float, seed: int) -> list[dict]
 def write_jsonl(rows: list[dict], path: Path) -> None:
     """Written to a temporary name then renamed, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    write_lines(path, [json.dumps(r) for r in rows])
 
 
 def write_shipped_files(root: Path) -> None:

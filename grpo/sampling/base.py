@@ -21,6 +21,12 @@ class SamplingSettings:
     stop: tuple[str, ...] = ()
     seed: int = 0  # base seed; backends derive a distinct seed per prompt from it
 
+    @classmethod
+    def of(cls, generation, n: int, seed: int) -> "SamplingSettings":
+        """From a config's generation slice (grpo.config.GenerationConfig)."""
+        return cls(n=n, temperature=generation.temperature, top_p=generation.top_p,
+                   max_new_tokens=generation.max_new_tokens, stop=tuple(generation.stop), seed=seed)
+
 
 @dataclass
 class Completion:
@@ -42,6 +48,8 @@ class Group:
 
 class Sampler(Protocol):
     """Generates completions; never scores. Backends: hf.HFSampler, vllm.VLLMSampler."""
+
+    backend: str  # "hf" or "vllm": recorded beside eval scores
 
     def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings) -> list[Group]:
         """One Group per prompt, in order, each with settings.n completions."""

@@ -9,6 +9,8 @@ from grpo.sampling.base import Completion, Group, SamplingSettings
 
 
 class HFSampler:
+    backend = "hf"
+
     def __init__(self, model: torch.nn.Module, tokenizer, generation_batch_size: int = 64):
         self.model = model
         self.tokenizer = tokenizer

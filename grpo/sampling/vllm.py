@@ -99,6 +99,8 @@ def _require(condition: bool, what: str) -> None:
 class VLLMSampler:
     """Sampler protocol (grpo.sampling.base) on a vLLM `LLM` living in this process."""
 
+    backend = "vllm"
+
     def __init__(self, model_path: str, *, tokenizer: Any = None, seed: int = 0, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.5, kv_cache_memory_bytes: int | None = None,
                  max_model_len: int | None = None, enable_prefix_caching: bool = True,

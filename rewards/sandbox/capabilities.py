@@ -17,7 +17,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 
-from grpo.errors import UserError
+from rewards.errors import UserError
 from rewards.sandbox import cgroups
 from rewards.sandbox.launch import launch_command, launch_env, bind_paths
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grpo.errors import UserError
+from rewards.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from grpo.errors import UserError
+from rewards.errors import UserError
 from rewards.sandbox.judge import BINOPS, CMPOPS, SAFE_CALLS, SAFE_NAMES, UNOPS
 
 

@@ -73,7 +73,3 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, batch_sequ
             raise ValueError("aggregate: mode 'constant' needs a positive constant")
         return masked.sum() / (batch_sequences * constant)
     raise ValueError(f"aggregate: unknown mode {mode!r}")
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from grpo.errors import UserError
+from grpo.io import write_lines
 
 
 class MetricsLog:
@@ -39,9 +39,7 @@ class MetricsLog:
                 continue
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
+            write_lines(path, kept)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         _append(self.metrics_path, {"step": step, **metrics})

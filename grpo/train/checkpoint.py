@@ -4,8 +4,6 @@ into place only when complete, so a crash never leaves a half-written checkpoint
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -15,6 +13,7 @@ import numpy as np
 import torch
 
 from grpo.errors import UserError
+from grpo.io import atomic_dir, write_text
 from grpo.modeling import plain_model
 
 STATE_FILE = "trainer_state.pt"
@@ -27,22 +26,17 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
 def save_checkpoint(output_dir: Path, step: int, policy, tokenizer, trainer_state: dict[str, Any],
                     keep_last: int) -> Path:
     final = checkpoint_dir(output_dir, step)
-    tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    if hasattr(policy, "peft_config"):
-        policy.save_pretrained(tmp / "adapter")  # exact trainable state for resume
-        plain_model(policy).save_pretrained(tmp)  # a merged copy that transformers loads as it is
-    else:
-        policy.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    state = dict(trainer_state, step=step, rng=_rng_state())
-    torch.save(state, tmp / STATE_FILE)
-    if final.exists():  # a re-run of the same step: replace the old copy only once the new one is whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _write_atomic(output_dir / "checkpoints" / "latest", final.name)
+    # replace=True: a re-run of the same step replaces the old copy, but only once the new one is whole
+    with atomic_dir(final, replace=True) as tmp:
+        if hasattr(policy, "peft_config"):
+            policy.save_pretrained(tmp / "adapter")  # exact trainable state for resume
+            plain_model(policy).save_pretrained(tmp)  # a merged copy that transformers loads as it is
+        else:
+            policy.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        state = dict(trainer_state, step=step, rng=_rng_state())
+        torch.save(state, tmp / STATE_FILE)
+    write_text(output_dir / "checkpoints" / "latest", final.name)
     _prune(output_dir, keep_last)
     return final
 
@@ -102,11 +96,3 @@ def _prune(output_dir: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    _write_atomic(path, json.dumps(data, indent=2, default=str))

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from grpo.data import check_template, load_rows
 from grpo.errors import UserError
+from grpo.io import atomic_dir
 
 
 def run_sft_command(model: str, data: str, output: str, prompt_template: str, target_template: str, steps: int,
                     batch_size: int, lr: float, seed: int) -> None:
     from grpo.modeling import load_tokenizer, resolve_model_path
-    from grpo.sft import supervised_fine_tune
+    from grpo.tools.sft import supervised_fine_tune
     from transformers import AutoModelForCausalLM
 
     rows = load_rows(data)
@@ -30,11 +29,7 @@ def run_sft_command(model: str, data: str, output: str, prompt_template: str, ta
     pairs = [(prompt_template.format_map(r), target_template.format_map(r)) for r in rows]
     stats = supervised_fine_tune(policy, tokenizer, pairs, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                                  log=lambda s, loss: print(f"sft step {s}/{steps}  loss {loss:.3f}", flush=True))
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        policy.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     print(f"loss {stats['first_loss']:.3f} -> {stats['last_loss']:.3f}; model written to {out}")

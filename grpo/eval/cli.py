@@ -1,6 +1,8 @@
-"""`grpo eval`: the command-line face of grpo.evaluate. Registered by grpo.cli as `app.command("eval")`.
+"""`grpo eval`: the command-line face of grpo.eval.run. Registered by grpo.cli as `app.command("eval")`.
 
-Settings come from, lowest to highest: EvalConfig defaults, the `eval:` section of --recipe, command-line options.
+Every option sets the EvalConfig field of the same name (the table in `_run` is the whole mapping), so the CLI,
+a recipe's `eval:` section and periodic eval in training read one dataclass. Settings come from, lowest to
+highest: EvalConfig defaults, the `eval:` section of --recipe, command-line options.
 """
 
 from __future__ import annotations
@@ -10,27 +12,18 @@ from typing import List, Optional
 
 import typer
 
-from grpo.config import EvalConfig, RecipeConfig, parse_recipe
-from grpo.errors import ConfigError, UserError
+from grpo.config import EvalConfig, VllmConfig
+from grpo.errors import UserError
 
-
-def load_eval_section(recipe: str | Path) -> tuple[EvalConfig, RecipeConfig]:
-    """The eval section of a recipe. A recipe may hold only an `eval:` section: the training-only
-    requirements (data.path, rewards) that every default-built recipe lacks are not problems here; anything
-    else (unknown keys, wrong types, bad values) still is."""
-    cfg, problems = parse_recipe(recipe)
-    _, baseline = parse_recipe(None)
-    problems = [p for p in problems if p not in baseline]
-    if problems:
-        raise ConfigError(problems, str(recipe))
-    return cfg.eval, cfg
+# Without a recipe the engine has the GPU to itself (no trainer beside it), so it may take most of it.
+STANDALONE_ENGINE = VllmConfig(gpu_memory_utilization=0.85)
 
 
 def resolve_eval_model(path: str) -> str:
     """A model directory, a checkpoint, or a training run directory (its latest checkpoint)."""
     local = Path(path).expanduser()
     if local.is_dir() and not (local / "config.json").is_file():
-        from grpo.checkpoint import latest_checkpoint
+        from grpo.train.checkpoint import latest_checkpoint
 
         latest = latest_checkpoint(local) if (local / "checkpoints").is_dir() else None
         if latest is not None:
@@ -39,10 +32,11 @@ def resolve_eval_model(path: str) -> str:
 
 
 def default_output_dir(model: str, cfg: EvalConfig) -> Path:
-    """eval_results/<model>__<data>__k<k>_t<T>: distinct protocols never overwrite each other."""
+    """eval_results/<model>__<data>__k<k>_t<T>_seed<S>[_limit<N>]: distinct protocols never overwrite each other."""
     model_name = Path(model.rstrip("/")).name.replace(":", "-") or "model"
     data_name = "+".join(Path(s).stem or s.replace("/", "-") for s in cfg.data.split(",") if s.strip()) or "data"
-    return Path("eval_results") / f"{model_name}__{data_name}__k{cfg.k}_t{cfg.temperature:g}_seed{cfg.seed}"
+    limit = f"_limit{cfg.limit}" if cfg.limit is not None else ""
+    return Path("eval_results") / f"{model_name}__{data_name}__k{cfg.k}_t{cfg.temperature:g}_seed{cfg.seed}{limit}"
 
 
 def eval_command(
@@ -50,11 +44,14 @@ def eval_command(
                                                    "checkpoint), hub id, or demo:tiny-arith"),
     data: Optional[List[str]] = typer.Option(None, "--data", help="jsonl/json/parquet/csv file or datasets name; "
                                                                   "repeat for several (each reported separately)"),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="YAML recipe whose eval: section gives defaults"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="YAML recipe whose eval: section (and sampler.vllm) "
+                                                                "give defaults"),
     k: Optional[int] = typer.Option(None, "--k", help="samples per problem (avg@k, pass@1..k, maj@k)"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy"),
     top_p: Optional[float] = typer.Option(None, "--top-p"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="max new tokens per completion"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-tokens", "--max-new-tokens",
+                                                 help="max new tokens per completion"),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="stop string (repeat for several)"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="hf or vllm"),
     prompt_template: Optional[str] = typer.Option(None, "--prompt-template",
                                                   help="format string over the data's columns, e.g. '{problem}'"),
@@ -62,14 +59,20 @@ def eval_command(
                                                      help="wrap the prompt in the tokenizer's chat template"),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="with --use-chat-template"),
     answer_column: Optional[str] = typer.Option(None, "--answer-column", help="column passed to the grader as answer="),
+    answer_pattern: Optional[str] = typer.Option(None, "--answer-pattern",
+                                                 help="regex whose group 1 is the gold answer (GSM8K: '####\\s*(.+)')"),
     grader: Optional[str] = typer.Option(None, "--grader", help="a reward name (math) or module:function; "
                                                                 "correct when it scores >= 1.0"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     limit: Optional[int] = typer.Option(None, "--limit", help="first N problems of each dataset"),
     split: Optional[str] = typer.Option(None, "--split", help="hub split (ignored for local files)"),
+    subset: Optional[str] = typer.Option(None, "--subset", help="hub configuration name"),
     bootstrap: Optional[int] = typer.Option(None, "--bootstrap", help="resamples for the 95% intervals (0: off)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="hf sampler: rows generated at once"),
+    generation_batch_size: Optional[int] = typer.Option(None, "--batch-size", "--generation-batch-size",
+                                                        help="hf sampler: rows generated at once"),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="also report per value of this column"),
+    engine: Optional[List[str]] = typer.Option(None, "--vllm", help="a vLLM engine option as KEY=VALUE (a "
+                                                                    "sampler.vllm key, e.g. gpu_memory_utilization=0.9)"),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="default: eval_results/<model>__<data>__..."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, "
                                                       "float16"),
@@ -83,35 +86,28 @@ def eval_command(
         raise typer.Exit(code=2)
 
 
-def _run(model: str, data, recipe, k, temperature, top_p, max_tokens, sampler, prompt_template, use_chat_template,
-         system_prompt, answer_column, grader, seed, limit, split, bootstrap, batch_size, group_by, output_dir,
-         dtype, device) -> dict:
-    from grpo.evaluate import run_eval
+# The options that are not EvalConfig fields; every other parameter of eval_command is one, by the same name.
+NOT_FIELDS = ("model", "recipe", "engine", "output_dir", "dtype", "device")
 
-    cfg = EvalConfig()
-    vllm_options: dict = {}
-    if recipe:
-        cfg, full = load_eval_section(recipe)
-        vllm_options = {"enable_prefix_caching": full.sampler.vllm.enable_prefix_caching,
-                        "enforce_eager": full.sampler.vllm.enforce_eager}
-        if full.sampler.vllm.kv_cache_memory_bytes is not None:
-            vllm_options["kv_cache_memory_bytes"] = full.sampler.vllm.kv_cache_memory_bytes
-    given = {"data": ",".join(data) if data else None, "k": k, "temperature": temperature, "top_p": top_p,
-             "max_new_tokens": max_tokens, "sampler": sampler, "prompt_template": prompt_template,
-             "use_chat_template": use_chat_template, "system_prompt": system_prompt, "answer_column": answer_column,
-             "grader": grader, "seed": seed, "limit": limit, "split": split, "bootstrap": bootstrap,
-             "generation_batch_size": batch_size, "group_by": group_by}
-    for key, value in given.items():
-        if value is not None:
-            setattr(cfg, key, value)
-    if cfg.sampler not in ("hf", "vllm", "same"):
-        raise UserError(f"--sampler: {cfg.sampler!r} is not one of hf, vllm")
+
+def _run(model: str, recipe: str | None, engine: list[str] | None, output_dir: str | None, dtype: str, device: str,
+         **fields) -> dict:
+    from grpo.eval.run import run_eval
+    from grpo.recipe import load_eval_section
+
+    if fields.get("data"):
+        fields["data"] = ",".join(fields["data"])
+    if fields.get("stop") == []:
+        fields["stop"] = None  # typer gives [] for an option not given; the recipe's value stays
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UserError(f"--dtype: {dtype!r} is not one of auto, float32, bfloat16, float16")
+    cfg, full = load_eval_section(recipe, values={f"eval.{name}": value for name, value in fields.items()},
+                                  overrides=[f"sampler.vllm.{item}" for item in engine or []])
+    if cfg.sampler not in ("hf", "vllm"):
+        cfg.sampler = "hf"  # "same" (training's backend) has no meaning outside training
     if not cfg.data:
         raise UserError("--data: required (a local .jsonl/.json/.parquet/.csv file or a datasets hub name), "
                         "unless --recipe has eval.data")
-    model_path = resolve_eval_model(model)
     out = Path(output_dir) if output_dir else default_output_dir(model, cfg)
-    return run_eval(cfg, model_path=model_path, output_dir=out, dtype=dtype, device=device,
-                    vllm_options=vllm_options)
+    return run_eval(cfg, model_path=resolve_eval_model(model), output_dir=out, dtype=dtype, device=device,
+                    engine=full.sampler.vllm if recipe or engine else STANDALONE_ENGINE)

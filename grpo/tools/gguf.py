@@ -8,12 +8,11 @@ config without that setting, and saved next to the tokenizer. Done once; trainin
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
 from grpo.errors import UserError
+from grpo.io import atomic_dir
 
 
 def find_gguf(spec: str) -> Path:
@@ -63,16 +62,10 @@ def convert_gguf(gguf: str | Path, out_dir: str | Path, dtype: str = "float32") 
         raise RuntimeError(f"convert-gguf: weights do not line up (missing {missing}, unexpected {unexpected})")
     if tied:
         plain.tie_weights()
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    # replace=True: a directory here without config.json is debris from an older try, not a model
+    with atomic_dir(out_dir, replace=True) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out_dir, ignore_errors=True)  # no config.json: debris from an older try, not a model
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"wrote {out_dir} ({sum(p.numel() for p in plain.parameters()) / 1e6:.0f}M parameters, {dtype}) "
           f"in {time.perf_counter() - start:.0f} s")
     return out_dir

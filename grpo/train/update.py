@@ -7,21 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from grpo.loss import aggregate, clipped_surrogate, kl_k3, token_entropy, token_logprobs
-from grpo.rollouts import Rollout
-
-
-@dataclass
-class UpdateSettings:
-    temperature: float
-    clip_low: float
-    clip_high: float
-    beta: float
-    mu: int
-    micro_batch_size: int
-    loss_aggregation: str
-    loss_constant: int | None
-    max_grad_norm: float
+from grpo.config import TrainConfig
+from grpo.objectives.loss import aggregate, clipped_surrogate, kl_k3, token_entropy, token_logprobs
+from grpo.train.rollouts import Rollout
 
 
 @dataclass
@@ -95,13 +83,15 @@ def _accepts_logits_to_keep(model) -> bool:
     return _LOGITS_TO_KEEP[kind]
 
 
-def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: UpdateSettings, pad_id: int,
-                  device: torch.device) -> UpdateStats:
+def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: TrainConfig, *, temperature: float,
+                  loss_constant: int, pad_id: int, device: torch.device) -> UpdateStats:
+    """mu optimizer steps on the batch. `temperature` is the sampler's (log-probs are of the tempered
+    distribution it drew from); `loss_constant` the normaliser of loss_aggregation=constant."""
     batch_sequences = len(rollouts)
     batch_tokens = sum(len(r.completion.token_ids) for r in rollouts)
     micro_batches = [make_micro_batch(rollouts[i:i + s.micro_batch_size], pad_id, device)
                      for i in range(0, batch_sequences, s.micro_batch_size)]
-    ref_logprobs = [_reference_logprobs(policy, reference, mb, s.temperature) if s.beta > 0 else None
+    ref_logprobs = [_reference_logprobs(policy, reference, mb, temperature) if s.beta > 0 else None
                     for mb in micro_batches]
     sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "ratio": 0.0, "gap": 0.0, "tokens": 0.0}
     grad_norms = []
@@ -110,7 +100,7 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Upda
         optimizer.zero_grad(set_to_none=True)
         for mb, ref_lp in zip(micro_batches, ref_logprobs):
             logits = completion_logits(policy, mb)  # [n, C, V]
-            logp = token_logprobs(logits, mb.targets, s.temperature)  # [n, C]
+            logp = token_logprobs(logits, mb.targets, temperature)  # [n, C]
             # mu == 1: on-policy, the ratio is 1 but carries the gradient. mu > 1: later passes are off-policy
             # against the sampler-time log-probs.
             old_logp = logp.detach() if s.mu == 1 else mb.sampler_logprobs
@@ -119,7 +109,7 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Upda
             kl = kl_k3(logp, ref_lp) if ref_lp is not None else None  # [n, C]
             if kl is not None:
                 per_token = per_token + s.beta * kl
-            loss = aggregate(per_token, mb.mask, s.loss_aggregation, batch_sequences, batch_tokens, s.loss_constant)
+            loss = aggregate(per_token, mb.mask, s.loss_aggregation, batch_sequences, batch_tokens, loss_constant)
             loss.backward()
             if epoch == 0:  # figures of the batch as sampled, before this step changed the policy
                 with torch.no_grad():
@@ -127,7 +117,7 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Upda
                     sums["loss"] += float(loss)
                     sums["tokens"] += ntok
                     sums["gap"] += float(((mb.sampler_logprobs - logp).abs() * mb.mask).sum())
-                    sums["entropy"] += float((token_entropy(logits, s.temperature) * mb.mask).sum())
+                    sums["entropy"] += float((token_entropy(logits, temperature) * mb.mask).sum())
                     if kl is not None:
                         sums["kl"] += float((kl * mb.mask).sum())
             with torch.no_grad():

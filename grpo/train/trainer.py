@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 import statistics
 import time
@@ -13,18 +12,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo.advantages import ADVANTAGES, AdvantageFn
-from grpo.checkpoint import (latest_checkpoint, load_trainer_state, restore_policy_weights, restore_rng,
-                             save_checkpoint, write_json_atomic)
-from grpo.config import RecipeConfig, to_dict
+from grpo import io
+from grpo.config import RecipeConfig
 from grpo.data import PromptRenderer, PromptStream, load_rows
 from grpo.errors import UserError
-from grpo.metrics import MetricsLog
 from grpo.modeling import build_reference, load_policy, load_tokenizer, resolve_device, resolve_model_path
-from grpo.progress import Progress
-from grpo.rollouts import Experience, collect_experience
+from grpo.objectives.advantages import ADVANTAGES, AdvantageFn
+from grpo.recipe import to_dict
 from grpo.sampling.base import Sampler, SamplingSettings
-from grpo.update import UpdateSettings, UpdateStats, policy_update
+from grpo.sampling.factory import build_sampler
+from grpo.train.checkpoint import (latest_checkpoint, load_trainer_state, restore_policy_weights, restore_rng,
+                                   save_checkpoint)
+from grpo.train.metrics import MetricsLog
+from grpo.train.progress import Progress
+from grpo.train.rollouts import Experience, collect_experience
+from grpo.train.schedule import lr_factor
+from grpo.train.update import UpdateStats, policy_update
 from rewards.scoring import NamedReward, build_rewards
 
 
@@ -88,15 +91,20 @@ def setup(cfg: RecipeConfig) -> Run:
     rows = load_rows(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.limit)
     model_path = resolve_model_path(cfg.model.path)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    renderer = PromptRenderer(tokenizer, cfg.data.prompt_template, cfg.data.use_chat_template,
-                              cfg.data.system_prompt)
+    renderer = PromptRenderer(tokenizer, cfg.data)
     policy = load_policy(cfg.model, model_path, device)
     reference = build_reference(policy, cfg.model) if cfg.train.beta > 0 else None
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    t = cfg.train
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda done: lr_factor(done, t.steps, t.warmup_steps, t.lr_schedule))
     stream = PromptStream(rows, cfg.seed, cfg.data.shuffle)
-    sampler = build_sampler(cfg, policy, tokenizer, model_path)
+    sampler = build_sampler(cfg.sampler.backend, model=policy, tokenizer=tokenizer, model_path=model_path,
+                            generation_batch_size=cfg.sampler.generation_batch_size, engine=cfg.sampler.vllm,
+                            seed=cfg.seed, dtype=cfg.model.dtype,
+                            max_model_len=cfg.data.max_prompt_tokens + cfg.sampler.max_new_tokens)
+    sampler.sync_weights(policy)  # a resumed or LoRA-wrapped policy differs from the weights on disk
 
     output_dir.mkdir(parents=True, exist_ok=True)
     start_step = 0
@@ -113,9 +121,11 @@ def setup(cfg: RecipeConfig) -> Run:
     log = MetricsLog(output_dir, cfg.name, cfg.logging.tensorboard, cfg.logging.wandb, cfg.logging.wandb_project,
                      to_dict(cfg))
     log.truncate_after(start_step)
-    write_json_atomic(output_dir / "recipe.resolved.json", to_dict(cfg))
-    return Run(cfg, output_dir, device, tokenizer, policy, reference, sampler, rewards, ADVANTAGES[cfg.train.advantage],
-               optimizer, scheduler, stream, renderer, log, start_step)
+    io.write_json(output_dir / "recipe.resolved.json", to_dict(cfg))
+    return Run(cfg=cfg, output_dir=output_dir, device=device, tokenizer=tokenizer, policy=policy,
+               reference=reference, sampler=sampler, rewards=rewards, advantage_fn=ADVANTAGES[cfg.train.advantage],
+               optimizer=optimizer, scheduler=scheduler, stream=stream, renderer=renderer, log=log,
+               start_step=start_step)
 
 
 def _resume_point(cfg: RecipeConfig, output_dir: Path) -> Path | None:
@@ -143,68 +153,27 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_lambda(cfg: RecipeConfig):
-    total, warmup, kind = cfg.train.steps, cfg.train.warmup_steps, cfg.train.lr_schedule
-
-    def factor(done: int) -> float:  # `done` optimizer-schedule steps taken so far
-        if warmup and done < warmup:
-            return (done + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (done - warmup) / max(1, total - warmup))
-        return 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def build_sampler(cfg: RecipeConfig, policy, tokenizer, model_path: Path) -> Sampler:
-    if cfg.sampler.backend == "hf":
-        from grpo.sampling.hf import HFSampler
-
-        return HFSampler(policy, tokenizer, cfg.sampler.generation_batch_size)
-    from grpo.sampling.vllm import VLLMSampler  # the only place vllm gets imported, and only when asked for
-
-    v = cfg.sampler.vllm
-    sampler = VLLMSampler(
-        str(model_path), tokenizer=tokenizer, seed=cfg.seed, dtype=cfg.model.dtype,
-        gpu_memory_utilization=v.gpu_memory_utilization, kv_cache_memory_bytes=v.kv_cache_memory_bytes,
-        max_model_len=v.max_model_len or cfg.data.max_prompt_tokens + cfg.sampler.max_new_tokens,
-        enable_prefix_caching=v.enable_prefix_caching, tensor_parallel_size=v.tensor_parallel_size,
-        enable_sleep_mode=v.enable_sleep_mode, enforce_eager=v.enforce_eager,
-    )
-    sampler.sync_weights(policy)  # a resumed or LoRA-wrapped policy differs from the weights on disk
-    return sampler
-
-
 # ---------------------------------------------------------------------------------------------------- one step
 
 def sample_and_score(run: Run, step: int) -> Experience:
     c = run.cfg
-    settings = SamplingSettings(n=c.sampler.group_size, temperature=c.sampler.temperature, top_p=c.sampler.top_p,
-                                max_new_tokens=c.sampler.max_new_tokens, stop=tuple(c.sampler.stop),
-                                seed=c.seed * 1_000_003 + step)
+    settings = SamplingSettings.of(c.sampler, n=c.sampler.group_size, seed=c.seed * 1_000_003 + step)
     run.sampler.wake()
-    exp = collect_experience(stream=run.stream, renderer=run.renderer, sampler=run.sampler, rewards=run.rewards,
-                             advantage_fn=run.advantage_fn, settings=settings,
-                             prompts_per_step=c.train.prompts_per_step, answer_column=c.data.answer_column,
-                             max_prompt_tokens=c.data.max_prompt_tokens, dynamic_sampling=c.train.dynamic_sampling,
-                             max_rounds=c.train.max_sampling_rounds)
+    exp = collect_experience(settings, stream=run.stream, renderer=run.renderer, sampler=run.sampler,
+                             rewards=run.rewards, advantage_fn=run.advantage_fn, data=c.data, train=c.train)
     run.sampler.sleep()
     return exp
 
 
 def update_policy(run: Run, exp: Experience) -> UpdateStats | None:
-    t, c = run.cfg.train, run.cfg
     if not exp.rollouts:  # dynamic sampling found no group with any signal: nothing to learn this step
         run.scheduler.step()
         return None
-    settings = UpdateSettings(temperature=c.sampler.temperature, clip_low=t.clip_low, clip_high=t.clip_high,
-                              beta=t.beta, mu=t.mu, micro_batch_size=t.micro_batch_size,
-                              loss_aggregation=t.loss_aggregation,
-                              loss_constant=t.loss_constant or c.sampler.max_new_tokens,
-                              max_grad_norm=t.max_grad_norm)
-    stats = policy_update(run.policy, run.reference, run.optimizer, exp.rollouts, settings,
-                          run.tokenizer.pad_token_id, run.device)
+    c = run.cfg
+    stats = policy_update(run.policy, run.reference, run.optimizer, exp.rollouts, c.train,
+                          temperature=c.sampler.temperature,
+                          loss_constant=c.train.loss_constant or c.sampler.max_new_tokens,
+                          pad_id=run.tokenizer.pad_token_id, device=run.device)
     run.scheduler.step()
     return stats
 
@@ -248,12 +217,12 @@ def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s:
         "throughput/generated_tokens_per_s": exp.generated_tokens / max(exp.generate_s, 1e-9),
         "throughput/tokens_per_s": exp.generated_tokens / max(step_s, 1e-9),
     }
-    for name, values in exp.reward_values.items():
-        applied = [v for v in values if v is not None]
-        m[f"reward/{name}/mean"] = _mean(applied)
-        m[f"reward/{name}/std"] = statistics.pstdev(applied) if len(applied) > 1 else 0.0
-        m[f"reward/{name}/errors"] = exp.reward_errors.get(name, 0)
-        if name.split("#")[0] in ("math", "code"):  # correctness rewards: 1.0 means right
+    for reward in run.rewards:
+        applied = [v for v in exp.reward_values.get(reward.name, []) if v is not None]
+        m[f"reward/{reward.name}/mean"] = _mean(applied)
+        m[f"reward/{reward.name}/std"] = statistics.pstdev(applied) if len(applied) > 1 else 0.0
+        m[f"reward/{reward.name}/errors"] = exp.reward_errors.get(reward.name, 0)
+        if reward.measures_correctness and "accuracy" not in m:  # the first correctness reward: 1.0 means right
             m["accuracy"] = _mean([v >= 1.0 for v in applied])
     if update is not None:
         m.update({"loss": update.loss, "kl": update.kl, "clip_fraction": update.clip_fraction,
@@ -266,7 +235,7 @@ def periodic_eval(run: Run, step: int) -> dict[str, float]:
     every = run.cfg.eval.every
     if not every or step % every:
         return {}
-    from grpo.evaluate import evaluate_during_training
+    from grpo.eval.run import evaluate_during_training
 
     # Reuse the training sampler (its weights were synced this step) unless eval asks for another backend.
     same = run.cfg.eval.sampler in ("same", run.cfg.sampler.backend)

@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grpo.advantages import AdvantageFn, zero_variance_groups
+from grpo.config import DataConfig, TrainConfig
 from grpo.data import PromptRenderer, PromptStream
 from grpo.errors import UserError
+from grpo.objectives.advantages import AdvantageFn, zero_variance_groups
 from grpo.sampling.base import Completion, Sampler, SamplingSettings
-from rewards.scoring import NamedReward, score
-
-RESERVED = {"prompts", "completions"}  # positional arguments of the reward contract
+from rewards.scoring import NamedReward, reward_columns, score
 
 
 @dataclass
@@ -45,16 +44,16 @@ class Experience:
     generated_tokens: int = 0
 
 
-def collect_experience(*, stream: PromptStream, renderer: PromptRenderer, sampler: Sampler,
-                       rewards: list[NamedReward], advantage_fn: AdvantageFn, settings: SamplingSettings,
-                       prompts_per_step: int, answer_column: str, max_prompt_tokens: int,
-                       dynamic_sampling: bool, max_rounds: int) -> Experience:
+def collect_experience(settings: SamplingSettings, *, stream: PromptStream, renderer: PromptRenderer,
+                       sampler: Sampler, rewards: list[NamedReward], advantage_fn: AdvantageFn, data: DataConfig,
+                       train: TrainConfig) -> Experience:
     G = settings.n
     exp = Experience(rollouts=[], group_size=G)
     kept: list[list[Rollout]] = []
-    for round_index in range(max_rounds if dynamic_sampling else 1):
+    prompts_per_step, dynamic_sampling = train.prompts_per_step, train.dynamic_sampling
+    for round_index in range(train.max_sampling_rounds if dynamic_sampling else 1):
         need = prompts_per_step - len(kept)
-        rows, texts, ids = _next_prompts(stream, renderer, need, max_prompt_tokens, exp)
+        rows, texts, ids = _next_prompts(stream, renderer, need, data.max_prompt_tokens, exp)
         t0 = time.perf_counter()
         round_settings = SamplingSettings(**{**settings.__dict__, "seed": settings.seed + 7919 * round_index})
         groups = sampler.generate(ids, round_settings)
@@ -63,7 +62,7 @@ def collect_experience(*, stream: PromptStream, renderer: PromptRenderer, sample
         exp.generated_tokens += sum(len(r.completion.token_ids) for r in rollouts)
 
         t0 = time.perf_counter()
-        _score(rollouts, rewards, answer_column, settings.max_new_tokens, exp)
+        _score(rollouts, rewards, data.answer_column, settings.max_new_tokens, exp)
         exp.score_s += time.perf_counter() - t0
 
         totals = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)  # [b*G]
@@ -110,14 +109,9 @@ def _next_prompts(stream: PromptStream, renderer: PromptRenderer, count: int, ma
 
 def _score(rollouts: list[Rollout], rewards: list[NamedReward], answer_column: str, max_new_tokens: int,
            exp: Experience) -> None:
-    columns: dict = {}
-    for key in rollouts[0].row if rollouts else []:
-        if key not in RESERVED:
-            columns[key] = [r.row.get(key) for r in rollouts]
-    columns["answer"] = [r.row.get(answer_column) for r in rollouts]
-    columns["completion_ids"] = [r.completion.token_ids for r in rollouts]
-    columns["finish_reasons"] = [r.completion.finish_reason for r in rollouts]
-    columns["max_new_tokens"] = max_new_tokens
+    columns = reward_columns([r.row for r in rollouts], [r.row.get(answer_column) for r in rollouts],
+                             [r.completion.token_ids for r in rollouts],
+                             [r.completion.finish_reason for r in rollouts], max_new_tokens)
     scores = score(rewards, [r.prompt_text for r in rollouts], [r.completion.text for r in rollouts], columns)
     for i, r in enumerate(rollouts):
         r.reward = scores.total[i]

@@ -3,13 +3,13 @@ variance to work from. Loss on target tokens only; works for any causal LM and i
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Callable
 
 import torch
 
 from grpo.errors import UserError
+from grpo.train.schedule import lr_factor
 
 SCHEDULES = ("cosine", "constant")
 
@@ -22,14 +22,6 @@ def encode_pair(tokenizer, prompt: str, target: str) -> tuple[list[int], list[in
     if tokenizer.eos_token_id is not None:
         target_ids = target_ids + [tokenizer.eos_token_id]
     return prompt_ids, target_ids
-
-
-def lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up, then constant or cosine decay to zero at the last step."""
-    ramp = min(1.0, (step + 1) / max(warmup, 1))
-    if schedule == "constant":
-        return ramp
-    return ramp * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
 
 
 def supervised_fine_tune(model, tokenizer, pairs: list[tuple[str, str]], steps: int, batch_size: int = 32,
@@ -54,7 +46,8 @@ def supervised_fine_tune(model, tokenizer, pairs: list[tuple[str, str]], steps: 
     encoded = [encode_pair(tokenizer, p, t) for p, t in pairs]
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, schedule))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, schedule,
+                                                                                    decay_from_start=True))
     model.train()
     first, recent, tokens = float("nan"), [], 0
     for step in range(steps):

@@ -1,0 +1,230 @@
+"""`grpo eval`: sample k completions per problem, grade them, and write numbers that say how they were made.
+
+The pipeline reads as its four stages: load (the sets, the grader, the model and sampler), sample, grade,
+report. Config and data are checked before any model loads, so a typo in a path costs a second, not a model
+load. Every sampling setting, the grader, the seed, the data hashes and the model fingerprint go into the
+summary beside the scores: a number without its protocol cannot be compared.
+
+Reproducibility: problems are generated in fixed chunks (hf: `generation_batch_size // k` problems; vLLM:
+2048 // k), each chunk seeded from (seed, index of its first problem), so the same config, data and machine give
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from grpo.config import EvalConfig, ModelConfig, VllmConfig
+from grpo.data import PromptRenderer
+from grpo.errors import ConfigError, UserError
+from grpo.eval.metrics import ProblemResult, majority_vote, normalize_answer
+from grpo.eval.sets import EvalSet, gold_answer, load_eval_sets
+from grpo.eval.summary import build_summary, flat_metrics, write_eval_files
+from grpo.rules import eval_rules
+from grpo.sampling.base import Group, Sampler, SamplingSettings
+from rewards.scoring import NamedReward, reward_columns, score
+
+VLLM_ROWS_PER_CALL = 2048  # completions per vLLM generate call
+SEED_STRIDE = 1_000_003  # chunk seed = seed * SEED_STRIDE + first problem index: distinct for any realistic size
+
+
+@dataclass
+class Item:
+    """One problem, rendered."""
+
+    set: EvalSet
+    index: int  # row index within its set
+    row: dict
+    prompt: str
+    prompt_ids: list[int]
+    gold: Any
+
+
+@dataclass
+class Graded:
+    records: list[dict] = field(default_factory=list)  # one per problem, samples inside (samples.jsonl)
+    results: list[ProblemResult] = field(default_factory=list)  # one per problem, for the metrics
+    grader_errors: int = 0
+    not_applicable: int = 0  # samples the grader returned None for (e.g. a row with no gold answer): counted wrong
+
+
+def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_path: Path | str | None = None,
+             sampler: Sampler | None = None, output_dir: Path | str = Path("eval"), step: int | None = None, *,
+             dtype: str = "auto", device: str = "auto", engine: VllmConfig | None = None,
+             progress: bool = True, console: bool = True) -> dict:
+    """Evaluate and write samples.jsonl, summary.json and summary.md under output_dir; returns the summary.
+
+    Give a loaded `model` + `tokenizer` (during training), or `model_path` (a directory, checkpoint or demo:NAME)
+    to load from. `sampler` overrides the one built from cfg.sampler ("same" means hf here); `engine` holds the
+    vLLM options (a recipe's sampler.vllm)."""
+    problems = eval_rules(cfg)
+    if problems:
+        raise ConfigError(problems, "eval config")
+    sets = load_eval_sets(cfg)  # before the model: a bad path fails in a second
+    grader = load_grader(cfg.grader)
+    loaded = _load_model(cfg, model, tokenizer, model_path, sampler, dtype, device, engine)
+    items = render_items(sets, PromptRenderer(loaded.tokenizer, cfg), cfg)
+
+    started = time.perf_counter()
+    graded = Graded()
+    chunk = problems_per_call(cfg, loaded.sampler.backend)
+    bar = _progress_bar(len(items), enabled=progress)
+    try:
+        for start in range(0, len(items), chunk):
+            part = items[start:start + chunk]
+            settings = SamplingSettings.of(cfg, n=cfg.k, seed=cfg.seed * SEED_STRIDE + start)
+            grade(part, loaded.sampler.generate([it.prompt_ids for it in part], settings), grader, cfg, graded)
+            if bar is not None:
+                bar.update(len(part))
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = build_summary(cfg, sets, graded, grader, step=step, seconds=time.perf_counter() - started,
+                            backend=loaded.sampler.backend, chunk=chunk, model=loaded.model,
+                            model_path=loaded.path, device=loaded.device, dtype=loaded.dtype)
+    write_eval_files(Path(output_dir), graded.records, summary, console)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------- load
+
+
+def load_grader(name: str) -> NamedReward:
+    """The grader reward, with its answer extractor for majority votes (the stripped completion when the
+    reward declares none)."""
+    from rewards.registry import load_reward
+    from rewards.scoring import named
+
+    grader = named(name, load_reward(name))
+    if grader.extract_answer is None:
+        grader.extract_answer = lambda text: text.strip() or None
+    return grader
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    sampler: Sampler
+    path: Path | str | None
+    device: Any
+    dtype: str
+
+
+def _load_model(cfg: EvalConfig, model, tokenizer, model_path, sampler, dtype: str, device: str,
+                engine: VllmConfig | None) -> Loaded:
+    from grpo.modeling import load_policy, load_tokenizer, resolve_device, resolve_model_path
+    from grpo.sampling.factory import build_sampler
+
+    torch_device = resolve_device(device)
+    if dtype == "auto":
+        dtype = "bfloat16" if torch_device.type == "cuda" else "float32"
+    path = resolve_model_path(str(model_path)) if model_path is not None else None
+    if tokenizer is None:
+        if path is None:
+            raise UserError("eval: no model given. Pass --model DIR (a Hugging Face directory or a checkpoint).")
+        tokenizer = load_tokenizer(path)
+    if sampler is None:
+        backend = "vllm" if cfg.sampler == "vllm" else "hf"
+        if model is None and backend == "hf":
+            model = load_policy(ModelConfig(path=str(path), dtype=dtype), path, torch_device)
+        sampler = build_sampler(backend, model=model, tokenizer=tokenizer, model_path=path,
+                                generation_batch_size=cfg.generation_batch_size, engine=engine or VllmConfig(),
+                                seed=cfg.seed, dtype=dtype)
+    return Loaded(model, tokenizer, sampler, path, torch_device, dtype)
+
+
+def render_items(sets: list[EvalSet], renderer: PromptRenderer, cfg: EvalConfig) -> list[Item]:
+    items = []
+    for s in sets:
+        for i, row in enumerate(s.rows):
+            text = renderer.text(row)
+            items.append(Item(s, i, row, text, renderer.ids(text), gold_answer(row, cfg, s.source, i)))
+    return items
+
+
+def problems_per_call(cfg: EvalConfig, backend: str) -> int:
+    """hf: one generate call is one padded batch, so the chunk is the batch. vLLM schedules its own batches and
+    is fastest given much at once; its chunks only pace the progress bar."""
+    return max(1, (VLLM_ROWS_PER_CALL if backend == "vllm" else cfg.generation_batch_size) // cfg.k)
+
+
+# ---------------------------------------------------------------------------------------------------- grade
+
+
+def grade(part: list[Item], groups: list[Group], grader: NamedReward, cfg: EvalConfig, graded: Graded) -> None:
+    """Grade every completion of a chunk in one grader call; add one record and one result per problem."""
+    flat = [(it, c) for it, group in zip(part, groups) for c in group.completions]
+    columns = reward_columns([it.row for it, _ in flat], [it.gold for it, _ in flat],
+                             [c.token_ids for _, c in flat], [c.finish_reason for _, c in flat], cfg.max_new_tokens)
+    scores = score([grader], [it.prompt for it, _ in flat], [c.text for _, c in flat], columns)
+    values = iter(scores.per_reward[grader.name])
+    for it, group in zip(part, groups):
+        samples = []
+        for c in group.completions:
+            value = next(values)
+            graded.not_applicable += value is None
+            samples.append({"text": c.text, "extracted": safe_extract(grader.extract_answer, c.text),
+                            "score": value, "correct": value is not None and value >= 1.0,
+                            "tokens": len(c.token_ids), "finish_reason": c.finish_reason})
+        result = ProblemResult(correct=[x["correct"] for x in samples], answers=[x["extracted"] for x in samples],
+                               lengths=[x["tokens"] for x in samples],
+                               truncated=[x["finish_reason"] == "length" for x in samples])
+        vote = majority_vote(result.answers)
+        graded.results.append(result)
+        graded.records.append({
+            "dataset": it.set.name, "index": it.index, "group": it.row.get(cfg.group_by) if cfg.group_by else None,
+            "prompt": it.prompt, "answer": it.gold if _jsonable(it.gold) else str(it.gold),
+            "num_correct": sum(result.correct), "majority_answer": None if vote is None else result.answers[vote],
+            "majority_correct": vote is not None and result.correct[vote], "samples": samples})
+    graded.grader_errors += sum(scores.errors.values())
+
+
+def safe_extract(extract: Callable[[str], str | None], text: str) -> str | None:
+    """A model's odd output gives no answer, never a crash."""
+    try:
+        value = extract(text)
+    except Exception:  # noqa: BLE001 - the extractor sees arbitrary model text; failure means "no answer"
+        return None
+    return normalize_answer(value) if isinstance(value, str) else None
+
+
+def _jsonable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None), list, dict))
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="eval", unit="problem", dynamic_ncols=True, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------- in training
+
+
+def evaluate_during_training(policy: Any, tokenizer: Any, cfg: EvalConfig, output_dir: Path | str, step: int,
+                             sampler: Sampler | None = None) -> dict[str, float]:
+    """Evaluate the live policy; files go to OUTPUT_DIR/eval/step_NNNNNN/. Returns flat metrics for the training
+    log: eval/avg@k, eval/pass@j (j = 1, 2, 4, ..., k), eval/maj@k, eval/length_mean, eval/truncation_rate, and the
+    same under eval/<dataset>/ when several datasets are evaluated. Pass the trainer's `sampler` to reuse it (its
+    weights must be synced); without one the policy generates through the transformers sampler."""
+    import torch
+
+    device = next(policy.parameters()).device
+    if sampler is None and cfg.sampler == "vllm":
+        cfg = replace(cfg, sampler="hf")  # a second vLLM engine beside training's would not fit; the policy generates
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        summary = run_eval(cfg, model=policy, tokenizer=tokenizer, sampler=sampler,
+                           output_dir=Path(output_dir) / "eval" / f"step_{step:06d}", step=step,
+                           device=device.type, progress=False, console=False)
+    finally:
+        if cuda_states is not None:  # the sampler reseeds every device; training's own draws must not move
+            torch.cuda.set_rng_state_all(cuda_states)
+    return flat_metrics(summary)

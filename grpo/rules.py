@@ -1,0 +1,103 @@
+"""Value rules over a parsed recipe: ranges, and keys that only make sense together. Pure and cheap: they
+read the config and nothing else (grpo/validate.py adds the checks that look at files and packages)."""
+
+from __future__ import annotations
+
+import re
+
+from grpo.config import EvalConfig, RecipeConfig
+
+
+def recipe_rules(cfg: RecipeConfig) -> list[str]:
+    """Rules that involve values, or several keys together, for `grpo train`. Cheap: nothing is loaded."""
+    p: list[str] = []
+    t, s = cfg.train, cfg.sampler
+
+    def positive(where: str, value: float | int | None) -> None:
+        if value is not None and value <= 0:
+            p.append(f"{where}: must be > 0, got {value}")
+
+    for where, value in [
+        ("train.steps", t.steps), ("train.prompts_per_step", t.prompts_per_step), ("train.mu", t.mu),
+        ("train.micro_batch_size", t.micro_batch_size), ("train.lr", t.lr), ("train.max_grad_norm", t.max_grad_norm),
+        ("train.max_sampling_rounds", t.max_sampling_rounds), ("train.loss_constant", t.loss_constant),
+        ("sampler.max_new_tokens", s.max_new_tokens), ("sampler.generation_batch_size", s.generation_batch_size),
+        ("sampler.top_p", s.top_p), ("data.max_prompt_tokens", cfg.data.max_prompt_tokens),
+        ("sampler.max_logprob_gap", s.max_logprob_gap),
+    ]:
+        positive(where, value)
+    if s.top_p > 1:
+        p.append(f"sampler.top_p: must be in (0, 1], got {s.top_p}")
+    if s.temperature <= 0:
+        p.append(f"sampler.temperature: must be > 0 for RL sampling (got {s.temperature}); use e.g. 1.0")
+    if s.group_size < 2:
+        p.append(f"sampler.group_size: group-relative advantages need at least 2 completions per prompt, got "
+                 f"{s.group_size}; use e.g. 8")
+    batch = t.prompts_per_step * s.group_size
+    if t.micro_batch_size > 0 and batch > 0 and batch % t.micro_batch_size:
+        p.append(f"train.micro_batch_size: {t.micro_batch_size} does not divide the batch of prompts_per_step x "
+                 f"group_size = {t.prompts_per_step} x {s.group_size} = {batch}; pick a divisor of {batch}")
+    if not 0 <= t.clip_low < 1:
+        p.append(f"train.clip_low: must be in [0, 1), got {t.clip_low}")
+    if t.clip_high < 0:
+        p.append(f"train.clip_high: must be >= 0, got {t.clip_high}")
+    if t.beta < 0:
+        p.append(f"train.beta: the KL coefficient must be >= 0, got {t.beta}")
+    if t.warmup_steps < 0:
+        p.append(f"train.warmup_steps: must be >= 0, got {t.warmup_steps}")
+    if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
+        p.append(f"train.adam_betas: expected two numbers in [0, 1), got {t.adam_betas}")
+    if t.loss_constant is not None and t.loss_aggregation != "constant":
+        p.append("train.loss_constant: only used with train.loss_aggregation=constant; remove it or set that mode")
+    if not cfg.data.path:
+        p.append("data.path: required: a local .jsonl/.json/.parquet/.csv file or a datasets hub name")
+    if cfg.data.system_prompt and not cfg.data.use_chat_template:
+        p.append("data.system_prompt: only used with data.use_chat_template=true; set it or drop the system prompt")
+    if not cfg.rewards:
+        p.append("rewards: at least one reward is required, e.g. rewards: [{name: math}]")
+    for i, r in enumerate(cfg.rewards):
+        if not r.name:
+            p.append(f"rewards[{i}].name: required, e.g. math, format, or my_module:my_function")
+    if cfg.checkpoint.keep_last < 1:
+        p.append(f"checkpoint.keep_last: must be >= 1, got {cfg.checkpoint.keep_last}")
+    if cfg.checkpoint.every < 0:
+        p.append(f"checkpoint.every: must be >= 0, got {cfg.checkpoint.every}")
+    if cfg.model.lora.enabled and cfg.model.lora.r <= 0:
+        p.append(f"model.lora.r: must be > 0, got {cfg.model.lora.r}")
+    if cfg.eval.every < 0:
+        p.append(f"eval.every: must be >= 0, got {cfg.eval.every}")
+    if cfg.eval.every > 0 and not cfg.eval.data:
+        p.append("eval.every: periodic eval needs eval.data (a local file or hub name)")
+    if cfg.eval.data:
+        p += eval_rules(cfg.eval)
+    return p
+
+
+def eval_rules(cfg: EvalConfig) -> list[str]:
+    """Value rules for the eval section (`grpo eval`, and `grpo train` when it evaluates)."""
+    p = []
+    if not cfg.data.strip():
+        p.append("eval.data: required: a local .jsonl/.json/.parquet/.csv file or a datasets hub name")
+    if cfg.k < 1:
+        p.append(f"eval.k: samples per problem must be >= 1, got {cfg.k}")
+    if cfg.temperature < 0:
+        p.append(f"eval.temperature: must be >= 0 (0 is greedy), got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        p.append(f"eval.top_p: must be in (0, 1], got {cfg.top_p}")
+    if cfg.max_new_tokens < 1:
+        p.append(f"eval.max_new_tokens: must be >= 1, got {cfg.max_new_tokens}")
+    if cfg.limit is not None and cfg.limit < 1:
+        p.append(f"eval.limit: must be >= 1 (or unset for every problem), got {cfg.limit}")
+    if cfg.bootstrap < 0:
+        p.append(f"eval.bootstrap: must be >= 0 (0 turns confidence intervals off), got {cfg.bootstrap}")
+    if cfg.generation_batch_size < 1:
+        p.append(f"eval.generation_batch_size: must be >= 1, got {cfg.generation_batch_size}")
+    if cfg.system_prompt and not cfg.use_chat_template:
+        p.append("eval.system_prompt: only used with eval.use_chat_template=true; set it or drop the system prompt")
+    if cfg.answer_pattern is not None:
+        try:
+            if re.compile(cfg.answer_pattern).groups < 1:
+                p.append(f"eval.answer_pattern: {cfg.answer_pattern!r} has no group; wrap the answer in ( )")
+        except re.error as exc:
+            p.append(f"eval.answer_pattern: {cfg.answer_pattern!r} is not a valid regex ({exc})")
+    return p

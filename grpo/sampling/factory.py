@@ -1,0 +1,35 @@
+"""The one place a sampler is built, for `grpo train` and `grpo eval` alike."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from grpo.config import VllmConfig
+from grpo.errors import UserError
+from grpo.sampling.base import Sampler
+
+
+def build_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path | str | None,
+                  generation_batch_size: int, engine: VllmConfig, seed: int, dtype: str,
+                  max_model_len: int | None = None) -> Sampler:
+    """backend "hf": the policy generates itself (weights are shared, sync is free). backend "vllm": an engine
+    loads `model_path` in this process with the options in `engine`; `max_model_len` is the fallback when
+    engine.max_model_len is unset."""
+    if backend == "hf":
+        from grpo.sampling.hf import HFSampler
+
+        return HFSampler(model, tokenizer, generation_batch_size)
+    if model_path is None:
+        raise UserError("sampler vllm needs a model directory (vLLM loads the weights itself); give the model's "
+                        "path or use the hf sampler (--sampler hf).")
+    try:
+        from grpo.sampling.vllm import VLLMSampler  # the only place vllm gets imported, and only when asked for
+    except ImportError as exc:
+        raise UserError(f"sampler vllm: the vLLM sampler cannot be imported ({exc}). Install it with "
+                        f"`pip install 'grpo[vllm]'`, or use the hf sampler (sampler.backend=hf in a recipe, "
+                        f"--sampler hf for grpo eval).") from exc
+    options = dataclasses.asdict(engine)
+    options["max_model_len"] = engine.max_model_len or max_model_len
+    return VLLMSampler(str(model_path), tokenizer=tokenizer, seed=seed, dtype=dtype, **options)
