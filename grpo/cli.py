@@ -16,8 +16,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reinforcement learning on verifiable rewards (GRPO and variants) for language models.")
 
 
-def _fail(exc: UserError) -> None:
-    typer.echo(f"error: {exc}", err=True)
+def _fail(exc: UserError, where: str = "") -> None:
+    typer.echo(f"{where}error: {exc}", err=True)
     raise typer.Exit(code=2)
 
 
@@ -25,15 +25,24 @@ def _fail(exc: UserError) -> None:
 def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny.yaml"),
           overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-5")):
     """Run the GRPO loop described by RECIPE."""
+    from grpo.parallel import close_world, launched_world
     from grpo.train.trainer import train as run_training
     from grpo.validate import validate_recipe
 
+    world = launched_world()  # under torchrun: this rank; otherwise one process and nothing distributed
     try:
         cfg = validate_recipe(recipe, overrides or [])
         output_dir = run_training(cfg)
     except UserError as exc:
-        _fail(exc)
-    typer.echo(f"done: metrics in {output_dir / 'metrics.jsonl'}, checkpoints in {output_dir / 'checkpoints'}")
+        _fail(exc, world.tag())
+    except BaseException as exc:
+        if world.distributed and not isinstance(exc, typer.Exit):  # torchrun then stops the other ranks; this line says which rank and why
+            typer.echo(f"{world.tag()}failed: {type(exc).__name__}: {exc}", err=True)
+        raise
+    finally:
+        close_world(world)
+    if world.is_main:
+        typer.echo(f"done: metrics in {output_dir / 'metrics.jsonl'}, checkpoints in {output_dir / 'checkpoints'}")
 
 
 @app.command()

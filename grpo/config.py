@@ -137,6 +137,17 @@ class LoggingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Only read under torchrun (WORLD_SIZE > 1); plain `grpo train` is one process and sets nothing up."""
+
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: fsdp (shards any model); ddp: a whole copy per rank
+    reshard_after_forward: bool = True  # FSDP: free gathered weights after each forward (less memory, more comms)
+    param_dtype: Literal["float32", "bfloat16", "float16"] | None = None  # FSDP mixed precision: compute dtype
+    reduce_dtype: Literal["float32", "bfloat16", "float16"] | None = None  # FSDP: gradient reduction dtype
+    timeout_s: int = 600  # every collective; a rank that died or hangs ends the job after this, with an error
+
+
+@dataclass
 class EvalConfig(PromptConfig, GenerationConfig):
     data: str = ""  # local file or hub name (several: comma-separated); empty disables eval
     split: str = "test"
@@ -172,3 +183,4 @@ class RecipeConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)

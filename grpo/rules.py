@@ -70,6 +70,39 @@ def recipe_rules(cfg: RecipeConfig) -> list[str]:
         p.append("eval.every: periodic eval needs eval.data (a local file or hub name)")
     if cfg.eval.data:
         p += eval_rules(cfg.eval)
+    if cfg.distributed.timeout_s <= 0:
+        p.append(f"distributed.timeout_s: must be > 0, got {cfg.distributed.timeout_s}")
+    return p
+
+
+def world_rules(cfg: RecipeConfig, world_size: int) -> list[str]:
+    """What a launch on `world_size` ranks (torchrun) needs of the recipe."""
+    if world_size <= 1:
+        return []
+    p: list[str] = []
+    t, d = cfg.train, cfg.distributed
+    launch = f"torchrun --nproc-per-node {world_size}"
+    if t.prompts_per_step % world_size:
+        p.append(f"train.prompts_per_step: {t.prompts_per_step} prompts cannot be split evenly over {world_size} "
+                 f"ranks ({launch}): each rank takes whole groups; use a multiple of {world_size}")
+    else:
+        per_rank = t.prompts_per_step // world_size * cfg.sampler.group_size
+        if 0 < t.micro_batch_size < per_rank and per_rank % t.micro_batch_size:  # larger: one micro-batch
+            p.append(f"train.micro_batch_size: {t.micro_batch_size} does not divide a rank's batch of "
+                     f"{per_rank} completions (prompts_per_step / {world_size} ranks x group_size); pick a divisor "
+                     f"of {per_rank}")
+    strategy = "fsdp" if d.strategy == "auto" else d.strategy
+    if cfg.model.lora.enabled and strategy == "fsdp":
+        p.append("model.lora.enabled: LoRA adapters are not sharded with FSDP here; set distributed.strategy=ddp "
+                 "(the adapters are small, and the base weights stay frozen on every rank)")
+    if strategy == "ddp" and (d.param_dtype or d.reduce_dtype):
+        p.append("distributed.param_dtype / reduce_dtype: FSDP options; with strategy=ddp set model.dtype instead")
+    if cfg.sampler.backend == "vllm":
+        p.append(f"sampler.backend: vllm under {launch} (an engine per rank) is not supported yet; use "
+                 f"sampler.backend=hf, or one process")
+    if cfg.eval.every:
+        p.append(f"eval.every: periodic eval under {launch} is not supported yet; set eval.every=0 and run "
+                 f"`grpo eval --model RUN_DIR` on the checkpoints")
     return p
 
 

@@ -13,7 +13,9 @@ from grpo.config import RecipeConfig
 from grpo.data import LOCAL_SUFFIXES, check_template, load_rows
 from grpo.errors import ConfigError, UserError
 from grpo.modeling import looks_like_hub_id
+from grpo.parallel import launched_world
 from grpo.recipe import parse_recipe
+from grpo.rules import world_rules
 from rewards.registry import find_installed, load_reward
 
 
@@ -38,6 +40,7 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
                                     cfg.eval.answer_column, "eval")
     if check_environment:
         problems += _check_environment(cfg)
+        problems += world_rules(cfg, launched_world().size)  # under torchrun: what this launch needs
     model = cfg.model.path
     if not (model.startswith("demo:") or Path(model).expanduser().is_dir() or looks_like_hub_id(model)):
         problems.append(f"model.path: {model} is not a model directory, a hub id (org/name) or demo:tiny-arith")

@@ -13,14 +13,14 @@ from grpo.sampling.base import Sampler
 
 def build_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path | str | None,
                   generation_batch_size: int, engine: VllmConfig, seed: int, dtype: str,
-                  max_model_len: int | None = None) -> Sampler:
+                  max_model_len: int | None = None, synced: bool = False) -> Sampler:
     """backend "hf": the policy generates itself (weights are shared, sync is free). backend "vllm": an engine
     loads `model_path` in this process with the options in `engine`; `max_model_len` is the fallback when
-    engine.max_model_len is unset."""
+    engine.max_model_len is unset. synced: the hf model is sharded over ranks (see HFSampler)."""
     if backend == "hf":
         from grpo.sampling.hf import HFSampler
 
-        return HFSampler(model, tokenizer, generation_batch_size)
+        return HFSampler(model, tokenizer, generation_batch_size, synced=synced)
     if model_path is None:
         raise UserError("sampler vllm needs a model directory (vLLM loads the weights itself); give the model's "
                         "path or use the hf sampler (--sampler hf).")

@@ -11,8 +11,11 @@ from grpo.sampling.base import Completion, Group, SamplingSettings
 class HFSampler:
     backend = "hf"
 
-    def __init__(self, model: torch.nn.Module, tokenizer, generation_batch_size: int = 64):
+    def __init__(self, model: torch.nn.Module, tokenizer, generation_batch_size: int = 64, synced: bool = False):
+        """synced=True: the model is sharded over ranks (FSDP), so every decoding step is a collective; each
+        rank then keeps stepping until all ranks' sequences are done (transformers' synced_gpus)."""
         self.model = model
+        self.sync_kwargs = {"synced_gpus": True} if synced else {}
         self.tokenizer = tokenizer
         self.generation_batch_size = generation_batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -67,7 +70,8 @@ class HFSampler:
         self.model.generation_config = GenerationConfig()
         try:
             out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                      generation_config=generation, logits_processor=LogitsProcessorList([recorder]))
+                                      generation_config=generation, logits_processor=LogitsProcessorList([recorder]),
+                                      **self.sync_kwargs)
         finally:
             self.model.generation_config = checkpoint_defaults
         new_tokens = out.sequences[:, width:]  # [R, L]

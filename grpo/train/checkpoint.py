@@ -24,7 +24,9 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(output_dir: Path, step: int, policy, tokenizer, trainer_state: dict[str, Any],
-                    keep_last: int) -> Path:
+                    keep_last: int, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """`weights`: the whole state dict when the live policy is sharded (gathered by every rank beforehand);
+    None saves the policy's own weights."""
     final = checkpoint_dir(output_dir, step)
     # replace=True: a re-run of the same step replaces the old copy, but only once the new one is whole
     with atomic_dir(final, replace=True) as tmp:
@@ -32,9 +34,9 @@ def save_checkpoint(output_dir: Path, step: int, policy, tokenizer, trainer_stat
             policy.save_pretrained(tmp / "adapter")  # exact trainable state for resume
             plain_model(policy).save_pretrained(tmp)  # a merged copy that transformers loads as it is
         else:
-            policy.save_pretrained(tmp)
+            policy.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
         tokenizer.save_pretrained(tmp)
-        state = dict(trainer_state, step=step, rng=_rng_state())
+        state = dict(trainer_state, step=step, rng=rng_state())
         torch.save(state, tmp / STATE_FILE)
     write_text(output_dir / "checkpoints" / "latest", final.name)
     _prune(output_dir, keep_last)
@@ -72,8 +74,11 @@ def restore_policy_weights(policy, path: Path) -> None:
     policy.load_state_dict(saved.state_dict())
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    rng = state["rng"]
+def restore_rng(state: dict[str, Any], rank: int = 0, world_size: int = 1) -> None:
+    """Each rank's own generators when the run resumes on as many ranks as it was saved on; otherwise every
+    rank takes rank 0's (sampling seeds come from the step and the rank, not from these)."""
+    per_rank = state.get("rng_per_rank")
+    rng = per_rank[rank] if per_rank is not None and len(per_rank) == world_size else state["rng"]
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.random.set_rng_state(rng["torch"])
@@ -81,7 +86,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),

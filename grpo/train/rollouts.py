@@ -11,6 +11,7 @@ import torch
 from grpo.config import DataConfig, TrainConfig
 from grpo.data import PromptRenderer, PromptStream
 from grpo.errors import UserError
+from grpo.parallel import World
 from grpo.objectives.advantages import AdvantageFn, zero_variance_groups
 from grpo.sampling.base import Completion, Sampler, SamplingSettings
 from rewards.scoring import NamedReward, reward_columns, score
@@ -46,14 +47,19 @@ class Experience:
 
 def collect_experience(settings: SamplingSettings, *, stream: PromptStream, renderer: PromptRenderer,
                        sampler: Sampler, rewards: list[NamedReward], advantage_fn: AdvantageFn, data: DataConfig,
-                       train: TrainConfig) -> Experience:
+                       train: TrainConfig, world: World = World.single()) -> Experience:
+    """This rank's share of the step: every rank reads the same prompts from the same seeded stream (so the data
+    position is global and identical everywhere) and samples only its own slice, whole groups each."""
     G = settings.n
     exp = Experience(rollouts=[], group_size=G)
     kept: list[list[Rollout]] = []
     prompts_per_step, dynamic_sampling = train.prompts_per_step, train.dynamic_sampling
+    kept_globally = 0
     for round_index in range(train.max_sampling_rounds if dynamic_sampling else 1):
-        need = prompts_per_step - len(kept)
-        rows, texts, ids = _next_prompts(stream, renderer, need, data.max_prompt_tokens, exp)
+        per_rank = -(-(prompts_per_step - kept_globally) // world.size)  # ceil: every rank samples as many
+        rows, texts, ids = _next_prompts(stream, renderer, per_rank * world.size, data.max_prompt_tokens, exp)
+        mine = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
+        rows, texts, ids = rows[mine], texts[mine], ids[mine]
         t0 = time.perf_counter()
         round_settings = SamplingSettings(**{**settings.__dict__, "seed": settings.seed + 7919 * round_index})
         groups = sampler.generate(ids, round_settings)
@@ -74,15 +80,47 @@ def collect_experience(settings: SamplingSettings, *, stream: PromptStream, rend
                 exp.dropped_groups += 1
                 continue
             kept.append(rollouts[g * G:(g + 1) * G])
-        if len(kept) >= prompts_per_step:
+        kept_globally = int(world.sum([len(kept)])[0])  # every rank takes the same decision to stop
+        if kept_globally >= prompts_per_step:
             break
-    kept = kept[:prompts_per_step]
+    kept = _share_groups(kept, prompts_per_step, world) if dynamic_sampling else kept[:prompts_per_step]
     exp.rollouts = [r for group in kept for r in group]
     if exp.rollouts:
         totals = torch.tensor([r.reward for r in exp.rollouts], dtype=torch.float32)  # [B*G]
         for r, a in zip(exp.rollouts, advantage_fn(totals, G).tolist()):
             r.advantage = a
     return exp
+
+
+def _share_groups(kept: list[list[Rollout]], wanted: int, world: World) -> list[list[Rollout]]:
+    """Dynamic sampling keeps a different number of groups on each rank. The step trains the first `wanted`
+    groups in a global order (rank by rank), cut to a multiple of the world size and dealt out evenly, so that
+    every rank runs the same number of micro-batches (FSDP's collectives need that)."""
+    if not world.distributed:
+        return kept[:wanted]
+    everyone = [group for rank_groups in world.gather(kept) for group in rank_groups][:wanted]
+    share = len(everyone) // world.size
+    return everyone[world.rank * share:(world.rank + 1) * share]
+
+
+def merge_experience(parts: list[Experience]) -> Experience:
+    """The global step from every rank's share, for metrics and samples. Prompt skips were counted on the
+    global prompt list by every rank alike, so they are taken once; times are the slowest rank's."""
+    first = parts[0]
+    merged = Experience(rollouts=[r for p in parts for r in p.rollouts], group_size=first.group_size,
+                        skipped_prompts=first.skipped_prompts)
+    for p in parts:
+        merged.dropped_groups += p.dropped_groups
+        merged.zero_variance_groups += p.zero_variance_groups
+        merged.sampled_groups += p.sampled_groups
+        merged.generated_tokens += p.generated_tokens
+        merged.generate_s = max(merged.generate_s, p.generate_s)
+        merged.score_s = max(merged.score_s, p.score_s)
+        for name, count in p.reward_errors.items():
+            merged.reward_errors[name] = merged.reward_errors.get(name, 0) + count
+        for name, values in p.reward_values.items():
+            merged.reward_values.setdefault(name, []).extend(values)
+    return merged
 
 
 def _next_prompts(stream: PromptStream, renderer: PromptRenderer, count: int, max_prompt_tokens: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,20 @@ from grpo.objectives.advantages import ADVANTAGES, AdvantageFn
 from grpo.recipe import to_dict
 from grpo.sampling.base import Sampler, SamplingSettings
 from grpo.sampling.factory import build_sampler
+from grpo.parallel import World, init_world, launched_world, rank_device
 from grpo.train.checkpoint import (latest_checkpoint, load_trainer_state, restore_policy_weights, restore_rng,
-                                   save_checkpoint)
-from grpo.train.metrics import MetricsLog
+                                   rng_state, save_checkpoint)
+from grpo.train.metrics import MetricsLog, SilentLog
 from grpo.train.progress import Progress
-from grpo.train.rollouts import Experience, collect_experience
+from grpo.train.rollouts import Experience, collect_experience, merge_experience
+from grpo.train.sharding import (full_model_state, full_optimizer_state, load_full_optimizer_state,
+                                 resolve_strategy, unwrap, wrap)
 from grpo.train.schedule import lr_factor
 from grpo.train.update import UpdateStats, policy_update
 from rewards.scoring import NamedReward, build_rewards
+
+
+RANK_SEED_STRIDE = 7_919_111  # rank r samples with seed + r * this (rank 0, and one process, are unchanged)
 
 
 @dataclass
@@ -48,16 +54,17 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     stream: PromptStream
     renderer: PromptRenderer
-    log: MetricsLog
+    log: MetricsLog | SilentLog
     start_step: int
+    world: World = field(default_factory=World.single)
 
 
 def train(cfg: RecipeConfig) -> Path:
     run = setup(cfg)
-    progress = Progress(cfg.train.steps, run.start_step, enabled=cfg.logging.progress_bar)
+    progress = Progress(cfg.train.steps, run.start_step, enabled=cfg.logging.progress_bar and run.world.is_main)
     for step in range(run.start_step + 1, cfg.train.steps + 1):
         t_step = time.perf_counter()
-        exp = sample_and_score(run, step)
+        exp = sample_and_score(run, step)  # this rank's share of the step's groups
         t0 = time.perf_counter()
         update = update_policy(run, exp)
         train_s = time.perf_counter() - t0
@@ -65,10 +72,11 @@ def train(cfg: RecipeConfig) -> Path:
         run.sampler.sync_weights(run.policy)
         sync_s = time.perf_counter() - t0
         check_sampler_matches_policy(run, update, step)
-        metrics = step_metrics(run, exp, update, train_s, sync_s, time.perf_counter() - t_step)
+        step_exp = merge_experience(run.world.gather(exp)) if run.world.distributed else exp  # the global step
+        metrics = step_metrics(run, step_exp, update, train_s, sync_s, time.perf_counter() - t_step)
         metrics.update(periodic_eval(run, step))
         run.log.log(step, metrics)
-        write_samples(run, exp, step)
+        write_samples(run, step_exp, step)
         save_if_due(run, step)
         progress.update(step, metrics)
     progress.close()
@@ -85,7 +93,10 @@ def setup(cfg: RecipeConfig) -> Run:
     output_dir = Path(cfg.output_dir)
     resume_from = _resume_point(cfg, output_dir)
     _seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    world = launched_world()
+    device = rank_device(resolve_device(cfg.device), world)
+    init_world(world, device, cfg.distributed.timeout_s)
+    strategy = resolve_strategy(cfg.distributed, world)
 
     rewards = build_rewards(cfg.rewards)  # fail on a bad reward name before any model loads
     rows = load_rows(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.limit)
@@ -93,39 +104,46 @@ def setup(cfg: RecipeConfig) -> Run:
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     renderer = PromptRenderer(tokenizer, cfg.data)
     policy = load_policy(cfg.model, model_path, device)
-    reference = build_reference(policy, cfg.model) if cfg.train.beta > 0 else None
+    reference = build_reference(policy, cfg.model) if cfg.train.beta > 0 else None  # the start, not the resume
+    state = load_trainer_state(resume_from) if resume_from is not None else None
+    if state is not None:
+        restore_policy_weights(policy, resume_from)  # whole weights into the whole model, before any sharding
+    policy = wrap(policy, strategy, cfg.distributed, device)
+    reference = wrap(reference, strategy, cfg.distributed, device, trainable=False) if reference is not None else None
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay)
     t = cfg.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda done: lr_factor(done, t.steps, t.warmup_steps, t.lr_schedule))
     stream = PromptStream(rows, cfg.seed, cfg.data.shuffle)
-    sampler = build_sampler(cfg.sampler.backend, model=policy, tokenizer=tokenizer, model_path=model_path,
+    sampler = build_sampler(cfg.sampler.backend, model=unwrap(policy), tokenizer=tokenizer, model_path=model_path,
                             generation_batch_size=cfg.sampler.generation_batch_size, engine=cfg.sampler.vllm,
                             seed=cfg.seed, dtype=cfg.model.dtype,
-                            max_model_len=cfg.data.max_prompt_tokens + cfg.sampler.max_new_tokens)
-    sampler.sync_weights(policy)  # a resumed or LoRA-wrapped policy differs from the weights on disk
-
-    output_dir.mkdir(parents=True, exist_ok=True)
+                            max_model_len=cfg.data.max_prompt_tokens + cfg.sampler.max_new_tokens,
+                            synced=strategy == "fsdp")
     start_step = 0
-    if resume_from is not None:
-        state = load_trainer_state(resume_from)
-        restore_policy_weights(policy, resume_from)
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        load_full_optimizer_state(policy, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         stream.load_state_dict(state["data"])
-        restore_rng(state)
+        restore_rng(state, world.rank, world.size)
         start_step = int(state["step"])
-        sampler.sync_weights(policy)
-        print(f"resuming from {resume_from} (step {start_step})")
-    log = MetricsLog(output_dir, cfg.name, cfg.logging.tensorboard, cfg.logging.wandb, cfg.logging.wandb_project,
-                     to_dict(cfg))
-    log.truncate_after(start_step)
-    io.write_json(output_dir / "recipe.resolved.json", to_dict(cfg))
+        if world.is_main:
+            print(f"resuming from {resume_from} (step {start_step})")
+    sampler.sync_weights(policy)  # a resumed or LoRA-wrapped policy differs from the weights on disk
+
+    log: MetricsLog | SilentLog = SilentLog()  # only rank 0 writes files
+    if world.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        log = MetricsLog(output_dir, cfg.name, cfg.logging.tensorboard, cfg.logging.wandb,
+                         cfg.logging.wandb_project, to_dict(cfg))
+        log.truncate_after(start_step)
+        io.write_json(output_dir / "recipe.resolved.json", to_dict(cfg))
+    world.barrier()
     return Run(cfg=cfg, output_dir=output_dir, device=device, tokenizer=tokenizer, policy=policy,
                reference=reference, sampler=sampler, rewards=rewards, advantage_fn=ADVANTAGES[cfg.train.advantage],
                optimizer=optimizer, scheduler=scheduler, stream=stream, renderer=renderer, log=log,
-               start_step=start_step)
+               start_step=start_step, world=world)
 
 
 def _resume_point(cfg: RecipeConfig, output_dir: Path) -> Path | None:
@@ -157,10 +175,13 @@ def _seed_everything(seed: int) -> None:
 
 def sample_and_score(run: Run, step: int) -> Experience:
     c = run.cfg
-    settings = SamplingSettings.of(c.sampler, n=c.sampler.group_size, seed=c.seed * 1_000_003 + step)
+    # A seed per rank too: ranks draw for different prompts, and must not share their random numbers.
+    seed = c.seed * 1_000_003 + step + RANK_SEED_STRIDE * run.world.rank
+    settings = SamplingSettings.of(c.sampler, n=c.sampler.group_size, seed=seed)
     run.sampler.wake()
     exp = collect_experience(settings, stream=run.stream, renderer=run.renderer, sampler=run.sampler,
-                             rewards=run.rewards, advantage_fn=run.advantage_fn, data=c.data, train=c.train)
+                             rewards=run.rewards, advantage_fn=run.advantage_fn, data=c.data, train=c.train,
+                             world=run.world)
     run.sampler.sleep()
     return exp
 
@@ -173,7 +194,7 @@ def update_policy(run: Run, exp: Experience) -> UpdateStats | None:
     stats = policy_update(run.policy, run.reference, run.optimizer, exp.rollouts, c.train,
                           temperature=c.sampler.temperature,
                           loss_constant=c.train.loss_constant or c.sampler.max_new_tokens,
-                          pad_id=run.tokenizer.pad_token_id, device=run.device)
+                          pad_id=run.tokenizer.pad_token_id, device=run.device, world=run.world)
     run.scheduler.step()
     return stats
 
@@ -181,10 +202,10 @@ def update_policy(run: Run, exp: Experience) -> UpdateStats | None:
 def check_sampler_matches_policy(run: Run, update: UpdateStats | None, step: int) -> None:
     """The sampler's log-probs were measured against the policy before this step's update; a large gap
     means the last weight sync did not reach the sampler."""
-    if update is not None and update.logprob_gap > run.cfg.sampler.max_logprob_gap:
+    if update is not None and update.rank_logprob_gap > run.cfg.sampler.max_logprob_gap:
         raise RuntimeError(
-            f"step {step}: the sampler and the policy disagree: mean |sampler - trainer| token log-prob = "
-            f"{update.logprob_gap:.3f} > sampler.max_logprob_gap = {run.cfg.sampler.max_logprob_gap}. The weight sync "
+            f"{run.world.tag()}step {step}: the sampler and the policy disagree: mean |sampler - trainer| token "
+            f"log-prob = {update.rank_logprob_gap:.3f} > sampler.max_logprob_gap = {run.cfg.sampler.max_logprob_gap}. The weight sync "
             f"into the {run.cfg.sampler.backend} sampler probably failed; raise the limit only if the gap is expected "
             f"(e.g. bf16 sampling).")
 
@@ -259,9 +280,15 @@ def save_if_due(run: Run, step: int) -> None:
     every, last = run.cfg.checkpoint.every, run.cfg.train.steps
     if step != last and (not every or step % every):
         return
-    state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-             "data": run.stream.state_dict(), "config": to_dict(run.cfg)}
-    save_checkpoint(run.output_dir, step, run.policy, run.tokenizer, state, run.cfg.checkpoint.keep_last)
+    # Every rank takes part in gathering the whole weights and optimizer state; rank 0 writes them.
+    weights = full_model_state(run.policy) if run.world.distributed else None
+    state = {"optimizer": full_optimizer_state(run.policy, run.optimizer), "scheduler": run.scheduler.state_dict(),
+             "data": run.stream.state_dict(), "config": to_dict(run.cfg), "world_size": run.world.size,
+             "rng_per_rank": run.world.gather(rng_state())}
+    if run.world.is_main:
+        save_checkpoint(run.output_dir, step, unwrap(run.policy), run.tokenizer, state, run.cfg.checkpoint.keep_last,
+                        weights=weights)
+    run.world.barrier()
 
 
 def _mean(values) -> float:

@@ -9,7 +9,9 @@ import torch
 
 from grpo.config import TrainConfig
 from grpo.objectives.loss import aggregate, clipped_surrogate, kl_k3, token_entropy, token_logprobs
+from grpo.parallel import World
 from grpo.train.rollouts import Rollout
+from grpo.train.sharding import unwrap
 
 
 @dataclass
@@ -21,6 +23,7 @@ class UpdateStats:
     grad_norm: float = 0.0
     ratio_mean: float = 0.0
     logprob_gap: float = 0.0  # mean |sampler - trainer| log-prob on the first pass (before any update)
+    rank_logprob_gap: float = 0.0  # the same over this rank's tokens only (each rank checks its own sync)
     tokens: int = 0
 
 
@@ -76,7 +79,8 @@ _LOGITS_TO_KEEP: dict[type, bool] = {}
 
 
 def _accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
     kind = type(base)
     if kind not in _LOGITS_TO_KEEP:
         _LOGITS_TO_KEEP[kind] = "logits_to_keep" in inspect.signature(base.forward).parameters
@@ -84,13 +88,18 @@ def _accepts_logits_to_keep(model) -> bool:
 
 
 def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: TrainConfig, *, temperature: float,
-                  loss_constant: int, pad_id: int, device: torch.device) -> UpdateStats:
+                  loss_constant: int, pad_id: int, device: torch.device, world: World = World.single()) -> UpdateStats:
     """mu optimizer steps on the batch. `temperature` is the sampler's (log-probs are of the tempered
-    distribution it drew from); `loss_constant` the normaliser of loss_aggregation=constant."""
-    batch_sequences = len(rollouts)
-    batch_tokens = sum(len(r.completion.token_ids) for r in rollouts)
+    distribution it drew from); `loss_constant` the normaliser of loss_aggregation=constant.
+
+    On several ranks `rollouts` is this rank's share: the loss is normalised by the global batch's sequence and
+    token counts, and scaled by the world size because DDP and FSDP average gradients over ranks, so the summed
+    gradient is exactly that of the global batch's loss on one process."""
+    batch_sequences, batch_tokens = (int(n) for n in world.sum(
+        [len(rollouts), sum(len(r.completion.token_ids) for r in rollouts)]))
+    grad_scale = float(world.size)
     micro_batches = [make_micro_batch(rollouts[i:i + s.micro_batch_size], pad_id, device)
-                     for i in range(0, batch_sequences, s.micro_batch_size)]
+                     for i in range(0, len(rollouts), s.micro_batch_size)]
     ref_logprobs = [_reference_logprobs(policy, reference, mb, temperature) if s.beta > 0 else None
                     for mb in micro_batches]
     sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "ratio": 0.0, "gap": 0.0, "tokens": 0.0}
@@ -110,7 +119,7 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
             if kl is not None:
                 per_token = per_token + s.beta * kl
             loss = aggregate(per_token, mb.mask, s.loss_aggregation, batch_sequences, batch_tokens, loss_constant)
-            loss.backward()
+            (loss * grad_scale).backward()
             if epoch == 0:  # figures of the batch as sampled, before this step changed the policy
                 with torch.no_grad():
                     ntok = float(mb.mask.sum())
@@ -126,18 +135,23 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
             del logits, logp, out, per_token, loss
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
                                                    s.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: the norm over every rank's shards
+            grad_norm = grad_norm.full_tensor()
         grad_norms.append(float(grad_norm))
         optimizer.step()
+    rank_gap = sums["gap"] / max(sums["tokens"], 1.0)
+    sums = dict(zip(sums, world.sum(list(sums.values()))))  # the global batch's figures
     tokens = max(sums["tokens"], 1.0)
     return UpdateStats(loss=sums["loss"], kl=sums["kl"] / tokens, clip_fraction=sums["clipped"] / tokens,
                        entropy=sums["entropy"] / tokens, grad_norm=sum(grad_norms) / len(grad_norms),
-                       ratio_mean=sums["ratio"] / tokens, logprob_gap=sums["gap"] / tokens, tokens=int(tokens))
+                       ratio_mean=sums["ratio"] / tokens, logprob_gap=sums["gap"] / tokens, tokens=int(tokens),
+                       rank_logprob_gap=rank_gap)
 
 
 @torch.no_grad()
 def _reference_logprobs(policy, reference, mb: MicroBatch, temperature: float) -> torch.Tensor:
     if reference is None:  # LoRA: the reference is the base model, i.e. the policy with its adapters off
-        with policy.disable_adapter():
+        with unwrap(policy).disable_adapter():
             logits = completion_logits(policy, mb)
     else:
         logits = completion_logits(reference, mb)

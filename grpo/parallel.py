@@ -1,0 +1,102 @@
+"""Data parallelism on torch.distributed: which rank this process is, and the few collectives the loop needs.
+
+`torchrun --nproc-per-node N -m grpo train ...` starts N copies of the same loop. Plain `grpo train` (or a
+world of 1) sets nothing up: `World.single()` answers every collective locally, so the 1-process path runs no
+torch.distributed code at all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @staticmethod
+    def single() -> "World":
+        return World()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks, in float64 so counts and sums stay exact."""
+        if not self.distributed:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def max(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t.item())
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order, on every rank (small Python objects: rollouts, records)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def tag(self) -> str:
+        """A prefix for messages that name the rank (empty on one process)."""
+        return f"rank {self.rank}/{self.size}: " if self.distributed else ""
+
+
+def _comm_device() -> torch.device:
+    backend = torch.distributed.get_backend()
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+
+def launched_world() -> World:
+    """The world torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK); one process otherwise."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World.single()
+    return World(rank=int(os.environ["RANK"]), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_world(world: World, device: torch.device, timeout_s: float) -> None:
+    """Join the process group: nccl on CUDA, gloo on CPU. The timeout bounds every collective, so a rank that
+    died or hangs ends the job with an error instead of a silent wait."""
+    if not world.distributed or torch.distributed.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+                                         **({"device_id": device} if device.type == "cuda" else {}))
+
+
+def close_world(world: World) -> None:
+    if world.distributed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def rank_device(device: torch.device, world: World) -> torch.device:
+    """Each rank drives the GPU of its local rank; on CPU they share the machine."""
+    if device.type == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
+    return device
