@@ -23,7 +23,7 @@ def make_report(run_dirs: list[str], out: str | Path | None = None, png: str | P
     if not 0 <= smoothing < 1:
         raise UserError(f"--smoothing: {smoothing} is not in [0, 1) (0: none, 0.9: heavy)")
     require_matplotlib()
-    from grpo.report.figures import to_png
+    from grpo.report.figures import overview_figure, to_png
     from grpo.report.html import build
     from grpo.report.load import load_runs
 
@@ -38,9 +38,11 @@ def make_report(run_dirs: list[str], out: str | Path | None = None, png: str | P
     if png:
         png_dir = Path(png)
         png_dir.mkdir(parents=True, exist_ok=True)
-        for panel_id, fig in report.figures.items():
-            to_png(fig, png_dir / f"{panel_id}.png")
-            pngs.append(png_dir / f"{panel_id}.png")
+        overview = overview_figure(runs, smoothing)
+        figures = {**({"overview": overview} if overview is not None else {}), **report.figures}
+        for name, fig in figures.items():
+            to_png(fig, png_dir / f"{name}.png")
+            pngs.append(png_dir / f"{name}.png")
     notes = [f"{run.name}: {note}" for run in runs for note in run.notes]
     return page, pngs, notes
 
@@ -49,7 +51,8 @@ def report_command(
     run_dirs: List[str] = typer.Argument(..., help="one or more run directories (output_dir of grpo train)"),
     out: Optional[str] = typer.Option(None, "--out", help="HTML file to write (default: RUN_DIR/report.html for one "
                                                           "run, ./report.html for several)"),
-    png: Optional[str] = typer.Option(None, "--png", help="also write each panel as DIR/<panel>.png"),
+    png: Optional[str] = typer.Option(None, "--png", help="also write each panel as DIR/<panel>.png, and the key "
+                                                          "curves in one image as DIR/overview.png"),
     smoothing: float = typer.Option(0.8, "--smoothing", help="EMA weight of the bold curves, in [0, 1)"),
 ):
     """Draw a run's curves, time budget, eval results and samples into one self-contained HTML page."""

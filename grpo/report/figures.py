@@ -46,13 +46,13 @@ def color(index: int) -> str:
     return RUN_COLORS[index % len(RUN_COLORS)]
 
 
-def _grid(n: int, width_cells: int = COLS) -> tuple[Figure, list]:
+def _grid(n: int, width_cells: int = COLS, cell_w: float = CELL_W) -> tuple[Figure, list]:
     import matplotlib
 
     cols = max(1, min(width_cells, n))
     rows = math.ceil(n / cols)
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(CELL_W * cols, CELL_H * rows + 0.5), layout="constrained")
+        fig = Figure(figsize=(cell_w * cols, CELL_H * rows + 0.5), layout="constrained")
         axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -83,21 +83,49 @@ def metrics_figure(panel: Panel, keys: list[str], runs: list[RunData], smoothing
     with matplotlib.rc_context(RC):
         fig, axes = _grid(len(keys))
         for ax, key in zip(axes, keys):
-            positive = True
-            for i, run in enumerate(runs):
-                steps, values = run.series(key)
-                if not steps:
-                    continue
-                positive &= all(v > 0 for v in values if not math.isnan(v))
-                if len(steps) == 1:
-                    ax.plot(steps, values, "o", color=color(i), ms=4)
-                    continue
-                ax.plot(steps, values, color=color(i), lw=0.8, alpha=0.35)
-                ax.plot(steps, ema(values, smoothing), color=color(i), lw=1.8)
-            if is_log(panel, key) and positive:
-                ax.set_yscale("log")
-            _axes_style(ax, key)
+            _draw_metric(ax, key, runs, smoothing, is_log(panel, key))
         _run_legend(fig, runs, f"faint: raw, bold: EMA {smoothing:g}", len(axes))
+    return fig
+
+
+def _draw_metric(ax, key: str, runs: list[RunData], smoothing: float, log: bool = False) -> None:
+    positive = True
+    for i, run in enumerate(runs):
+        steps, values = run.series(key)
+        if not steps:
+            continue
+        positive &= all(v > 0 for v in values if not math.isnan(v))
+        if len(steps) == 1:
+            ax.plot(steps, values, "o", color=color(i), ms=4)
+            continue
+        ax.plot(steps, values, color=color(i), lw=0.8, alpha=0.35)
+        ax.plot(steps, ema(values, smoothing), color=color(i), lw=1.8)
+    if log and positive:
+        ax.set_yscale("log")
+    _axes_style(ax, key)
+
+
+# The one image of a run to put in a README or an issue (--png writes it as overview.png).
+OVERVIEW_KEYS = ("reward/mean", "accuracy", "completion/length_mean", "completion/truncated_fraction", "entropy",
+                 "groups/zero_variance_fraction")
+
+
+def overview_figure(runs: list[RunData], smoothing: float) -> Figure | None:
+    import matplotlib
+
+    keys = [k for k in OVERVIEW_KEYS if any(run.series(k)[0] for run in runs)]
+    if all(run.series("accuracy") == run.series("reward/mean") for run in runs):
+        keys = [k for k in keys if k != "accuracy"]  # one correctness reward alone: accuracy is the reward again
+    has_time = bool(time_parts(runs[0])[0])
+    if not keys:
+        return None
+    with matplotlib.rc_context(RC):
+        fig, axes = _grid(len(keys) + has_time, width_cells=3)
+        for ax, key in zip(axes, keys):
+            _draw_metric(ax, key, runs, smoothing)
+        if has_time:
+            _draw_time(axes[-1], runs[0])
+        _run_legend(fig, runs, f"faint: raw, bold: EMA {smoothing:g}", 3)
     return fig
 
 
@@ -150,18 +178,21 @@ def time_figure(runs: list[RunData]) -> Figure:
     import matplotlib
 
     with matplotlib.rc_context(RC):
-        fig, axes = _grid(len(runs), width_cells=2)
+        fig, axes = _grid(len(runs), width_cells=2, cell_w=2 * CELL_W)
         for ax, run in zip(axes, runs):
-            steps, parts = time_parts(run)
-            total = sum(sum(v) for v in parts.values()) or 1.0
-            labels = [f"{name} {sum(v) / total:.0%}" for name, v in parts.items()]
-            if steps:
-                ax.stackplot(steps, *parts.values(), labels=labels, colors=[TIME_COLORS[n] for n in parts],
-                             alpha=0.85)
-                ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
-            _axes_style(ax, f"{run.name}: seconds per step")
-            ax.set_ylabel("s")
+            _draw_time(ax, run)
     return fig
+
+
+def _draw_time(ax, run: RunData) -> None:
+    steps, parts = time_parts(run)
+    total = sum(sum(v) for v in parts.values()) or 1.0
+    labels = [f"{name} {sum(v) / total:.0%}" for name, v in parts.items()]
+    if steps:
+        ax.stackplot(steps, *parts.values(), labels=labels, colors=[TIME_COLORS[n] for n in parts], alpha=0.85)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)  # beside, not over, the area
+    _axes_style(ax, f"{run.name}: seconds per step")
+    ax.set_ylabel("s")
 
 
 def to_svg(fig: Figure, prefix: str) -> str:
