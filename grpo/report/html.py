@@ -77,8 +77,9 @@ def _runs_table(runs: list[RunData]) -> str:
         planned = run.planned_steps
         rewards = ", ".join(str(x.get("name")) for x in r.get("rewards", []) if isinstance(x, dict)) or "-"
         notes = "".join(f"<div class=note>{escape(n)}</div>" for n in run.notes) or "-"
+        steps = f"{last} / {planned}" if planned else str(last)
         rows.append(f"<tr><td><b>{escape(run.name)}</b></td><td>{escape(str(run.path))}</td>"
-                    f"<td class=num>{last}{f' / {planned}' if planned else ''}</td><td>{escape(run.modified or '-')}</td>"
+                    f"<td class=num>{steps}</td><td>{escape(run.modified or '-')}</td>"
                     f"<td>{escape(str(r.get('model', {}).get('path', '-')))}</td><td>{escape(rewards)}</td>"
                     f"<td>{notes}</td></tr>")
     return ("<table><tr><th>run</th><th>directory</th><th>steps logged</th><th>metrics last written</th><th>model</th>"
@@ -97,10 +98,14 @@ def _eval_table(runs: list[RunData]) -> str:
             + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>" + body + "</table></section>")
 
 
+def _text(value) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
 def _environment(run: RunData) -> str:
     if run.environment:
-        cells = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))}"
-                        f"</td></tr>" for k, v in run.environment.items())
+        cells = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(_text(v))}</td></tr>"
+                        for k, v in run.environment.items())
         return f"<table>{cells}</table>"
     seen = next((e for e in run.evals if isinstance(e.summary.get("environment"), dict)), None)
     text = "not recorded (no environment.json in the run directory)"
