@@ -164,3 +164,20 @@ def test_environment_json_is_shown_when_the_trainer_wrote_one(tmp_path):
     text = page.read_text()
     assert page == run_dir / "report.html"
     assert "<th>torch</th><td>2.13.0</td>" in text and "<th>world_size</th><td>2</td>" in text
+
+
+def test_a_run_still_going_and_a_standalone_eval_in_the_run_dir(tmp_path):
+    from grpo.report.evals import table
+
+    run_dir = write_run(tmp_path / "r", REWARDS)
+    recipe = json.loads((run_dir / "recipe.resolved.json").read_text())
+    recipe["train"]["steps"] = 100
+    (run_dir / "recipe.resolved.json").write_text(json.dumps(recipe))
+    standalone = run_dir / "final-eval"
+    standalone.mkdir()
+    (standalone / "summary.json").write_text(json.dumps({**eval_summary(None, 0.75), "step": None}))
+    run = load_run(run_dir)
+    assert "6 of 100 steps logged: still running, or stopped early" in run.notes
+    head, rows = table([run])
+    assert [r[1] for r in rows] == ["step 3", "step 6", "final-eval"]
+    assert rows[-1][4] == "avg@2: 75.0 [60.0, 90.0]" and rows[-1][-1].startswith("2 sample(s) per problem")
