@@ -48,7 +48,8 @@ def make_report(run_dirs: list[str], out: str | Path | None = None, png: str | P
 
 
 def report_command(
-    run_dirs: List[str] = typer.Argument(..., help="one or more run directories (output_dir of grpo train)"),
+    run_dirs: List[str] = typer.Argument(..., metavar="RUN_DIR",
+                                         help="one or more run directories (output_dir of grpo train)"),
     out: Optional[str] = typer.Option(None, "--out", help="HTML file to write (default: RUN_DIR/report.html for one "
                                                           "run, ./report.html for several)"),
     png: Optional[str] = typer.Option(None, "--png", help="also write each panel as DIR/<panel>.png, and the key "
