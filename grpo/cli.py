@@ -11,6 +11,7 @@ import typer
 
 from grpo.errors import UserError
 from grpo.eval.cli import eval_command
+from grpo.report.cli import report_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reinforcement learning on verifiable rewards (GRPO and variants) for language models.")
@@ -98,6 +99,7 @@ def sft(model: str = typer.Option(..., help="model directory to start from"),
 
 
 app.command("eval")(eval_command)
+app.command("report")(report_command)
 
 
 @app.command("convert-gguf")
