@@ -130,7 +130,7 @@ class CheckpointConfig:
 class LoggingConfig:
     samples_every: int = 10  # write sample completions every N steps (0: never)
     num_samples: int = 4
-    tensorboard: bool = False
+    tensorboard: Literal["auto", True, False] = "auto"  # auto: on when the tensorboard package is installed
     wandb: bool = False
     wandb_project: str = "grpo"
     progress_bar: bool = True

@@ -152,7 +152,7 @@ def _convert(tp: Any, value: Any, where: str, problems: list[str]) -> tuple[bool
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if isinstance(value, OverrideText):
-        if tp is str or origin is Literal:
+        if tp is str or origin is Literal and value.text in args:
             return _convert(tp, value.text, where, problems)  # the exact text typed
         if origin in (Union, types.UnionType) and str in args:
             return _convert(tp, None if value.text in ("null", "~") else value.text, where, problems)

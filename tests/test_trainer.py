@@ -168,3 +168,9 @@ def test_accuracy_comes_from_a_plugin_that_declares_correctness(tmp_path, tiny_m
                                    "logging.progress_bar=false", "sampler.max_logprob_gap=5"]))
     row = read_jsonl(out / "metrics.jsonl")[0]
     assert "accuracy" in row and row["accuracy"] == row["reward/judge_plugin:judge/mean"]
+    env = json.loads((out / "environment.json").read_text())
+    assert env["world_size"] == 1 and env["strategy"] == "none" and env["torch"] == torch.__version__
+    import importlib.util
+
+    # logging.tensorboard defaults to auto: on exactly when the package is installed
+    assert (out / "tensorboard").exists() == (importlib.util.find_spec("tensorboard") is not None)

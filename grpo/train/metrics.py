@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,14 @@ from grpo.io import write_lines
 
 
 class MetricsLog:
-    def __init__(self, output_dir: Path, run_name: str, tensorboard: bool = False, wandb: bool = False,
+    def __init__(self, output_dir: Path, run_name: str, tensorboard: bool | str = False, wandb: bool = False,
                  wandb_project: str = "grpo", config: dict | None = None):
         self.metrics_path = output_dir / "metrics.jsonl"
         self.samples_path = output_dir / "samples.jsonl"
         self._tb = None
         self._wandb = None
+        if tensorboard == "auto":  # on by default where it is installed; an explicit true without it is an error
+            tensorboard = importlib.util.find_spec("tensorboard") is not None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

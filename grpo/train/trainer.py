@@ -139,6 +139,7 @@ def setup(cfg: RecipeConfig) -> Run:
                          cfg.logging.wandb_project, to_dict(cfg))
         log.truncate_after(start_step)
         io.write_json(output_dir / "recipe.resolved.json", to_dict(cfg))
+        io.write_json(output_dir / "environment.json", environment(device, world, strategy))
     world.barrier()
     return Run(cfg=cfg, output_dir=output_dir, device=device, tokenizer=tokenizer, policy=policy,
                reference=reference, sampler=sampler, rewards=rewards, advantage_fn=ADVANTAGES[cfg.train.advantage],
@@ -163,6 +164,21 @@ def _resume_point(cfg: RecipeConfig, output_dir: Path) -> Path | None:
     if not path.is_dir():
         raise UserError(f"checkpoint.resume: {mode} is not auto, never, or a checkpoint directory.")
     return path
+
+
+def environment(device: torch.device, world: World, strategy: str) -> dict[str, Any]:
+    """What the run ran on, beside its recipe (`grpo report` shows it)."""
+    import platform
+
+    import transformers
+
+    import grpo
+
+    return {"grpo": grpo.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "platform": platform.platform(), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "world_size": world.size, "strategy": strategy, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                        time.gmtime())}
 
 
 def _seed_everything(seed: int) -> None:
