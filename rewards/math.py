@@ -15,9 +15,6 @@ from rewards.mathcheck.compare import judge
 from rewards.mathcheck.extract import extract_answer, final_answer, gold_items
 from rewards.mathcheck.worker import POOL
 
-# The sympy worker starts with this module (a few seconds, once), so no check ever waits for its imports.
-POOL.warm()
-
 __all__ = ["score", "extract_answer", "math_reward", "warm_up"]
 
 _BUDGET_S = 0.8    # whole-call budget; a worker kill and the return fit in the rest of the 1 s bound
@@ -25,8 +22,9 @@ _MAX_ITEMS = 200   # a final answer of more boxes than this is spraying, not ans
 
 
 def warm_up(timeout: float = 60.0) -> bool:
-    """Block until the sympy worker and its standby are both ready (a harness about to feed hostile input
-    right after import calls this; the trainer need not)."""
+    """Block until the sympy worker and its standby are both ready. Importing this module starts nothing; the
+    first score() call starts the worker (and a check that needs it waits for its imports outside its own
+    time budget, once). A harness about to feed hostile input right after import calls this."""
     return POOL.warm(timeout=timeout, standby=True)
 
 
@@ -36,6 +34,7 @@ def score(completion: str, gold: str) -> float:
         gold = str(gold)  # AIME-style integer columns
     if not isinstance(completion, str) or not isinstance(gold, str):
         return 0.0
+    POOL.kick()  # lazy start: most checks never need sympy, and the worker's imports run meanwhile
     start = time.monotonic()  # the 1 s bound covers extraction too
     refs = gold_items(gold)
     found = final_answer(completion)
