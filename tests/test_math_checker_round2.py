@@ -98,6 +98,10 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("\\boxed{\\angle ABC = 30^\\circ}", "30"),
         ("\\boxed{m\\angle A = 40}", "40"),
         ("\\boxed{f(2)=7}", "7"),
+        ("\\boxed{(2,3)}", "x=2, y=3"),
+        ("\\boxed{(1,2,3)}", "1,2,3"),
+        ("\\boxed{\\frac{x-1}{2}}", "f^{-1}(x)=\\frac{x-1}{2}"),
+        ("\\boxed{3:4}", "\\frac{3}{4}"),
     ], [
         ("\\boxed{(p,q)=(2,3)}", "(3,2)"),
         ("\\boxed{(2,3)}", "(p,q)=(3,2)"),
@@ -109,6 +113,9 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("\\boxed{y=5}", "x=5"),
         ("\\boxed{0}", "a+3z=0"),
         ("\\boxed{x = 5 = 6}", "5"),
+        ("\\boxed{(3,2)}", "x=2, y=3"),
+        ("\\boxed{(3,2,1)}", "1,2,3"),
+        ("\\boxed{4:3}", "\\frac{3}{4}"),
     ]),
     "lists in prose": ([
         ("\\boxed{1; 2}", "1, 2"),
@@ -138,6 +145,8 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("\\boxed{6 \\text{ square units}}", "6"),
         ("\\boxed{15\\text{ marbles}}", "15"),
         ("\\boxed{2.5 \\text{ km/h}}", "2.5"),
+        ("\\boxed{12\\pi}", "$12\\pi$ square inches"),
+        ("答：12 个", "12"),
     ], [
         ("\\boxed{5 \\text{ or more}}", "5"),
         ("\\boxed{12\\pi \\text{ inches}}", "12"),
@@ -145,6 +154,8 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("\\boxed{5 \\text{ (this is correct)}}", "5"),
         ("\\boxed{5\\text{ approximately}}", "5"),
         ("\\boxed{5 \\text{ less than } x}", "5"),
+        ("\\boxed{2\\pi h}", "2\\pi"),
+        ("答：13 个", "12"),
     ]),
     "rounded decimals": ([
         ("\\boxed{0.5}", "1/2"),
@@ -167,6 +178,8 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("\\boxed{2^(1/4)}", "\\sqrt[4]{2}"),
         ("\\boxed{sqrt(3)}", "\\sqrt{3}"),
         ("\\boxed{(3*sqrt(5))/7}", "\\frac{3\\sqrt5}{7}"),
+        ("\\boxed{\\sqrt(3)}", "\\sqrt{3}"),
+        ("\\boxed{b}", "\\text{(B)}"),
         ("\\boxed{pi/2}", "\\frac{\\pi}{2}"),
         ("\\boxed{3*x**2}", "3x^2"),
         ("\\boxed{4.5 \\times 10^{33}}", "4.5e33"),
@@ -183,6 +196,8 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     ], [
         ("\\boxed{2**(1/3)}", "\\sqrt[4]{2}"),
         ("\\boxed{sqrt(2)}", "\\sqrt{3}"),
+        ("\\boxed{\\sqrt(2)}", "\\sqrt{3}"),
+        ("\\boxed{c}", "\\text{(B)}"),
         ("\\boxed{4.5e32}", "4.5 \\times 10^{33}"),
         ("\\boxed{\\mathcal{C}}", "B"),
         ("\\boxed{x \\approx 4.68}", "4.67"),

@@ -227,6 +227,10 @@ def equal(pred: str, gold: str) -> bool:
     gl = as_list(g) if parse_number(g) is None else None
     if gl is not None:
         pl = set_items(p) or as_list(p)
+        if pl is None and is_tuple(p) and enclosed(p, "(", ")"):
+            # The point (2,3) for "x=2, y=3" / "2, 3": a tuple is ordered, so item by item.
+            pi = split_top(p[1:-1], (",",))
+            return len(pi) == len(gl) and all(equal(a, b) for a, b in zip(pi, gl))
         return pl is not None and match_unordered(pl, gl, equal)
     if len(g_eq) == 2 and len(p_eq) == 2:
         if g_eq[0] == p_eq[0] and is_label(g_eq[0], loose=True):
@@ -243,6 +247,12 @@ def equal(pred: str, gold: str) -> bool:
     # Times and ratios (12:00, 3:4): part by part.
     if ":" in g or ":" in p:
         gc, pc = split_top(g, (":",)), split_top(p, (":",))
+        if sorted((len(gc), len(pc))) == [1, 2]:
+            # A ratio of two numbers against one number: 3:4 is 3/4.
+            a, b = gc if len(gc) == 2 else pc
+            other = p if len(gc) == 2 else g
+            if parse_number(a) is not None and parse_number(b) is not None and parse_number(other) is not None:
+                return equal("\\frac{%s}{%s}" % (a, b), other)
         return len(gc) == len(pc) and all(a == b or equal(a, b) for a, b in zip(pc, gc))
     # Unions of intervals/sets: same pieces in any order.
     g_u, p_u = split_top(g, ("\\cup",)), split_top(p, ("\\cup",))
@@ -289,7 +299,10 @@ def _choice(pred: str, gold: str) -> bool | None:
     m = _CHOICE_GOLD.fullmatch(g)
     if not m:
         return None
-    pm_ = _CHOICE_PRED.fullmatch(unwrap_text(pred).strip())
+    pred = unwrap_text(pred).strip()
+    if re.fullmatch(r"\(?[a-e]\)?", pred):
+        pred = pred.upper()  # a lone (b) is option B
+    pm_ = _CHOICE_PRED.fullmatch(pred)
     if not pm_:
         return None if m.group(1).islower() else False
     want = m.group(1).upper()

@@ -154,7 +154,7 @@ _VALUE_CMDS = re.compile(r"\\(?:frac|sqrt|pi|cdot|times|div|sin|cos|tan|cot|sec|
 _NAME = (r"(?:(?:\\(?:angle|measuredangle|triangle|overline|overrightarrow|vec|bar|hat|widehat|overarc)\s*\{?|m\\angle)?"
          r"(?:[A-Za-z]|\\(?:alpha|beta|gamma|delta|theta|phi|varphi|psi|omega|lambda|mu|sigma|rho|tau|epsilon|"
          r"varepsilon|eta|kappa|xi|zeta|nu|chi|Delta|Omega|Theta|Phi))(?![a-zA-Z]{5})[A-Za-z]{0,3}\}?"
-         r"(?:_\{?[\w,]+\}?)?'*(?:\^\{?\w+\}?)?(?:\([^()=]*\))?)")
+         r"(?:_\{?[\w,]+\}?)?'*(?:\^\{?-?\w+\}?)?(?:\([^()=]*\))?)")
 _STRICT_LABEL = re.compile(rf"{_NAME}|\|{_NAME}\||\({_NAME}(?:,{_NAME})+\)|{_NAME}(?::{_NAME})+")
 
 

@@ -71,7 +71,7 @@ def normalize(s: str) -> str:
     """Canonical spelling of a LaTeX answer (whitespace-free); equal strings here mean equal answers."""
     if "\\begin" not in s:
         s = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", s)  # '\\frac' from a doubly escaped string is \frac
-    if _PY_HINT.search(s):
+    if len(s) <= _PY_MAX and _PY_HINT.search(s):
         s = python_to_latex(s)
     s = s.replace("\\\\", "\0")  # keep matrix row breaks away from the "\\," style drops
     s = s.replace("\\ ", " ")
@@ -92,8 +92,9 @@ def normalize(s: str) -> str:
 
 
 # Python-style answers (2**(1/4), sqrt(3), 3*pi) spelled in LaTeX, so both spellings meet one parser.
-_PY_HINT = re.compile(r"\*|\^\(|(?<![\\a-zA-Z])(?:sqrt|exp|pi)(?![a-zA-Z])")
-_PY_FUNC = re.compile(r"(?<![\\a-zA-Z])(sqrt|exp)\(")
+_PY_HINT = re.compile(r"\*|\^\(|\\sqrt\(|(?<![\\a-zA-Z])(?:sqrt|exp|pi)(?![a-zA-Z])")
+_PY_MAX = 2000  # Python-style answers are short; the paren matching below is quadratic in the worst case
+_PY_FUNC = re.compile(r"(?<![a-zA-Z])\\?(sqrt|exp)\(")
 _PY_POW_TOKEN = re.compile(r"\^([\w.]+)")
 
 
@@ -142,6 +143,10 @@ _UNITS = ("cm|mm|km|m|meters?|metres?|centimeters?|millimeters?|kilometers?|inch
           "gallons?|degrees?|radians?|rad|people|persons?|students?|times|percent|points?|pages?|boxes|books?|"
           "apples?|eggs?|cups?|items?")
 _UNIT_TAIL = re.compile(rf"^(.*?[\d}}])\s*(?:(?:{_UNITS})(?:\^\{{?[23]\}}?|\^[23])?\s*)+$")
+# After a value that ends in a letter (12\\pi) only whole unit words count: "2\\pi h" keeps its h.
+_LONG_UNITS = "|".join(u for u in _UNITS.split("|") if len(u.rstrip("?s")) >= 3)
+_WORD_TAIL = re.compile(rf"^(.*?[a-zA-Z}}])\s+(?:(?:{_LONG_UNITS})\s*)+$")
+_CJK_TAIL = re.compile(r"^(.*?[\d}])\s*[\u4e00-\u9fff]{1,3}$")  # "12 个", "5 米": a measure word
 _TEXT_TAIL = re.compile(r"^(.*?\S)\s*\\(?:text|mbox|mathrm|textrm|textbf|textit)\{([^{}]*)\}(?:\^\{?[23]\}?|\^[23])?$")
 # Words that qualify or hedge a value rather than name its unit: "5 \text{ or more}" is not 5.
 _NOT_UNITS = {"or", "and", "not", "no", "more", "less", "fewer", "least", "most", "about", "approx", "approximately",
@@ -159,5 +164,8 @@ def strip_units(s: str) -> str:
                 and not any(w.lower() in _NOT_UNITS for w in words)
                 and not m.group(1).rstrip().endswith(("\\text{", "=", "\\approx"))):
             return m.group(1).strip()
-    m = _UNIT_TAIL.match(s)
-    return m.group(1).strip() if m and m.group(1).strip() else s
+    for rx in (_UNIT_TAIL, _WORD_TAIL, _CJK_TAIL):
+        m = rx.match(s)
+        if m and m.group(1).strip():
+            return m.group(1).strip()
+    return s
