@@ -214,6 +214,8 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("答：7", "7"),
         ("Respuesta: 12", "12"),
         ("So the answer is $\\frac{1}{\n2}$.", "\\frac12"),
+        ("Adding the parts gives $\\frac{1}{\n2}$ of the cake.", "\\frac12"),
+        ("It costs $5 and\nthen $6 more, so 6 in all", "6"),
     ], [
         ("Calculons.\nRéponse : 8", "7"),
         ("答案：8", "7"),

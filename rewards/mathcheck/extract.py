@@ -274,6 +274,7 @@ def extract_candidates(completion: str) -> list[str] | None:
 
 # Display math may span lines; inline $..$ and \(..\) may not.
 _MATH_BLOCK = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<![\\$])\$([^$\n]+?)(?<!\\)\$", re.S)
+_INLINE_MULTILINE = re.compile(r"(?<![\\$])\$((?=[^$]*[\\{^])[^$]{0,300}?\n[^$]{0,300}?)(?<!\\)\$")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
 
@@ -282,6 +283,16 @@ def _last_math_or_number(text: str) -> str | None:
     words: "the solutions are $1$ and $2$" -> "1, 2"), else its last number."""
     tail = text[-20_000:]  # the answer is at the end; bounds the scan on huge outputs
     blocks = list(_MATH_BLOCK.finditer(tail))
+    # Inline math broken over lines ("$\\frac{1}{\n2}$"), after the last one-line block; only LaTeX-looking
+    # text counts, so "$5 and\nthen $6" stays two prices.
+    split = _INLINE_MULTILINE.search(tail, blocks[-1].end() if blocks else 0)
+    if split is not None:
+        last_split = None
+        while split is not None:
+            last_split, split = split, _INLINE_MULTILINE.search(tail, split.end())
+        body = clean(last_split.group(1).replace("\n", " "))
+        if body:
+            return body
     if blocks:
         group = [blocks[-1]]
         for prev in reversed(blocks[:-1]):
