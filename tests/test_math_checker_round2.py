@@ -45,6 +45,8 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("\\boxed{3}; \\boxed{1}", "1, 3"),
         ("\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}", "\\frac{639}{40}"),
         ("\\boxed{\\frac{3}{2}} = \\boxed{1.5}", "\\frac32"),
+        ("Thus $a=\\boxed{3}$ and $b=\\boxed{4}$.", "(3,4)"),
+        ("\\boxed{(0,9)} \\text{ and } \\boxed{(9,36)}", "(0,9) \\cup (9,36)"),
     ], [
         ("First attempt: \\boxed{6}. Checking it again, that is wrong: the sum is 9, so \\boxed{9}", "6"),
         ("\\boxed{1}, \\boxed{2} and \\boxed{3}", "1"),
@@ -59,6 +61,9 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("\\boxed{1}, \\boxed{2}, \\boxed{3}, \\boxed{4}, \\boxed{5}", "3"),
         ("".join("\\boxed{%d}, " % k for k in range(500)) + "\\boxed{7}", "7"),
         ("\\boxed{(2,2)} and \\boxed{(6,3)}", "(2,2),(6,2)"),
+        ("\\boxed{\\text{(C)}} or \\boxed{288 \\pi}", "\\text{(C)}"),
+        ("\\boxed{\\text{Evelyn}} and \\boxed{9}", "\\text{Evelyn}"),
+        ("\\boxed{12} and \\boxed{5}", "12"),
     ]),
     "hedges in words": ([
         ("The answer is 3 or 5", "3, 5"),

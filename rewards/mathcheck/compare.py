@@ -257,7 +257,8 @@ def equal(pred: str, gold: str) -> bool:
     # Unions of intervals/sets: same pieces in any order.
     g_u, p_u = split_top(g, ("\\cup",)), split_top(p, ("\\cup",))
     if len(g_u) > 1 and len(p_u) == 1:  # "x < -3 or x > 3" for (-\infty,-3)\cup(3,\infty)
-        words = [as_interval(normalize(unwrap_text(x))) for x in _WORD_SEP.split(pred) if x and x.strip()]
+        words = [as_interval(x) for x in as_list(p) or []] or \
+            [as_interval(normalize(unwrap_text(x))) for x in _WORD_SEP.split(pred) if x and x.strip()]
         if len(words) > 1:
             p_u = words
     if len(g_u) > 1 or len(p_u) > 1:
@@ -343,6 +344,16 @@ def equivalent(pred: str, gold: str, budget_s: float = 0.75) -> bool:
         _STATE.deadline = float("inf")
 
 
+def _plural(gold: str) -> bool:
+    """The gold has several items (a list, a set, a tuple, a union): only then may several boxes answer it.
+    A choice letter or a word never does ("\\boxed{(C)} or \\boxed{288\\pi}" is not (C))."""
+    g = _ungroup(normalize(gold))
+    if _choice("A", gold) is not None or _text_gold(gold) is not None:
+        return False
+    items = set_items(g) or as_list(g)
+    return bool(items and len(items) > 1) or is_tuple(g) or len(split_top(g, ("\\cup",))) > 1
+
+
 def judge(items: list[str], hedge: bool, gold_items: list[str], budget_s: float = 0.75) -> bool:
     """The verdict on a completion's final answer (extract.final_answer) against a gold's answer items.
 
@@ -359,6 +370,6 @@ def judge(items: list[str], hedge: bool, gold_items: list[str], budget_s: float 
             return _equivalent(items[0], gold)
         if len(items) <= _MAX_RESTATED and all(_equivalent(x, gold) for x in reversed(items)):
             return True
-        return not hedge and _equivalent(", ".join(items), gold)
+        return not hedge and _plural(gold) and _equivalent(", ".join(items), gold)
     finally:
         _STATE.deadline = float("inf")
