@@ -87,7 +87,9 @@ def _sympy(p: str, g: str, tol: str | None = None) -> bool:
     deadline = getattr(_STATE, "deadline", time.monotonic() + 0.8)
     verdict = POOL.equal(p, g, deadline, tol=tol)
     # The worker's first start in this process (lazy, on first use) is not the model's time: move the deadline.
-    _STATE.deadline = deadline + POOL.take_boot_wait()
+    waited = POOL.take_boot_wait()
+    if waited and hasattr(_STATE, "deadline"):
+        _STATE.deadline += waited
     return bool(verdict)
 
 

@@ -91,6 +91,7 @@ class Pool:
         self.standby: _Proc | None = None
         self.pid = os.getpid()
         self.ever_ready = False  # a worker of this process has finished its imports at least once
+        self.boot_waited = False  # the one out-of-budget wait for the first boot has happened (or warm() ran)
         self.boot_wait = 0.0     # seconds the last equal() spent waiting for that first boot
 
     def take_boot_wait(self) -> float:
@@ -115,7 +116,7 @@ class Pool:
             self.lock = threading.Lock()
             self.active = self.standby = None
             self.pid = os.getpid()
-            self.ever_ready = False
+            self.ever_ready = self.boot_waited = False
 
     def start(self) -> None:
         if self.active is None:
@@ -134,6 +135,7 @@ class Pool:
             end = time.monotonic() + timeout
             ok = self.active.wait_ready(end)
             self.ever_ready = self.ever_ready or ok
+            self.boot_waited = True
             if self.standby is None:
                 self.standby = _Proc()
             if standby:
@@ -156,8 +158,10 @@ class Pool:
             # A standby that finished its imports is as good as a still-starting active one.
             if not self.active.poll_ready() and self.standby is not None and self.standby.poll_ready():
                 self.active, self.standby = self.standby, self.active
-            if not self.ever_ready:
-                # First use in this process (lazy start): wait for the imports outside the check's budget.
+            if not self.boot_waited:
+                # First use in this process (lazy start): wait for the imports outside the check's budget,
+                # once (a worker that cannot start must not cost every later check a minute).
+                self.boot_waited = True
                 t0 = time.monotonic()
                 self.ever_ready = self.active.wait_ready(t0 + _BOOT_S)
                 self.boot_wait = time.monotonic() - t0
