@@ -152,7 +152,7 @@ def clean(ans: str) -> str:
     s = ans.strip()
     for _ in range(3):
         before = s
-        s = s.strip().rstrip(".").strip()
+        s = s.strip().rstrip(".。").strip()
         for a, b in _WRAPPERS:
             if s.startswith(a) and s.endswith(b) and len(s) >= len(a) + len(b):
                 s = s[len(a):len(s) - len(b)].strip()
