@@ -66,8 +66,8 @@ def main() -> None:
     pairs = mix(DATA)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     t_import = time.perf_counter()
-    from rewards.math import score, warm_up  # starts and warms the sympy worker
-    warm_up()  # and its standby, so its imports are not timed as checks (the steady state of a training run)
+    from rewards.math import score, warm_up  # starts nothing: the worker starts on first use or warm_up()
+    warm_up()  # the worker and its standby, so their imports are not timed as checks (a training run's steady state)
     t_import = time.perf_counter() - t_import
     t0 = time.perf_counter()
     right = 0

@@ -4,29 +4,28 @@ Public API:
   score(completion, gold) -> float      one completion against one reference answer
   extract_answer(completion) -> str | None   the final answer a completion commits to
   math_reward(prompts, completions, answer, **kwargs)   the reward the trainer calls
+  warm_up()                             start the sympy worker ahead of the first check (optional)
 """
 
 from __future__ import annotations
 
 import time
 
-from rewards.mathcheck.extract import extract_answer, extract_candidates, gold_answer
-from rewards.mathcheck.compare import equivalent
+from rewards.mathcheck.compare import judge
+from rewards.mathcheck.extract import extract_answer, final_answer, gold_items
 from rewards.mathcheck.worker import POOL
-
-# The sympy worker starts with this module (a few seconds, once), so no check ever waits for its imports.
-POOL.warm()
-
-
-def warm_up(timeout: float = 60.0) -> bool:
-    """Block until the sympy worker and its standby are both ready (a harness about to feed hostile input
-    right after import calls this; the trainer need not)."""
-    return POOL.warm(timeout=timeout, standby=True)
 
 __all__ = ["score", "extract_answer", "math_reward", "warm_up"]
 
-_BUDGET_S = 0.8       # whole-call budget; a worker kill and the return fit in the rest of the 1 s bound
-_MAX_CANDIDATES = 8   # more distinct boxed answers than this is spraying, not answering
+_BUDGET_S = 0.8    # whole-call budget; a worker kill and the return fit in the rest of the 1 s bound
+_MAX_ITEMS = 200   # a final answer of more boxes than this is spraying, not answering
+
+
+def warm_up(timeout: float = 60.0) -> bool:
+    """Block until the sympy worker and its standby are both ready. Importing this module starts nothing; the
+    first score() call starts the worker (and a check that needs it waits for its imports outside its own
+    time budget, once). A harness about to feed hostile input right after import calls this."""
+    return POOL.warm(timeout=timeout, standby=True)
 
 
 def score(completion: str, gold: str) -> float:
@@ -35,21 +34,15 @@ def score(completion: str, gold: str) -> float:
         gold = str(gold)  # AIME-style integer columns
     if not isinstance(completion, str) or not isinstance(gold, str):
         return 0.0
+    POOL.kick()  # lazy start: most checks never need sympy, and the worker's imports run meanwhile
     start = time.monotonic()  # the 1 s bound covers extraction too
-    ref = gold_answer(gold)
-    cands = extract_candidates(completion)
-    if ref is None or not cands:
+    refs = gold_items(gold)
+    found = final_answer(completion)
+    if not refs or not found or len(found[0]) > _MAX_ITEMS:
         return 0.0
-    # Several boxed answers are a hedge unless every one of them is right.
-    distinct = list(dict.fromkeys(cands))
-    if len(distinct) > _MAX_CANDIDATES:
-        return 0.0
-    deadline = start + _BUDGET_S  # one time budget for the whole call
-    for cand in distinct:
-        left = deadline - time.monotonic()
-        if left <= 0 or not equivalent(cand, ref, budget_s=left):
-            return 0.0
-    return 1.0
+    items, hedge = found
+    left = start + _BUDGET_S - time.monotonic()
+    return 1.0 if left > 0 and judge(items, hedge, refs, budget_s=left) else 0.0
 
 
 def math_reward(prompts: list[str], completions: list[str], answer: list | None = None,

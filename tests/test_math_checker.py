@@ -74,7 +74,6 @@ RIGHT = [
     ("\\boxed{e^{i\\pi}}", "-1"),
     ("\\boxed{5!}", "120"),
     ("\\boxed{\\log_2 8}", "3"),
-    ("\\boxed{0.333}", "\\frac{1}{3}"),
     ("\\boxed{1, 2}", "(1,2)"),
     ("\\boxed{x < -3 \\text{ or } x > 3}", "(-\\infty,-3)\\cup(3,\\infty)"),
     ("\\boxed{\\{\\}}", "\\emptyset"),
@@ -94,7 +93,6 @@ RIGHT = [
     ("\\boxed{\\left( \\frac{2}{7}, \\frac{1}{3} \\right)}", "$\\\\left(\\\\frac{2}{7},\\\\frac{1}{3}\\\\right)$"),
     ("\\boxed{\\frac{6\\sqrt{2.5}}{5}}", "\\frac{3\\sqrt{10}}{5}"),
     ("\\boxed{18 \\%}", "Since x = 0.18, the rate is $\\boxed{18}$ percent."),
-    ("\\boxed{(0.4, 1.6667]}", "(\\frac{2}{5}, \\frac{5}{3}]"),
     ("\\boxed{7 \\geq y}", "y \\leq 7"),
     ("\\boxed{-y < -2}", "y > 2"),
     ("\\boxed{3x + 6y - 9 = 0}", "y = -\\frac{1}{2}x + \\frac{3}{2}"),
@@ -114,6 +112,8 @@ RIGHT = [
     ("\\boxed{2x+3y-z=4}", "-2x-3y+z=-4"),
     ("\\boxed{\\pm 2}", "2, -2"),
     ("\\boxed{\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"),
+    # Round two reversed this rule: "a \\approx b" is judged by b (5.0 is 5).
+    ("\\boxed{5 \\approx 5.0}", "5"),
 ]
 
 # Pairs that must score 0.0: wrong answers, hedges, and grader gaming.
@@ -161,7 +161,6 @@ WRONG = [
     ("\\boxed{-\\frac{1}{2^{77}}}", "-\\frac{1}{2^{76}}"),
     ("\\boxed{11:30}", "1:30"),
     ("<think>so it is \\boxed{42} but let me double-check the", "42"),
-    ("\\boxed{5 \\approx 5.0}", "5"),
     ("\\boxed{x = 5 \\text{ and } x = 6}", "5"),
     ("\\boxed{\\pm 5}", "5"),
     ("\\boxed{5}\\boxed{}", "5"),
@@ -173,6 +172,9 @@ WRONG = [
     ("\\boxed{\\{1\\}}", "1"),
     ("\\boxed{\\frac{\\pi}{3}}", "60^\\circ"),
     ("\\boxed{\\frac{1}{0}}", "\\infty"),
+    # Round two reversed this rule: a rounded decimal is not the exact value unless the gold is rounded too.
+    ("\\boxed{0.333}", "\\frac{1}{3}"),
+    ("\\boxed{(0.4, 1.6667]}", "(\\frac{2}{5}, \\frac{5}{3}]"),
     ("\\boxed{" + "{" * 2000 + "1" + "}" * 2000 + "}", "2"),
 ]
 

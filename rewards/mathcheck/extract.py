@@ -6,8 +6,8 @@ hostile completion (megabytes, 2000-deep braces) costs milliseconds, not seconds
 Conventions:
 - With a ``</think>`` the answer is looked for only after the last one (the reasoning is not the answer);
   a ``<think>`` never closed (a truncated completion) has no answer.
-- ``\\boxed{..}`` / ``\\fbox{..}`` win over any phrase marker. All boxes of the answer region are returned:
-  several different boxes are a hedge, and the comparison requires every one of them to match.
+- ``\\boxed{..}`` / ``\\fbox{..}`` win over any phrase marker. The final answer is the last box together with
+  the boxes joined to it by list words (final_boxes has the rule); earlier boxes were steps or corrected tries.
 - An empty box, or a box left open (a truncated completion), gives no answer.
 - Without a box: the last "final answer is", "The answer is", "**Final Answer**", "Answer:" or "#### " marker.
 - A completion that is only a short single line (a bare "42", at most 40 characters) is its own answer.
@@ -27,7 +27,13 @@ _MARKERS = [
     re.compile(r"final answer\s*(?:is|:)\s*:?", re.I),
     re.compile(r"the answer is\s*:?", re.I),
     re.compile(r"####"),
-    re.compile(r"(?<![a-z])answer\s*:", re.I),
+    # Other languages' markers ("Réponse :", "答案：", "答："); a full-width colon counts as a colon.
+    re.compile(r"(?<![a-zà-ÿ])(?:r[ée]ponse|respuesta|resposta|risposta|antwort|ответ|odpowied[źz]|cevap|jawaban)"
+               r"(?:\s+finale?|\s+final)?\s*[:：]", re.I),
+    re.compile(r"最终答案\s*(?:是|为|[:：])?|答案\s*(?:是|为|[:：])?|(?<![解回])答\s*[:：]|解答\s*[:：]"),
+    # "Answer $\frac12$" / "**Answer** \(5\)": a line-leading Answer followed directly by math.
+    re.compile(r"(?:^|\n)[ \t#*]*answer\**[ \t]*(?=\$|\\\(|\\\[)", re.I),
+    re.compile(r"(?<![a-z])answer\s*[:：]", re.I),
 ]
 
 
@@ -50,13 +56,16 @@ def _match_brace(text: str, open_at: int) -> int:
     return -1
 
 
-def find_boxes(text: str) -> list[str | None]:
-    """Contents of every \\boxed/\\fbox in order; None for one that is left open."""
-    out: list[str | None] = []
+def box_spans(text: str) -> list[tuple[int, int, str | None]]:
+    """(start, end, contents) of every \\boxed/\\fbox in order; contents None for one that is left open."""
+    out: list[tuple[int, int, str | None]] = []
     i = 0
+    nxt = {w: text.find(w) for w in _BOX_WORDS}  # next hit per word, re-searched only once passed (linear)
     while True:
-        hits = [(text.find(w, i), w) for w in _BOX_WORDS]
-        hits = [(p, w) for p, w in hits if p >= 0]
+        for w in _BOX_WORDS:
+            if 0 <= nxt[w] < i:
+                nxt[w] = text.find(w, i)
+        hits = [(p, w) for w, p in nxt.items() if p >= 0]
         if not hits:
             return out
         pos, word = min(hits)
@@ -69,14 +78,70 @@ def find_boxes(text: str) -> list[str | None]:
         if j < len(text) and text[j] == "{":
             end = _match_brace(text, j)
             if end < 0:
-                out.append(None)
+                out.append((pos, len(text), None))
                 return out
-            out.append(text[j + 1:end])
+            out.append((pos, end + 1, text[j + 1:end]))
             i = end + 1
         else:  # "\boxed 5": one token
             m = re.match(r"[^\s$]+", text[j:j + _MAX_ANSWER])
-            out.append(m.group(0) if m else "")
+            out.append((pos, j + (m.end() if m else 0), m.group(0) if m else ""))
             i = j + (m.end() if m else 0)
+
+
+def find_boxes(text: str) -> list[str | None]:
+    """Contents of every \\boxed/\\fbox in order; None for one that is left open."""
+    return [c for _, _, c in box_spans(text)]
+
+
+# What may stand between two boxes of one answer ("\boxed{1}, \boxed{2} and \boxed{3}", "$x=\boxed{1}$ or
+# $x=\boxed{2}$"): math delimiters, spacing, list words, labels. Anything else (prose) separates answers.
+_GAP_NOISE = re.compile(r"\\(?:text|mbox|textrm|mathrm|textnormal)\s*\{\s*([^{}]*?)\s*\}|\\(?:quad|qquad|[,;:! ()\[\]])|"
+                        r"\\\\|\$|[\s{}&]")
+_GAP_LABEL = re.compile(r"(?<![A-Za-z])[A-Za-z]{1,3}(?:_\{?\w+\}?)?'*\s*=")
+_GAP_ELLIPSIS = re.compile(r"\\[lc]?dots[bc]?|\.\.\.|…")
+_GAP_LIST = {",", ";", "and", "or"}
+_GAP_HEDGE = {"maybe", "perhaps", "possibly", "probably", "alternatively", "either", "might", "could"}
+_MAX_GAP = 80
+_MAX_GROUP = 256  # more boxes than this in one answer is a spray; the caller rejects it without comparing
+
+
+def _gap_kind(gap: str) -> str:
+    """'list' (same answer continues), 'hedge' (an alternative is offered), 'ellipsis' (a list with ... in it)
+    or 'prose' (a new statement: the earlier box was an intermediate result or a corrected attempt)."""
+    if len(gap) > _MAX_GAP:
+        return "prose"
+    g = _GAP_NOISE.sub(lambda m: " %s " % (m.group(1) or ""), gap)
+    g = _GAP_LABEL.sub(" ", g)
+    ellipsis = bool(_GAP_ELLIPSIS.search(g))
+    tokens = re.findall(r"[A-Za-z]+|\S", _GAP_ELLIPSIS.sub(" ", g).lower())
+    if any(t in _GAP_HEDGE for t in tokens):
+        return "hedge" if all(t in _GAP_LIST or t in _GAP_HEDGE for t in tokens) else "prose"
+    if all(t in _GAP_LIST for t in tokens):
+        return "ellipsis" if ellipsis else "list"
+    return "prose"
+
+
+def final_boxes(text: str) -> tuple[list[str | None], bool]:
+    """The boxes that state the final answer, and whether an alternative was offered among them.
+
+    Rule: the last box counts, with the boxes joined to it by list words (",", ";", "and", "or", "\\ldots",
+    labels such as "x ="): those are one list answer. Boxes separated by prose are successive statements:
+    the earlier ones were intermediate results or corrected attempts. Boxes joined by a hedge word ("or
+    maybe", "perhaps") are a hedge, which is wrong unless every box restates the gold."""
+    spans = box_spans(text)
+    if not spans:
+        return [], False
+    group: list[str | None] = [spans[-1][2]]
+    hedge = False
+    for (_, end, content), (start, _, _) in zip(reversed(spans[:-1]), reversed(spans[1:])):
+        kind = _gap_kind(text[end:start])
+        if kind == "prose" or len(group) > _MAX_GROUP:
+            break
+        hedge = hedge or kind == "hedge"
+        if kind == "ellipsis":
+            group.insert(0, "\\ldots")
+        group.insert(0, content)
+    return group, hedge
 
 
 _WRAPPERS = [("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")]
@@ -87,7 +152,7 @@ def clean(ans: str) -> str:
     s = ans.strip()
     for _ in range(3):
         before = s
-        s = s.strip().rstrip(".").strip()
+        s = s.strip().rstrip(".。").strip()
         for a, b in _WRAPPERS:
             if s.startswith(a) and s.endswith(b) and len(s) >= len(a) + len(b):
                 s = s[len(a):len(s) - len(b)].strip()
@@ -117,8 +182,8 @@ def _marker(text: str, strong_only: bool = False) -> tuple[int, str] | None:
 
 
 def _answer_text(rest: str) -> str:
-    rest = rest.lstrip(" \t*:")
-    rest = rest.lstrip("\n").lstrip(" \t*:") if rest.startswith("\n") else rest
+    rest = rest.lstrip(" \t*:：")
+    rest = rest.lstrip("\n").lstrip(" \t*:：") if rest.startswith("\n") else rest
     # Display math may span lines: take the whole $$..$$ / \[..\] block.
     for a, b in (("$$", "$$"), ("\\[", "\\]")):
         if rest.startswith(a):
@@ -126,6 +191,12 @@ def _answer_text(rest: str) -> str:
             if end > 0:
                 return rest[:end + len(b)]
     line = rest.split("\n", 1)[0]
+    # Inline math broken over lines ("$\frac{1}{\n2}$"): a line with an open $ or \( runs to its closing.
+    if line.count("$") - line.count("\\$") == 1 or line.count("\\(") > line.count("\\)"):
+        close = "$" if line.count("\\(") <= line.count("\\)") else "\\)"
+        end = rest.find(close, rest.find("$" if close == "$" else "\\(") + 1)
+        if 0 < end < 1000:
+            return rest[:end + len(close)]
     # "The answer is 42. Done." -> "42": cut at a sentence end (a period followed by a space), outside $..$.
     in_math = False
     for k, c in enumerate(line):
@@ -162,12 +233,13 @@ def answer_region(text: str) -> str:
     return text[cut + len("</think>"):] if cut >= 0 else text
 
 
-def extract_candidates(completion: str) -> list[str] | None:
-    """Every answer the completion commits to (usually one), cleaned; None when it commits to none."""
+def final_answer(completion: str) -> tuple[list[str], bool] | None:
+    """(the items of the final answer, hedged?) or None when the completion commits to no answer. Usually one
+    item; several when several boxes together state it (final_boxes)."""
     if not isinstance(completion, str):
         return None
     text = answer_region(completion)
-    boxes = find_boxes(text)
+    boxes, hedge = final_boxes(text)
     last_box = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     final = _marker(text, strong_only=True) if boxes else None
     if final is not None and final[0] > last_box and re.search(r"[\d$\\]", final[1]):
@@ -175,59 +247,93 @@ def extract_candidates(completion: str) -> list[str] | None:
         # explicit final answer were intermediate results; the marked answer is the one committed to.
         c = _marked_answer(final[1])
         if c:
-            return [c]
+            return [c], False
     if boxes:
         if any(b is None or not clean(b) for b in boxes):
             return None  # an empty or unterminated box never counts
         cands = [clean(b) for b in boxes]
         if any(len(c) > _MAX_ANSWER for c in cands):
             return None
-        return cands
+        return cands, hedge
     marked = _marker(text)
     if marked is not None:
         c = _marked_answer(marked[1])
-        return [c] if c else None
+        return ([c], False) if c else None
     bare = text.strip()
     if bare and "\n" not in bare and len(bare) <= 40 and len(bare.split()) <= 3 and not _MATH_BLOCK.search(bare):
-        return [clean(bare)] if clean(bare) else None
+        return ([clean(bare)], False) if clean(bare) else None
     last = _last_math_or_number(text)
-    return [last] if last else None
+    return ([last], False) if last else None
+
+
+def extract_candidates(completion: str) -> list[str] | None:
+    """The items of the completion's final answer (usually one), cleaned; None when it commits to none."""
+    found = final_answer(completion)
+    return found[0] if found else None
 
 
 # Display math may span lines; inline $..$ and \(..\) may not.
 _MATH_BLOCK = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<![\\$])\$([^$\n]+?)(?<!\\)\$", re.S)
+_INLINE_MULTILINE = re.compile(r"(?<![\\$])\$((?=[^$]*[\\{^])[^$]{0,300}?\n[^$]{0,300}?)(?<!\\)\$")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
 
 def _last_math_or_number(text: str) -> str | None:
-    """Fallback for prose without a box or marker: its last math block, else its last number."""
+    """Fallback for prose without a box or marker: its last math block (with the blocks joined to it by list
+    words: "the solutions are $1$ and $2$" -> "1, 2"), else its last number."""
     tail = text[-20_000:]  # the answer is at the end; bounds the scan on huge outputs
-    last = None
-    for m in _MATH_BLOCK.finditer(tail):
-        last = m
-    if last is not None:
-        body = clean(next(g for g in last.groups() if g is not None))
+    blocks = list(_MATH_BLOCK.finditer(tail))
+    # Inline math broken over lines ("$\\frac{1}{\n2}$"), after the last one-line block; only LaTeX-looking
+    # text counts, so "$5 and\nthen $6" stays two prices.
+    split = _INLINE_MULTILINE.search(tail, blocks[-1].end() if blocks else 0)
+    if split is not None:
+        last_split = None
+        while split is not None:
+            last_split, split = split, _INLINE_MULTILINE.search(tail, split.end())
+        body = clean(last_split.group(1).replace("\n", " "))
         if body:
             return body
+    if blocks:
+        group = [blocks[-1]]
+        for prev in reversed(blocks[:-1]):
+            if len(group) >= 50 or _gap_kind(tail[prev.end():group[0].start()]) not in ("list", "ellipsis"):
+                break
+            group.insert(0, prev)
+        bodies = [clean(next(g for g in m.groups() if g is not None)) for m in group]
+        labels = {b.split("=", 1)[0].strip() for b in bodies if "=" in b}
+        if len(bodies) > 1 and (len(labels) > 1 or (labels and len(labels) == 1 and not all("=" in b for b in bodies))):
+            bodies = bodies[-1:]  # "$x=1$ and $y=2$": different quantities, the last one is the answer
+        bodies = [b for b in bodies if b]
+        if bodies:
+            return ", ".join(bodies)
     nums = _NUMBER.findall(tail)
     return nums[-1].rstrip(",") if nums else None
 
 
 def extract_answer(completion: str) -> str | None:
-    """The final answer of a completion (its last box or marked answer), or None when it gives none."""
+    """The final answer of a completion (its final box(es) or marked answer), or None when it gives none;
+    several boxes that together state the answer come back as one list "a, b"."""
     cands = extract_candidates(completion)
-    return cands[-1] if cands else None
+    return ", ".join(cands) if cands else None
 
 
-def gold_answer(gold: str) -> str | None:
-    """A reference answer as datasets store it: GSM8K's rationale + '#### N', a boxed solution, or the bare answer."""
+def gold_items(gold: str) -> list[str] | None:
+    """A reference answer as datasets store it: GSM8K's rationale + '#### N', a solution with its answer
+    boxed (the boxes final_boxes joins are all of it: "$\boxed{1}$ and $\boxed{-2}$"), or the bare answer.
+    None when it holds no answer."""
     if not isinstance(gold, str):
         gold = str(gold)
     if "####" in gold:
         gold = gold[gold.rfind("####") + 4:]
     elif "\\boxed" in gold or "\\fbox" in gold:
-        boxes = [b for b in find_boxes(gold) if b]
+        boxes = [clean(b) for b in final_boxes(gold)[0] if b and clean(b)]
         if boxes:
-            gold = boxes[-1]
+            return boxes
     g = clean(gold)
-    return g or None
+    return [g] if g else None
+
+
+def gold_answer(gold: str) -> str | None:
+    """The reference answer as one string (several boxed items joined as a list)."""
+    items = gold_items(gold)
+    return ", ".join(items) if items else None

@@ -15,7 +15,7 @@ _DEC = r"(?:\d+\.\d*|\.\d+|\d+)"
 _RE_PLAIN = re.compile(rf"([+-]?)({_DEC})")
 _RE_THOUSANDS = re.compile(r"([+-]?)(\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+)(\.\d+)?")
 _RE_SCI_E = re.compile(rf"([+-]?)({_DEC})[eE]([+-]?\d+)")
-_RE_SCI_TEX = re.compile(rf"([+-]?)(?:({_DEC})(?:\\times|\\cdot|\*|x))?10\^(?:\{{([+-]?\d+)\}}|([+-]?\d))")
+_RE_SCI_TEX = re.compile(rf"([+-]?)(?:({_DEC})(?:\\times|\\cdot|\*|x)\s*)?10\^(?:\{{([+-]?\d+)\}}|([+-]?\d))")
 _RE_FRAC = re.compile(rf"([+-]?)\\frac\{{([+-]?{_DEC})\}}\{{([+-]?{_DEC})\}}")
 _RE_SLASH = re.compile(rf"([+-]?)\(?([+-]?{_DEC})\)?/\(?([+-]?{_DEC})\)?")
 _RE_MIXED = re.compile(rf"([+-]?)({_INT})(?:\\frac\{{({_INT})\}}\{{({_INT})\}}| ({_INT})/({_INT}))")
@@ -92,3 +92,35 @@ def parse_number(s: str, thousands: bool = True) -> Num | None:
     except (ValueError, ZeroDivisionError, OverflowError):
         return None
     return None
+
+
+# Decimal comma rule: "1,22" / "1000,99" / "-0,5" is read as a decimal (1.22) only when it is one comma between
+# digit runs, no spaces, and the digits after the comma are not exactly three (then "1,234" is a thousands group,
+# one thousand two hundred thirty-four). The comparison uses this reading only against a single number (a
+# comma between numbers is otherwise a list separator: "-2,1" is the list of -2 and 1).
+_RE_DEC_COMMA = re.compile(r"([+-]?)(\d+),(\d{1,2}|\d{4,})")
+
+
+def decimal_comma(s: str) -> Num | None:
+    """The value of a number written with a decimal comma, else None."""
+    m = _RE_DEC_COMMA.fullmatch(s.strip())
+    if not m or len(s) > _MAX_DIGITS:
+        return None
+    v = Fraction(f"{m.group(2)}.{m.group(3)}")
+    return Num(-v if m.group(1) == "-" else v, len(m.group(3)))
+
+
+def num_equal(pn: Num, gn: Num, p_pct: bool, g_pct: bool) -> bool:
+    """Exact equality of two plain numbers, with percent read either way on the side that has it.
+
+    Rounding: a gold written as a rounded decimal (3.14) accepts an exact prediction that rounds to it; a
+    prediction that is a rounded decimal (4.67, 0.33) never equals an exact gold (14/3, 1/3): a rounded value
+    is right only where the problem asks for one, and then the gold is written rounded too."""
+    pv, gv = pn.value, gn.value
+    p_alts = {pv, pv / 100} if p_pct else {pv}
+    g_alts = {gv, gv / 100} if g_pct else {gv}
+    if p_alts & g_alts:
+        return True
+    if gn.decimals and pn.decimals is None and not p_pct and not g_pct:
+        return abs(pv - gv) <= Fraction(1, 10 ** gn.decimals) / 2
+    return False

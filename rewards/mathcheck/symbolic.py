@@ -20,8 +20,16 @@ def _exact_decimals(s: str) -> str:
     return _DECIMAL.sub(lambda m: "(\\frac{%s}{1%s})" % (m.group(1) + m.group(2), "0" * len(m.group(2))), s)
 
 
+_PRIMED = re.compile(r"([A-Za-z])('+)")
+
+
+def _primes_as_names(s: str) -> str:
+    """f' -> f_{prime1}: the parser drops primes (f' would be f), so a primed name becomes its own symbol."""
+    return _PRIMED.sub(lambda m: "%s_{prime%d}" % (m.group(1), len(m.group(2))), s)
+
+
 def parse(s: str) -> sp.Basic:
-    expr = latex2sympy(_exact_decimals(s))
+    expr = latex2sympy(_exact_decimals(_primes_as_names(s) if "'" in s else s))
     if isinstance(expr, sp.Basic) and expr.has(_I):
         expr = expr.subs(_I, sp.I)
     return expr

@@ -21,6 +21,7 @@ import threading
 import time
 
 _MIN_ASK_S = 0.2
+_BOOT_S = 60.0  # the first worker's imports (seconds, once per process) on a busy machine
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -38,9 +39,7 @@ class _Proc:
     def _readline(self, deadline: float) -> bytes | None:
         fd = self.p.stdout.fileno()
         while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
+            left = max(0.0, deadline - time.monotonic())  # a past deadline still polls once (poll_ready)
             r, _, _ = select.select([fd], [], [], left)
             if not r:
                 return None
@@ -82,13 +81,34 @@ class _Proc:
 
 
 class Pool:
-    """One active worker and one standby, both started ahead of need."""
+    """One active worker and one standby. Nothing starts at import: the first check (kick) or warm() starts the
+    active worker; the standby starts once the active one is ready (two interpreters importing sympy at once
+    on a small machine take twice as long)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.active: _Proc | None = None
         self.standby: _Proc | None = None
         self.pid = os.getpid()
+        self.ever_ready = False  # a worker of this process has finished its imports at least once
+        self.boot_waited = False  # the one out-of-budget wait for the first boot has happened (or warm() ran)
+        self.boot_wait = 0.0     # seconds the last equal() spent waiting for that first boot
+
+    def take_boot_wait(self) -> float:
+        """Seconds the last equal() call waited for the first worker's imports (then reset): the caller moves
+        its deadline by this much, since a cold start is not the model's time."""
+        waited, self.boot_wait = self.boot_wait, 0.0
+        return waited
+
+    def kick(self) -> None:
+        """Start the active worker without waiting for it (cheap: one spawn). Called by the first check."""
+        self._after_fork()
+        if self.active is None and self.lock.acquire(blocking=False):
+            try:
+                if self.active is None:
+                    self.active = _Proc()
+            finally:
+                self.lock.release()
 
     def _after_fork(self) -> None:
         """In a forked child the pipes belong to the parent's workers: leave them to it, start our own."""
@@ -96,11 +116,12 @@ class Pool:
             self.lock = threading.Lock()
             self.active = self.standby = None
             self.pid = os.getpid()
+            self.ever_ready = self.boot_waited = False
 
     def start(self) -> None:
         if self.active is None:
             self.active = _Proc()
-        if self.standby is None:
+        if self.standby is None and (self.ever_ready or self.active.poll_ready()):
             self.standby = _Proc()
 
     def warm(self, timeout: float = 30.0, standby: bool = False) -> bool:
@@ -113,6 +134,8 @@ class Pool:
                 self.active = _Proc()
             end = time.monotonic() + timeout
             ok = self.active.wait_ready(end)
+            self.ever_ready = self.ever_ready or ok
+            self.boot_waited = True
             if self.standby is None:
                 self.standby = _Proc()
             if standby:
@@ -135,6 +158,15 @@ class Pool:
             # A standby that finished its imports is as good as a still-starting active one.
             if not self.active.poll_ready() and self.standby is not None and self.standby.poll_ready():
                 self.active, self.standby = self.standby, self.active
+            if not self.boot_waited:
+                # First use in this process (lazy start): wait for the imports outside the check's budget,
+                # once (a worker that cannot start must not cost every later check a minute).
+                self.boot_waited = True
+                t0 = time.monotonic()
+                self.ever_ready = self.active.wait_ready(t0 + _BOOT_S)
+                self.boot_wait = time.monotonic() - t0
+                deadline += self.boot_wait
+                self.start()  # now the standby
             if not self.active.wait_ready(deadline):
                 if self.active.p.poll() is not None:
                     self._replace_active()
