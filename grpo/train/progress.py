@@ -20,11 +20,13 @@ class Progress:
         if not self.enabled:
             return
         shown = {label: fmt.format(metrics[key]) for key, label, fmt in SHOWN if key in metrics}
-        if self.bar is not None:
+        line = f"step {step:>5}  " + "  ".join(f"{k} {v}" for k, v in shown.items())
+        if self.bar is not None:  # the step's line stays above the live bar, so the history is not overwritten
+            self.bar.write(line)
             self.bar.set_postfix(shown, refresh=False)
             self.bar.update(1)
         else:
-            print(f"step {step:>5}  " + "  ".join(f"{k} {v}" for k, v in shown.items()), flush=True)
+            print(line, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

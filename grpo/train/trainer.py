@@ -30,6 +30,7 @@ from grpo.train.rollouts import Experience, collect_experience, merge_experience
 from grpo.train.sharding import (full_model_state, full_optimizer_state, load_full_optimizer_state,
                                  resolve_strategy, unwrap, wrap)
 from grpo.train.schedule import lr_factor
+from grpo.train.summary import closing_summary, read_metrics
 from grpo.train.update import UpdateStats, policy_update
 from rewards.scoring import NamedReward, build_rewards
 
@@ -81,6 +82,9 @@ def train(cfg: RecipeConfig) -> Path:
         progress.update(step, metrics)
     progress.close()
     run.log.close()
+    if run.world.is_main:
+        print(closing_summary(read_metrics(run.output_dir / "metrics.jsonl"), run.output_dir,
+                              latest_checkpoint(run.output_dir), run.cfg.eval.data or None), flush=True)
     return run.output_dir
 
 
