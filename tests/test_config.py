@@ -116,3 +116,11 @@ def test_eval_section_alone_is_checked_by_the_eval_rules_only(tmp_path):
     assert cfg.k == 4 and cfg.temperature == 0.6
     with pytest.raises(ConfigError, match="eval.k: samples per problem must be >= 1"):
         load_eval_section(write(tmp_path, "eval: {data: x.jsonl}\n"), values={"eval.k": 0})
+
+
+def test_a_literal_backslash_n_in_a_string_override_is_kept_and_warned_about(tmp_path):
+    from grpo.recipe import ConfigWarning
+
+    with pytest.warns(ConfigWarning, match="data.prompt_template: the value holds a literal backslash-n"):
+        cfg = load_recipe(write(tmp_path, MINIMAL), ["data.prompt_template=Q: {question}\\nA:"])
+    assert cfg.data.prompt_template == "Q: {question}\\nA:"

@@ -156,3 +156,13 @@ def test_a_rank_that_fails_ends_the_job_naming_it(tmp_path):
                             env={**ENV, "PYTHONPATH": env_path})
     assert result.returncode != 0
     assert "rank 1/2: failed: Boom: the reward blew up on purpose" in result.stderr
+
+
+def test_dynamic_sampling_deals_the_kept_groups_out_evenly(tmp_path):
+    out = tmp_path / "dyn"
+    result = grpo_train(out, "train.steps=2", "train.dynamic_sampling=true", "train.max_sampling_rounds=2",
+                        "checkpoint.every=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in rows(out / "metrics.jsonl"):
+        assert row["groups/trained"] % 2 == 0 and row["groups/trained"] <= 4  # whole groups, same on each rank
+        assert row["groups/zero_variance_fraction"] <= 1.0

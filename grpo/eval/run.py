@@ -117,8 +117,12 @@ class Loaded:
 
 def _load_model(cfg: EvalConfig, model, tokenizer, model_path, sampler, dtype: str, device: str,
                 engine: VllmConfig | None) -> Loaded:
+    import transformers
+
     from grpo.modeling import load_policy, load_tokenizer, resolve_device, resolve_model_path
     from grpo.sampling.factory import build_sampler
+
+    transformers.utils.logging.disable_progress_bar()  # the eval bar is the one to watch
 
     torch_device = resolve_device(device)
     if dtype == "auto":
