@@ -166,3 +166,16 @@ def test_dynamic_sampling_deals_the_kept_groups_out_evenly(tmp_path):
     for row in rows(out / "metrics.jsonl"):
         assert row["groups/trained"] % 2 == 0 and row["groups/trained"] <= 4  # whole groups, same on each rank
         assert row["groups/zero_variance_fraction"] <= 1.0
+
+
+def test_eval_on_two_ranks_covers_every_problem_once(tmp_path):
+    out = tmp_path / "ev"
+    result = torchrun("-m", "grpo", "eval", "--model", "demo:tiny-arith", "--data", "data/arith/test.jsonl",
+                      "--prompt-template", "Question: {question}\nAnswer:", "--k", "2", "--limit", "7",
+                      "--max-tokens", "24", "--output-dir", out, "--bootstrap", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = rows(out / "samples.jsonl")
+    assert [r["index"] for r in records] == list(range(7))  # 7 problems over 2 ranks (one padded), each once
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"][0]["problems"] == 7 and all(len(r["samples"]) == 2 for r in records)
+    assert result.stdout.count("avg@2") == 1  # one console table: rank 0's

@@ -93,6 +93,8 @@ NOT_FIELDS = ("model", "recipe", "engine", "output_dir", "dtype", "device")
 def _run(model: str, recipe: str | None, engine: list[str] | None, output_dir: str | None, dtype: str, device: str,
          **fields) -> dict:
     from grpo.eval.run import run_eval
+    from grpo.modeling import resolve_device
+    from grpo.parallel import close_world, init_world, launched_world, rank_device
     from grpo.recipe import load_eval_section
 
     if fields.get("data"):
@@ -109,5 +111,14 @@ def _run(model: str, recipe: str | None, engine: list[str] | None, output_dir: s
         raise UserError("--data: required (a local .jsonl/.json/.parquet/.csv file or a datasets hub name), "
                         "unless --recipe has eval.data")
     out = Path(output_dir) if output_dir else default_output_dir(model, cfg)
-    return run_eval(cfg, model_path=resolve_eval_model(model), output_dir=out, dtype=dtype, device=device,
-                    engine=full.sampler.vllm if recipe or engine else STANDALONE_ENGINE)
+    world = launched_world()  # `torchrun -m grpo eval ...`: each rank evaluates a share, rank 0 writes
+    if world.distributed:
+        rank_dev = rank_device(resolve_device(device), world)
+        init_world(world, rank_dev, timeout_s=full.distributed.timeout_s)
+        device = str(rank_dev)
+    try:
+        return run_eval(cfg, model_path=resolve_eval_model(model), output_dir=out, dtype=dtype, device=device,
+                        engine=full.sampler.vllm if recipe or engine else STANDALONE_ENGINE, world=world,
+                        console=world.is_main)
+    finally:
+        close_world(world)

@@ -24,6 +24,7 @@ from grpo.errors import ConfigError, UserError
 from grpo.eval.metrics import ProblemResult, majority_vote, normalize_answer
 from grpo.eval.sets import EvalSet, gold_answer, load_eval_sets
 from grpo.eval.summary import build_summary, flat_metrics, write_eval_files
+from grpo.parallel import World
 from grpo.rules import eval_rules
 from grpo.sampling.base import Group, Sampler, SamplingSettings
 from rewards.scoring import NamedReward, reward_columns, score
@@ -42,12 +43,15 @@ class Item:
     prompt: str
     prompt_ids: list[int]
     gold: Any
+    order: int = 0  # position among all the problems: chunk seeds and the merged order come from it
+    padding: bool = False  # a repeat that keeps the ranks' generate calls in step; never graded
 
 
 @dataclass
 class Graded:
     records: list[dict] = field(default_factory=list)  # one per problem, samples inside (samples.jsonl)
     results: list[ProblemResult] = field(default_factory=list)  # one per problem, for the metrics
+    orders: list[int] = field(default_factory=list)  # each problem's Item.order
     grader_errors: int = 0
     not_applicable: int = 0  # samples the grader returned None for (e.g. a row with no gold answer): counted wrong
 
@@ -55,12 +59,13 @@ class Graded:
 def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_path: Path | str | None = None,
              sampler: Sampler | None = None, output_dir: Path | str = Path("eval"), step: int | None = None, *,
              dtype: str = "auto", device: str = "auto", engine: VllmConfig | None = None,
-             progress: bool = True, console: bool = True) -> dict:
+             progress: bool = True, console: bool = True, world: World = World.single()) -> dict:
     """Evaluate and write samples.jsonl, summary.json and summary.md under output_dir; returns the summary.
 
     Give a loaded `model` + `tokenizer` (during training), or `model_path` (a directory, checkpoint or demo:NAME)
     to load from. `sampler` overrides the one built from cfg.sampler ("same" means hf here); `engine` holds the
-    vLLM options (a recipe's sampler.vllm)."""
+    vLLM options (a recipe's sampler.vllm). On several ranks each evaluates its share of the problems; rank 0
+    gathers them and writes the files."""
     problems = eval_rules(cfg)
     if problems:
         raise ConfigError(problems, "eval config")
@@ -72,22 +77,48 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
     started = time.perf_counter()
     graded = Graded()
     chunk = problems_per_call(cfg, loaded.sampler.backend)
-    bar = _progress_bar(len(items), enabled=progress)
+    mine = rank_share(items, world)
+    bar = _progress_bar(len(mine), enabled=progress and world.is_main)
     try:
-        for start in range(0, len(items), chunk):
-            part = items[start:start + chunk]
-            settings = SamplingSettings.of(cfg, n=cfg.k, seed=cfg.seed * SEED_STRIDE + start)
-            grade(part, loaded.sampler.generate([it.prompt_ids for it in part], settings), grader, cfg, graded)
+        for start in range(0, len(mine), chunk):
+            part = mine[start:start + chunk]
+            settings = SamplingSettings.of(cfg, n=cfg.k, seed=cfg.seed * SEED_STRIDE + part[0].order)
+            groups = loaded.sampler.generate([it.prompt_ids for it in part], settings)
+            real = [it for it in part if not it.padding]
+            grade(real, groups[:len(real)], grader, cfg, graded)
             if bar is not None:
                 bar.update(len(part))
     finally:
         if bar is not None:
             bar.close()
+    if world.distributed:
+        graded = merge_graded(world.gather(graded))
     summary = build_summary(cfg, sets, graded, grader, step=step, seconds=time.perf_counter() - started,
                             backend=loaded.sampler.backend, chunk=chunk, model=loaded.model,
                             model_path=loaded.path, device=loaded.device, dtype=loaded.dtype)
-    write_eval_files(Path(output_dir), graded.records, summary, console)
+    if world.is_main:
+        write_eval_files(Path(output_dir), graded.records, summary, console)
     return summary
+
+
+def rank_share(items: list[Item], world: World) -> list[Item]:
+    """This rank's consecutive share of the problems, padded with repeats of its last one so that every rank
+    makes the same generate calls (a sharded model decodes in lockstep over the ranks)."""
+    if not world.distributed:
+        return items
+    per = -(-len(items) // world.size)  # ceil
+    mine = items[world.rank * per:(world.rank + 1) * per]
+    filler = mine[-1] if mine else items[-1]
+    return mine + [replace(filler, padding=True) for _ in range(per - len(mine))]
+
+
+def merge_graded(parts: list[Graded]) -> Graded:
+    """Every rank's problems in their original order, and the summed counts."""
+    rows = sorted(((o, rec, res) for p in parts for o, rec, res in zip(p.orders, p.records, p.results)),
+                  key=lambda row: row[0])
+    return Graded(records=[r[1] for r in rows], results=[r[2] for r in rows], orders=[r[0] for r in rows],
+                  grader_errors=sum(p.grader_errors for p in parts),
+                  not_applicable=sum(p.not_applicable for p in parts))
 
 
 # ---------------------------------------------------------------------------------------------------- load
@@ -147,7 +178,8 @@ def render_items(sets: list[EvalSet], renderer: PromptRenderer, cfg: EvalConfig)
     for s in sets:
         for i, row in enumerate(s.rows):
             text = renderer.text(row)
-            items.append(Item(s, i, row, text, renderer.ids(text), gold_answer(row, cfg, s.source, i)))
+            items.append(Item(s, i, row, text, renderer.ids(text), gold_answer(row, cfg, s.source, i),
+                              order=len(items)))
     return items
 
 
@@ -180,6 +212,7 @@ def grade(part: list[Item], groups: list[Group], grader: NamedReward, cfg: EvalC
                                truncated=[x["finish_reason"] == "length" for x in samples])
         vote = majority_vote(result.answers)
         graded.results.append(result)
+        graded.orders.append(it.order)
         graded.records.append({
             "dataset": it.set.name, "index": it.index, "group": it.row.get(cfg.group_by) if cfg.group_by else None,
             "prompt": it.prompt, "answer": it.gold if _jsonable(it.gold) else str(it.gold),
@@ -213,7 +246,7 @@ def _progress_bar(total: int, enabled: bool):
 
 
 def evaluate_during_training(policy: Any, tokenizer: Any, cfg: EvalConfig, output_dir: Path | str, step: int,
-                             sampler: Sampler | None = None) -> dict[str, float]:
+                             sampler: Sampler | None = None, world: World = World.single()) -> dict[str, float]:
     """Evaluate the live policy; files go to OUTPUT_DIR/eval/step_NNNNNN/. Returns flat metrics for the training
     log: eval/avg@k, eval/pass@j (j = 1, 2, 4, ..., k), eval/maj@k, eval/length_mean, eval/truncation_rate, and the
     same under eval/<dataset>/ when several datasets are evaluated. Pass the trainer's `sampler` to reuse it (its
@@ -227,7 +260,7 @@ def evaluate_during_training(policy: Any, tokenizer: Any, cfg: EvalConfig, outpu
     try:
         summary = run_eval(cfg, model=policy, tokenizer=tokenizer, sampler=sampler,
                            output_dir=Path(output_dir) / "eval" / f"step_{step:06d}", step=step,
-                           device=device.type, progress=False, console=False)
+                           device=device.type, progress=False, console=False, world=world)
     finally:
         if cuda_states is not None:  # the sampler reseeds every device; training's own draws must not move
             torch.cuda.set_rng_state_all(cuda_states)
