@@ -97,9 +97,10 @@ def world_rules(cfg: RecipeConfig, world_size: int) -> list[str]:
                  "(the adapters are small, and the base weights stay frozen on every rank)")
     if strategy == "ddp" and (d.param_dtype or d.reduce_dtype):
         p.append("distributed.param_dtype / reduce_dtype: FSDP options; with strategy=ddp set model.dtype instead")
-    if cfg.sampler.backend == "vllm":
-        p.append(f"sampler.backend: vllm under {launch} (an engine per rank) is not supported yet; use "
-                 f"sampler.backend=hf, or one process")
+    if cfg.sampler.backend == "vllm" and cfg.sampler.vllm.tensor_parallel_size > 1:
+        p.append(f"sampler.vllm.tensor_parallel_size: under {launch} each rank drives a whole engine of its own "
+                 f"for its own prompts; tensor parallelism inside a data-parallel run is not supported yet. Set "
+                 f"it to 1 (one engine per rank)")
     if cfg.eval.every:
         p.append(f"eval.every: periodic eval under {launch} is not supported yet; set eval.every=0 and run "
                  f"`grpo eval --model RUN_DIR` on the checkpoints")

@@ -66,3 +66,7 @@ class Sampler(Protocol):
     def wake(self) -> None:
         """Undo sleep() before the next generate()."""
         ...
+
+    def close(self) -> None:
+        """Release the engine (before the process group goes: a vLLM engine under torchrun holds groups in it)."""
+        ...

@@ -108,6 +108,9 @@ class HFSampler:
     def sleep(self) -> None:
         """Nothing to free: generation memory is released when generate returns."""
 
+    def close(self) -> None:
+        pass
+
     def wake(self) -> None:
         """See sleep()."""
 

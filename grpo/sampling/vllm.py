@@ -138,14 +138,18 @@ class VLLMSampler:
             # cannot do). Whole prompts only, with a step budget that always fits one.
             args["enable_chunked_prefill"] = False
             args["max_num_batched_tokens"] = max(max_model_len or _model_positions(str(model_path)) or 0, 8192)
-        if tensor_parallel_size > 1:
-            world = int(os.environ.get("WORLD_SIZE", "1"))
-            if world != tensor_parallel_size:
-                raise UserError(f"sampler.vllm.tensor_parallel_size={tensor_parallel_size} needs the trainer launched "
-                                f"as `torchrun --nproc-per-node {tensor_parallel_size} ...` (WORLD_SIZE is {world}): "
-                                f"each rank holds one shard of a colocated engine. Launch with torchrun or set "
-                                f"tensor_parallel_size=1.")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if tensor_parallel_size > 1 and world != tensor_parallel_size:
+            raise UserError(f"sampler.vllm.tensor_parallel_size={tensor_parallel_size} needs the trainer launched "
+                            f"as `torchrun --nproc-per-node {tensor_parallel_size} ...` (WORLD_SIZE is {world}): "
+                            f"each rank holds one shard of a colocated engine. Launch with torchrun or set "
+                            f"tensor_parallel_size=1.")
+        if world > 1:
+            # Under torchrun: vLLM joins the trainer's process group. tp=1: one whole engine per rank, each
+            # sampling its own prompts (vLLM's data-parallel mode, one DP rank per process).
             args["distributed_executor_backend"] = "external_launcher"
+            if tensor_parallel_size == 1:
+                args["data_parallel_size"] = world
         args.update(engine_kwargs)
 
         # In-process engine: collective_rpc then runs our functions on the worker with our tensors, by reference.
@@ -232,12 +236,15 @@ class VLLMSampler:
         if "weights" in self.asleep:
             self.llm.wake_up(tags=["weights"])  # weights must be resident to be written; the KV cache stays freed
             self.asleep.discard("weights")
-        weights = list(plain_named_tensors(model))  # names and references only: no copies for a plain model
+        # A lazy stream: a plain model's tensors go by reference; a sharded (FSDP) one is gathered one parameter
+        # at a time as vLLM consumes it, so the whole model is never held twice. Every rank syncs at the same
+        # point and walks the parameters in the same order, as the gathers need.
+        weights = ((name, _whole(tensor)) for name, tensor in plain_named_tensors(model))
         if self.sync_path == "reload_weights":
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights),
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
                                                               "is_checkpoint_format": True})
         else:
-            self.llm.collective_rpc(_load_weights, args=(weights,))
+            self.llm.collective_rpc(_load_weights, args=(list(weights),))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
 
     # ------------------------------------------------------------------------------------------------ memory
@@ -255,6 +262,15 @@ class VLLMSampler:
             # allocation again is an error in vLLM's allocator.
             self.llm.wake_up(tags=sorted(self.asleep))
             self.asleep = set()
+
+
+    def close(self) -> None:
+        """Shut the engine down and drop the process groups vLLM made inside the trainer's (under torchrun), so
+        that ending the run's process group later finds nothing of vLLM's left in it."""
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        del self.llm
+        cleanup_dist_env_and_memory()
 
 
 def prompt_seed(base: int, index: int) -> int:
@@ -324,6 +340,11 @@ def plain_named_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Ten
         if owner in deltas and name.endswith(".base_layer.weight"):
             tensor = tensor + deltas[owner].to(tensor.dtype)
         yield clean, tensor
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor shard gathered from every rank (collective); a plain tensor as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 # Run on the vLLM worker through collective_rpc (the worker is the first argument).
