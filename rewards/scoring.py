@@ -124,8 +124,9 @@ def _call_safely(reward: NamedReward, prompts, completions, columns, n) -> tuple
         values = _checked(call_with_limit(reward.fn, (prompts, completions), columns, deadline.left()), n,
                           reward.max_abs)
         return values, 0
-    except RewardTimeout as exc:  # no retries: one at a time would only take longer
-        reward.failures.record(reward.name, f"{exc} on a batch of {n} (rewards[].timeout_s)", f"a batch of {n}")
+    except RewardTimeout:  # no retries: one at a time would only take longer
+        reward.failures.record(reward.name, f"no result after {reward.timeout_s:g} s (rewards[].timeout_s); the call "
+                               f"was abandoned", f"a batch of {n}")
         return [0.0] * n, n
     except Exception as exc:  # noqa: BLE001 - a reward's bug must not stop training; isolate it per completion below
         batch_error = _describe(exc)
