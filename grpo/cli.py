@@ -29,14 +29,23 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
     """Run the GRPO loop described by RECIPE."""
     from grpo.parallel import close_world, launched_world
     from grpo.train.trainer import train as run_training
+    from grpo.train.signals import Stopped
     from grpo.validate import validate_recipe
 
     world = launched_world()  # under torchrun: this rank; otherwise one process and nothing distributed
+    cfg = None
     try:
         cfg = validate_recipe(recipe, overrides or [])
         output_dir = run_training(cfg)
     except UserError as exc:
         _fail(exc, world.tag())
+    except Stopped as exc:
+        if world.is_main:
+            typer.echo(f"{exc}\nresume with:\n  {resume_command(recipe, overrides or [], cfg, world.size)}", err=True)
+        raise typer.Exit(code=exc.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before the loop took over the signal: nothing was trained yet
+        typer.echo(f"{world.tag()}interrupted before training started; nothing to save", err=True)
+        raise typer.Exit(code=130)
     except BaseException as exc:
         if world.distributed and not isinstance(exc, typer.Exit):  # torchrun then stops the other ranks; this line says which rank and why
             typer.echo(f"{world.tag()}failed: {type(exc).__name__}: {exc}", err=True)
@@ -47,6 +56,17 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
         typer.echo(f"done: metrics in {output_dir / 'metrics.jsonl'}, checkpoints in {output_dir / 'checkpoints'}")
 
 
+def resume_command(recipe: str, overrides: list[str], cfg, world_size: int) -> str:
+    """The command that continues a stopped run: the same one, with resume set to auto if it was not."""
+    import shlex
+
+    kept = [o for o in overrides if not o.startswith("checkpoint.resume=")]
+    if cfg is not None and cfg.checkpoint.resume != "auto":
+        kept.append("checkpoint.resume=auto")
+    launch = f"torchrun --nproc-per-node {world_size} -m grpo" if world_size > 1 else "grpo"
+    return " ".join([launch, "train", shlex.quote(recipe), *map(shlex.quote, kept)])
+
+
 @app.command()
 def validate(recipe: str = typer.Argument(..., help="YAML recipe"),
              overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),
@@ -55,10 +75,13 @@ def validate(recipe: str = typer.Argument(..., help="YAML recipe"),
     """Report every problem in RECIPE at once, without loading a model."""
     from grpo.validate import validate_recipe
 
+    notes: list[str] = []
     try:
-        cfg = validate_recipe(recipe, overrides or [], check_environment=not recipe_only)
+        cfg = validate_recipe(recipe, overrides or [], check_environment=not recipe_only, warnings=notes)
     except UserError as exc:
         _fail(exc)
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
     typer.echo(f"{recipe}: ok ({cfg.train.steps} steps of {cfg.train.prompts_per_step} prompts x "
                f"{cfg.sampler.group_size} completions, model {cfg.model.path}, "
                f"rewards {', '.join(r.name for r in cfg.rewards)})")

@@ -80,6 +80,9 @@ class DataConfig(PromptConfig):
     max_prompt_tokens: int = 512  # longer prompts are skipped (and counted), never truncated silently
     shuffle: bool = True
     limit: int | None = None  # use only the first N rows
+    # Every row is checked before training (templated columns and the answer present, prompt not empty once
+    # rendered): skip drops bad rows with a warning naming the first few, error stops before any model loads.
+    on_bad_row: Literal["skip", "error"] = "skip"
 
 
 @dataclass
@@ -95,6 +98,14 @@ class RewardConfig:
     name: str = ""  # an installed reward (see `grpo rewards`) or "module:function"
     weight: float = 1.0
     args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the function
+    # The reward runs in a thread the trainer can abandon: past this many seconds on one batch (its per-completion
+    # retries included) the unscored completions count as errors. 0: no limit (called inline).
+    timeout_s: float = 30.0
+    max_abs: float = 1.0e6  # a value beyond +-this is junk, rejected like a raise (it would swamp the advantages)
+    # The run stops when more than this share of a batch fails (raise, junk, time-out) on max_error_steps steps in
+    # a row: a reward that mostly fails trains on zeros.
+    max_error_fraction: float = 0.5
+    max_error_steps: int = 3
 
 
 @dataclass
@@ -124,6 +135,16 @@ class CheckpointConfig:
     every: int = 50  # steps; 0 saves only at the end
     keep_last: int = 2
     resume: str = "auto"  # auto: latest checkpoint in output_dir if any; never; or a checkpoint directory
+    # A resumed run whose recipe differs from the checkpoint's in a setting that breaks exactness (seed, data,
+    # group size, rewards, model, ...) is an error unless this is true; safe changes (steps, logging, lr) apply.
+    allow_changes: bool = False
+
+
+@dataclass
+class GuardConfig:
+    """What stops a run that has gone numerically wrong."""
+
+    max_nonfinite_updates: int = 3  # a NaN/inf loss or gradient skips the update; this many in a row stop the run
 
 
 @dataclass
@@ -184,3 +205,4 @@ class RecipeConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)

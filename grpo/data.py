@@ -101,6 +101,62 @@ def check_template(template: str, rows: list[dict], where: str, source: str) -> 
             for f in missing]
 
 
+@dataclass
+class BadRows:
+    """Rows that cannot train: (1-based row number, why), in file order."""
+
+    total: int
+    bad: list[tuple[int, str]]
+
+    def summary(self, shown: int = 5) -> str:
+        first = "; ".join(f"row {n}: {why}" for n, why in self.bad[:shown])
+        more = f"; and {len(self.bad) - shown} more" if len(self.bad) > shown else ""
+        return f"{len(self.bad)} of {self.total} rows cannot train ({first}{more})"
+
+
+def check_rows(rows: list[dict], template: str, answer_column: str) -> BadRows:
+    """Every row, before any training: the template's columns present, the answer present, and a prompt that is
+    not empty once rendered. A row missing a column used to end the run at the step that drew it; a row without
+    an answer trained as a silent 0."""
+    fields = template_fields(template)
+    bad = []
+    for n, row in enumerate(rows, 1):
+        missing = [f for f in fields if f not in row]
+        answer = row.get(answer_column)
+        if missing:
+            bad.append((n, f"no column {', '.join(missing)} (used by prompt_template)"))
+        elif answer is None or isinstance(answer, str) and not answer.strip():
+            bad.append((n, f"no answer in column {answer_column!r}"))
+        else:
+            try:
+                text = template.format_map(row)
+            except (KeyError, IndexError, ValueError, AttributeError) as exc:
+                bad.append((n, f"prompt_template cannot be filled ({type(exc).__name__}: {exc})"))
+                continue
+            if not text.strip():
+                bad.append((n, "the prompt is empty once rendered"))
+    return BadRows(len(rows), bad)
+
+
+def usable_rows(rows: list[dict], template: str, answer_column: str, on_bad_row: str) -> list[dict]:
+    """The rows to train on, per data.on_bad_row; a warning (skip) or an error (error) names the bad ones."""
+    import sys
+
+    found = check_rows(rows, template, answer_column)
+    if not found.bad:
+        return rows
+    if len(found.bad) == len(rows):
+        raise UserError(f"data: {found.summary()}: no row can train. Check data.prompt_template and "
+                        f"data.answer_column against the file's columns.")
+    if on_bad_row == "error":
+        raise UserError(f"data: {found.summary()}. Fix those rows, or set data.on_bad_row=skip to train without "
+                        f"them.")
+    print(f"warning: data: {found.summary()}; skipping them (data.on_bad_row=skip; set it to error to stop "
+          f"instead)", file=sys.stderr, flush=True)
+    skipped = {n for n, _ in found.bad}
+    return [row for n, row in enumerate(rows, 1) if n not in skipped]
+
+
 class PromptRenderer:
     """Row -> prompt text -> prompt token ids, the same way for training, eval and tests."""
 

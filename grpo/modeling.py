@@ -35,8 +35,11 @@ def resolve_model_path(path: str) -> Path | str:
         if not (local / "config.json").is_file():
             raise UserError(f"model.path: {path} has no config.json; it is not a Hugging Face model directory.")
         return local
-    if looks_like_hub_id(path):
+    if looks_like_hub_id(path) and not Path(Path(path).parts[0]).is_dir():
         return path
+    if looks_like_hub_id(path):  # `models/x` beside a local models/ folder: a missing path, not a hub id
+        raise UserError(f"model.path: {path} is not a directory, though {Path(path).parts[0]}/ is a local folder; "
+                        f"fix the path, or build the model first (e.g. `make smollm2`).")
     raise UserError(f"model.path: {path} is not a directory. Give a local Hugging Face model directory (with "
                     f"config.json), a hub id such as Qwen/Qwen2.5-Math-1.5B where the hub is reachable, or "
                     f"demo:tiny-arith for the built-in CPU demo model.")

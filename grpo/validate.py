@@ -10,28 +10,37 @@ import importlib.util
 from pathlib import Path
 
 from grpo.config import RecipeConfig
-from grpo.data import LOCAL_SUFFIXES, check_template, load_rows
+from grpo.data import LOCAL_SUFFIXES, check_rows, check_template, load_rows
 from grpo.errors import ConfigError, UserError
 from grpo.modeling import looks_like_hub_id
 from grpo.parallel import launched_world
 from grpo.recipe import parse_recipe
 from grpo.rules import world_rules
-from rewards.registry import find_installed, load_reward
+from rewards.registry import find_installed, load_reward, reward_signature_problems
 
 
-def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_environment: bool = True) -> RecipeConfig:
+def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_environment: bool = True,
+                    warnings: list[str] | None = None) -> RecipeConfig:
     """check_environment=False skips what depends on this machine (optional packages), e.g. to check a GPU
-    recipe on a laptop."""
+    recipe on a laptop. `warnings` collects what is not an error (bad rows that training will skip)."""
     cfg, problems = parse_recipe(path, overrides)  # structural problems; checks below add to them
+    problems += _guard_rules(cfg)
     for i, reward in enumerate(cfg.rewards):
         if not reward.name:
             continue  # already reported as required
-        try:  # a user's module:function is imported; installed rewards are looked up, not imported (fast)
-            load_reward(reward.name) if ":" in reward.name else find_installed(reward.name)
+        try:  # a user's module:function is imported; installed rewards are looked up, not imported (fast),
+            # unless args need checking against the function's signature
+            if ":" in reward.name or reward.args:
+                fn = load_reward(reward.name)
+                problems += [f"rewards[{i}].args: {p}" for p in reward_signature_problems(fn, reward.name, reward.args)]
+            else:
+                find_installed(reward.name)
         except UserError as exc:
             problems.append(f"rewards[{i}].name: {exc}")
     problems += _check_data(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.prompt_template,
                             cfg.data.answer_column, "data")
+    if not problems:
+        problems += _check_rows(cfg, warnings if warnings is not None else [])
     if cfg.eval.data:
         from grpo.eval.sets import data_sources
 
@@ -41,9 +50,7 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
     if check_environment:
         problems += _check_environment(cfg)
         problems += world_rules(cfg, launched_world().size)  # under torchrun: what this launch needs
-    model = cfg.model.path
-    if not (model.startswith("demo:") or Path(model).expanduser().is_dir() or looks_like_hub_id(model)):
-        problems.append(f"model.path: {model} is not a model directory, a hub id (org/name) or demo:tiny-arith")
+    problems += _check_model_path(cfg.model.path)
     if problems:
         raise ConfigError(problems, str(path))
     return cfg
@@ -81,3 +88,51 @@ def _check_data(path: str, split: str, subset: str | None, template: str, answer
         problems.append(f"{section}.answer_column: {answer_column!r} is not a column of {path}; its columns are "
                         f"{', '.join(rows[0])}")
     return problems
+
+
+def _check_model_path(model: str) -> list[str]:
+    if model.startswith("demo:") or Path(model).expanduser().is_dir():
+        return []
+    hint = "a local model directory, a hub id (org/name) or demo:tiny-arith"
+    if not looks_like_hub_id(model):
+        return [f"model.path: {model} is not a directory (relative paths start at {Path.cwd()}) and not a hub "
+                f"id; give {hint}"]
+    org = Path(model).parts[0]
+    if Path(org).is_dir():  # `models/x` beside a local models/ folder is a path that is not there, not a hub id
+        return [f"model.path: {model} is not a directory, though {org}/ is a local folder (with "
+                f"{', '.join(sorted(p.name for p in Path(org).iterdir())[:6]) or 'nothing'}): fix the path, "
+                f"or build the model first (e.g. `make smollm2`)"]
+    return []
+
+
+def _guard_rules(cfg: RecipeConfig) -> list[str]:
+    """Value rules of the settings that stop a failing run (the reward limits, data.on_bad_row's companions)."""
+    p = []
+    for i, r in enumerate(cfg.rewards):
+        if r.timeout_s < 0:
+            p.append(f"rewards[{i}].timeout_s: must be >= 0 (0: no limit), got {r.timeout_s}")
+        if r.max_abs <= 0:
+            p.append(f"rewards[{i}].max_abs: must be > 0, got {r.max_abs}")
+        if not 0 <= r.max_error_fraction <= 1:
+            p.append(f"rewards[{i}].max_error_fraction: must be in [0, 1] (1: never stop), got {r.max_error_fraction}")
+        if r.max_error_steps < 1:
+            p.append(f"rewards[{i}].max_error_steps: must be >= 1, got {r.max_error_steps}")
+    if cfg.guard.max_nonfinite_updates < 1:
+        p.append(f"guard.max_nonfinite_updates: must be >= 1, got {cfg.guard.max_nonfinite_updates}")
+    return p
+
+
+def _check_rows(cfg: RecipeConfig, warnings: list[str]) -> list[str]:
+    """Every row of a local data file, as training will check them (a hub set is checked when the run loads it)."""
+    local = Path(cfg.data.path).expanduser()
+    if not local.is_file():
+        return []
+    rows = load_rows(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.limit)
+    found = check_rows(rows, cfg.data.prompt_template, cfg.data.answer_column)
+    if not found.bad:
+        return []
+    if len(found.bad) == len(rows) or cfg.data.on_bad_row == "error":
+        return [f"data: {found.summary()}; fix the rows (or data.prompt_template / data.answer_column)"
+                + ("" if len(found.bad) == len(rows) else ", or set data.on_bad_row=skip to train without them")]
+    warnings.append(f"data: {found.summary()}; training will skip them (data.on_bad_row=skip)")
+    return []

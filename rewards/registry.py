@@ -83,3 +83,41 @@ def _import_target(target: str, what: str) -> RewardFn:
     if not callable(fn):
         raise UserError(f"{what}: '{target}' is not callable")
     return fn
+
+
+# Keyword arguments the trainer passes besides the dataset's own columns (rewards/scoring.reward_columns).
+TRAINER_KEYWORDS = ("answer", "completion_ids", "finish_reasons", "max_new_tokens")
+
+
+def check_reward_signature(fn: RewardFn, name: str, args: dict | None = None) -> None:
+    """Recipe `args` the function does not take, or a function without **kwargs (the trainer passes every
+    column): either would make every call raise and every completion score 0, so say it before training."""
+    problems = reward_signature_problems(fn, name, args)
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def reward_signature_problems(fn: RewardFn, name: str, args: dict | None = None) -> list[str]:
+    import inspect
+
+    target = fn.func if hasattr(fn, "func") and hasattr(fn, "keywords") else fn  # functools.partial
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to read
+        return []
+    named = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+    options = [p for p in named[2:] if p not in TRAINER_KEYWORDS]  # what a recipe's args can set
+    problems = []
+    # An arg that is not a named parameter would vanish into **kwargs (a misspelt option silently ignored) or
+    # make every call raise; the function's own signature is the list of its options.
+    unknown = [a for a in (args or {}) if a not in options]
+    if unknown:
+        guesses = {a: difflib.get_close_matches(a, options, n=1) for a in unknown}
+        hint = "".join(f" (did you mean '{g[0]}' for '{a}'?)" for a, g in guesses.items() if g)
+        problems.append(f"reward '{name}' takes no option {', '.join(map(repr, unknown))}{hint}; its options are "
+                        f"{', '.join(options) or 'none'}. Fix or remove them in the recipe's args")
+    if inspect.Parameter.VAR_KEYWORD not in {v.kind for v in params.values()}:
+        problems.append(f"reward '{name}' has no **kwargs in its signature; the trainer passes every dataset column "
+                        f"and {', '.join(TRAINER_KEYWORDS)} as keywords, so every call would fail. Add **kwargs: "
+                        f"def {getattr(target, '__name__', 'reward')}(prompts, completions, ..., **kwargs)")
+    return problems

@@ -20,6 +20,16 @@ def reward_module(tmp_path, monkeypatch):
             # some completions score more than others, so groups have variance on a random model
             return [sum(ch in "aeiou" for ch in c) / max(len(c), 1) for c in completions]
 
+        SENT = []
+
+        def vowels_then_sigterm(prompts, completions, **kw):
+            # preemption in the middle of step 2 (the step finishes, then the run saves and stops)
+            if len(SENT) == 1:
+                import os, signal
+                os.kill(os.getpid(), signal.SIGTERM)
+            SENT.append(1)
+            return vowels(prompts, completions)
+
         def flat_for_even(prompts, completions, level, **kw):
             # level is a dataset column; groups of even-level prompts all score the same
             return [1.0 if lv % 2 == 0 else sum(map(ord, c)) % 7 for c, lv in zip(completions, level)]
@@ -79,6 +89,23 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir, sums_file, reward_mo
     b = load_file(resumed / "checkpoints/step-000003/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert read_jsonl(straight / "metrics.jsonl")[-1]["reward/mean"] == read_jsonl(resumed / "metrics.jsonl")[-1]["reward/mean"]
+    assert [m["step"] for m in read_jsonl(resumed / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_resume_after_sigterm_continues_exactly(tmp_path, tiny_model_dir, sums_file, reward_module):
+    from grpo.train.signals import Stopped
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = train(load_recipe(recipe(tmp_path / "a", tiny_model_dir, sums_file, "toy_rewards:vowels")))
+    path = recipe(tmp_path / "b", tiny_model_dir, sums_file, "toy_rewards:vowels_then_sigterm")
+    with pytest.raises(Stopped) as stopped:
+        train(load_recipe(path, ["checkpoint.every=0"]))
+    assert stopped.value.exit_code == 143 and stopped.value.step == 2
+    resumed = train(load_recipe(path, ["checkpoint.every=0"]))  # the reward's signal is spent
+    a = load_file(straight / "checkpoints/step-000003/model.safetensors")
+    b = load_file(resumed / "checkpoints/step-000003/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
     assert [m["step"] for m in read_jsonl(resumed / "metrics.jsonl")] == [1, 2, 3]
 
 

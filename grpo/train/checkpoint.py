@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from grpo.errors import UserError
-from grpo.io import atomic_dir, write_text
+from grpo.io import atomic_dir, temp_path, write_text
 from grpo.modeling import plain_model
+from grpo.train.disk import SLACK, DiskFull, check_free_space, free_bytes, is_disk_full, mb
 
 STATE_FILE = "trainer_state.pt"
 
@@ -28,19 +29,52 @@ def save_checkpoint(output_dir: Path, step: int, policy, tokenizer, trainer_stat
     """`weights`: the whole state dict when the live policy is sharded (gathered by every rank beforehand);
     None saves the policy's own weights."""
     final = checkpoint_dir(output_dir, step)
-    # replace=True: a re-run of the same step replaces the old copy, but only once the new one is whole
-    with atomic_dir(final, replace=True) as tmp:
-        if hasattr(policy, "peft_config"):
-            policy.save_pretrained(tmp / "adapter")  # exact trainable state for resume
-            plain_model(policy).save_pretrained(tmp)  # a merged copy that transformers loads as it is
-        else:
-            policy.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
-        tokenizer.save_pretrained(tmp)
-        state = dict(trainer_state, step=step, rng=rng_state())
-        torch.save(state, tmp / STATE_FILE)
-    write_text(output_dir / "checkpoints" / "latest", final.name)
+    previous = latest_checkpoint(output_dir)
+    hint = (f"rerun the same command: it resumes from {previous}" if previous is not None else
+            "rerun the same command")
+    needed = int(estimate_bytes(policy, weights, trainer_state) * SLACK) + 2**20
+    check_free_space(final.parent, needed, f"checkpoint {final.name}", hint)  # before writing, not halfway
+    pointer = output_dir / "checkpoints" / "latest"
+    try:
+        # replace=True: a re-run of the same step replaces the old copy, but only once the new one is whole.
+        # On any error atomic_dir removes its temporary folder, so a full disk leaves no half checkpoint.
+        with atomic_dir(final, replace=True) as tmp:
+            if hasattr(policy, "peft_config"):
+                policy.save_pretrained(tmp / "adapter")  # exact trainable state for resume
+                plain_model(policy).save_pretrained(tmp)  # a merged copy that transformers loads as it is
+            else:
+                policy.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
+            tokenizer.save_pretrained(tmp)
+            state = dict(trainer_state, step=step, rng=rng_state())
+            torch.save(state, tmp / STATE_FILE)
+        write_text(pointer, final.name)
+    except Exception as exc:
+        temp_path(pointer).unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFull(f"checkpoint {final.name}: the disk filled while writing it to {final.parent} (needed "
+                           f"about {mb(needed)}, {mb(free_bytes(final.parent))} free now; the partial copy was "
+                           f"removed). Free some space, then {hint}") from exc
+        raise
     _prune(output_dir, keep_last)
     return final
+
+
+def estimate_bytes(policy, weights: dict[str, torch.Tensor] | None, trainer_state: dict[str, Any]) -> int:
+    """What a checkpoint will take: the weights (twice with LoRA: adapter and merged copy are small and whole),
+    plus every tensor of the trainer state (the optimizer's moments dominate)."""
+    tensors = weights if weights is not None else policy.state_dict()
+    total = sum(t.numel() * t.element_size() for t in tensors.values() if isinstance(t, torch.Tensor))
+    return total + _tensor_bytes(trainer_state)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from grpo.errors import UserError
 from grpo.io import write_lines
+from grpo.train.disk import DiskFull, is_disk_full
 
 
 class MetricsLog:
@@ -36,12 +39,25 @@ class MetricsLog:
             self._wandb = wandb_module.init(project=wandb_project, name=run_name, config=config)
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines of steps after the checkpoint: they will be written again, exactly."""
+        """On resume, drop lines of steps after the checkpoint: they will be written again, exactly. A torn line
+        (a crash or a full disk in the middle of an append) is dropped with a note, never fatal."""
         for path in (self.metrics_path, self.samples_path):
             if not path.is_file():
                 continue
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= step]
+            kept, torn = [], []
+            for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    torn.append(lineno)
+                    continue
+                if isinstance(record, dict) and record.get("step", 0) <= step:
+                    kept.append(line)
+            if torn:
+                print(f"note: {path.name}: dropped {len(torn)} unreadable line(s) (line {', '.join(map(str, torn[:5]))}"
+                      f"), left by a run that stopped while writing", file=sys.stderr)
             write_lines(path, kept)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
@@ -66,10 +82,23 @@ class MetricsLog:
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
-    # One write per line, flushed: a crash loses at most the line being written, never earlier ones.
-    with path.open("a") as f:
-        f.write(json.dumps(record, default=float) + "\n")
-        f.flush()
+    # One unbuffered write per line: a crash loses at most the line being written, never earlier ones.
+    data = (json.dumps(record, default=float) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # a short write: the disk filled in the middle of the line
+                raise OSError(28, "No space left on device (short write)")
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            os.ftruncate(fd, size)  # no torn line left behind: the file ends at the last whole record
+            raise DiskFull(f"{path}: the disk is full (writing step {record.get('step')}). Free some space, then "
+                           f"rerun the same command: it resumes from the last checkpoint.") from exc
+    finally:
+        os.close(fd)
 
 
 class SilentLog:

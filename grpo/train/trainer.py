@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 from grpo import io
 from grpo.config import RecipeConfig
-from grpo.data import PromptRenderer, PromptStream, load_rows
+from grpo.data import PromptRenderer, PromptStream, load_rows, usable_rows
 from grpo.errors import UserError
 from grpo.modeling import build_reference, load_policy, load_tokenizer, resolve_device, resolve_model_path
 from grpo.objectives.advantages import ADVANTAGES, AdvantageFn
@@ -22,14 +23,19 @@ from grpo.recipe import to_dict
 from grpo.sampling.base import Sampler, SamplingSettings
 from grpo.sampling.factory import build_sampler
 from grpo.parallel import World, init_world, launched_world, rank_device
-from grpo.train.checkpoint import (latest_checkpoint, load_trainer_state, restore_policy_weights, restore_rng,
-                                   rng_state, save_checkpoint)
+from grpo.train.checkpoint import (checkpoint_dir, latest_checkpoint, load_trainer_state, restore_policy_weights,
+                                   restore_rng, rng_state, save_checkpoint)
+from grpo.train.disk import sweep_stale_temps
+from grpo.train.health import Health
+from grpo.train.lock import RunLock
 from grpo.train.metrics import MetricsLog, SilentLog
 from grpo.train.progress import Progress
+from grpo.train.resume import check_resume, rows_fingerprint
 from grpo.train.rollouts import Experience, collect_experience, merge_experience
 from grpo.train.sharding import (full_model_state, full_optimizer_state, load_full_optimizer_state,
                                  resolve_strategy, unwrap, wrap)
 from grpo.train.schedule import lr_factor
+from grpo.train.signals import StopFlag, Stopped
 from grpo.train.summary import closing_summary, read_metrics
 from grpo.train.update import UpdateStats, policy_update
 from rewards.scoring import NamedReward, build_rewards
@@ -58,30 +64,54 @@ class Run:
     log: MetricsLog | SilentLog
     start_step: int
     world: World = field(default_factory=World.single)
+    data_fingerprint: str = ""
 
 
 def train(cfg: RecipeConfig) -> Path:
+    """The run, holding output_dir's lock (rank 0) and the signal handlers for its whole length."""
+    world = launched_world()
+    lock = RunLock(Path(cfg.output_dir)).acquire() if world.is_main else None
+    try:
+        with StopFlag(announce=world.is_main) as stop:
+            return _train(cfg, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: RecipeConfig, stop: StopFlag) -> Path:
     run = setup(cfg)
+    health = Health(cfg, run.rewards, run.world)
     progress = Progress(cfg.train.steps, run.start_step, enabled=cfg.logging.progress_bar and run.world.is_main)
-    for step in range(run.start_step + 1, cfg.train.steps + 1):
-        t_step = time.perf_counter()
-        exp = sample_and_score(run, step)  # this rank's share of the step's groups
-        t0 = time.perf_counter()
-        update = update_policy(run, exp)
-        train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        run.sampler.sync_weights(run.policy)
-        sync_s = time.perf_counter() - t0
-        check_sampler_matches_policy(run, update, step)
-        step_exp = merge_experience(run.world.gather(exp)) if run.world.distributed else exp  # the global step
-        metrics = step_metrics(run, step_exp, update, train_s, sync_s, time.perf_counter() - t_step)
-        metrics.update(periodic_eval(run, step))
-        run.log.log(step, metrics)
-        write_samples(run, step_exp, step)
-        save_if_due(run, step)
-        progress.update(step, metrics)
-    progress.close()
-    run.log.close()
+    try:
+        for step in range(run.start_step + 1, cfg.train.steps + 1):
+            t_step = time.perf_counter()
+            exp = sample_and_score(run, step)  # this rank's share of the step's groups
+            health.check_rewards(exp, step, latest_checkpoint(run.output_dir))
+            t0 = time.perf_counter()
+            update = update_policy(run, exp)
+            train_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            run.sampler.sync_weights(run.policy)
+            sync_s = time.perf_counter() - t0
+            check_sampler_matches_policy(run, update, step)
+            step_exp = merge_experience(run.world.gather(exp)) if run.world.distributed else exp  # the global step
+            metrics = step_metrics(run, step_exp, update, train_s, sync_s, time.perf_counter() - t_step)
+            metrics.update(health.update_metrics(update))
+            metrics.update(periodic_eval(run, step))
+            run.log.log(step, metrics)
+            write_samples(run, step_exp, step)
+            health.check_update(update, step, latest_checkpoint(run.output_dir))  # after its line is logged
+            saved = save_if_due(run, step)
+            progress.update(step, metrics)
+            # One collective a step: every rank stops after the same step, whichever ranks got the signal.
+            signum = int(run.world.max(float(stop.signum)))
+            if signum:
+                saved = saved or save_if_due(run, step, force=True)
+                raise Stopped(signum, step, saved)
+    finally:
+        progress.close()
+        run.log.close()
     if run.world.is_main:
         print(closing_summary(read_metrics(run.output_dir / "metrics.jsonl"), run.output_dir,
                               latest_checkpoint(run.output_dir), run.cfg.eval.data or None), flush=True)
@@ -95,21 +125,32 @@ def setup(cfg: RecipeConfig) -> Run:
 
     transformers.utils.logging.disable_progress_bar()  # per-shard bars drown the step lines
     output_dir = Path(cfg.output_dir)
-    resume_from = _resume_point(cfg, output_dir)
-    _seed_everything(cfg.seed)
     world = launched_world()
+    if world.is_main:  # under the lock: no live trainer writes here, so temp files of dead ones can go
+        swept = sweep_stale_temps(output_dir, output_dir / "checkpoints")
+        if swept:
+            print(f"note: removed {len(swept)} temporary file(s) left by a run that died while writing: "
+                  f"{', '.join(p.name for p in swept[:4])}", file=sys.stderr)
+    resume_from = _resume_point(cfg, output_dir)
+    state = load_trainer_state(resume_from) if resume_from is not None else None
+    _seed_everything(cfg.seed)
     device = rank_device(resolve_device(cfg.device), world)
     init_world(world, device, cfg.distributed.timeout_s)
     strategy = resolve_strategy(cfg.distributed, world)
 
     rewards = build_rewards(cfg.rewards)  # fail on a bad reward name before any model loads
-    rows = load_rows(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.limit)
+    all_rows = load_rows(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.limit)
+    fingerprint = rows_fingerprint(all_rows)
+    if state is not None and "config" in state:  # before any model loads: a changed recipe fails fast
+        saved_fp = state.get("data_fingerprint")
+        changed = f"the rows of {cfg.data.path} differ" if saved_fp and saved_fp != fingerprint else None
+        check_resume(state["config"], cfg, changed, resume_from, output_dir, write=world.is_main)
+    rows = usable_rows(all_rows, cfg.data.prompt_template, cfg.data.answer_column, cfg.data.on_bad_row)
     model_path = resolve_model_path(cfg.model.path)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     renderer = PromptRenderer(tokenizer, cfg.data)
     policy = load_policy(cfg.model, model_path, device)
     reference = build_reference(policy, cfg.model) if cfg.train.beta > 0 else None  # the start, not the resume
-    state = load_trainer_state(resume_from) if resume_from is not None else None
     if state is not None:
         restore_policy_weights(policy, resume_from)  # whole weights into the whole model, before any sharding
     policy = wrap(policy, strategy, cfg.distributed, device)
@@ -129,6 +170,8 @@ def setup(cfg: RecipeConfig) -> Run:
     if state is not None:
         load_full_optimizer_state(policy, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("config", {}).get("train") != to_dict(cfg.train):  # lr or steps changed: the new ones rule
+            _apply_schedule(optimizer, scheduler, cfg)
         stream.load_state_dict(state["data"])
         restore_rng(state, world.rank, world.size)
         start_step = int(state["step"])
@@ -148,7 +191,18 @@ def setup(cfg: RecipeConfig) -> Run:
     return Run(cfg=cfg, output_dir=output_dir, device=device, tokenizer=tokenizer, policy=policy,
                reference=reference, sampler=sampler, rewards=rewards, advantage_fn=ADVANTAGES[cfg.train.advantage],
                optimizer=optimizer, scheduler=scheduler, stream=stream, renderer=renderer, log=log,
-               start_step=start_step, world=world)
+               start_step=start_step, world=world, data_fingerprint=fingerprint)
+
+
+def _apply_schedule(optimizer, scheduler, cfg: RecipeConfig) -> None:
+    """A resumed scheduler restores the old base lr; a changed train.lr (or train.steps, which stretches a
+    decaying schedule) must win, from the next step on, as recipe.resolved.json says."""
+    t = cfg.train
+    scheduler.base_lrs = [t.lr for _ in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["initial_lr"] = t.lr
+        group["lr"] = t.lr * lr_factor(scheduler.last_epoch, t.steps, t.warmup_steps, t.lr_schedule)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _resume_point(cfg: RecipeConfig, output_dir: Path) -> Path | None:
@@ -296,19 +350,20 @@ def write_samples(run: Run, exp: Experience, step: int) -> None:
                            for r in picks[:run.cfg.logging.num_samples]])
 
 
-def save_if_due(run: Run, step: int) -> None:
+def save_if_due(run: Run, step: int, force: bool = False) -> Path | None:
     every, last = run.cfg.checkpoint.every, run.cfg.train.steps
-    if step != last and (not every or step % every):
-        return
+    if not force and step != last and (not every or step % every):
+        return None
     # Every rank takes part in gathering the whole weights and optimizer state; rank 0 writes them.
     weights = full_model_state(run.policy) if run.world.distributed else None
     state = {"optimizer": full_optimizer_state(run.policy, run.optimizer), "scheduler": run.scheduler.state_dict(),
              "data": run.stream.state_dict(), "config": to_dict(run.cfg), "world_size": run.world.size,
-             "rng_per_rank": run.world.gather(rng_state())}
+             "rng_per_rank": run.world.gather(rng_state()), "data_fingerprint": run.data_fingerprint}
     if run.world.is_main:
         save_checkpoint(run.output_dir, step, unwrap(run.policy), run.tokenizer, state, run.cfg.checkpoint.keep_last,
                         weights=weights)
     run.world.barrier()
+    return checkpoint_dir(run.output_dir, step)
 
 
 def _mean(values) -> float:
