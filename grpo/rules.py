@@ -101,9 +101,6 @@ def world_rules(cfg: RecipeConfig, world_size: int) -> list[str]:
         p.append(f"sampler.vllm.tensor_parallel_size: under {launch} each rank drives a whole engine of its own "
                  f"for its own prompts; tensor parallelism inside a data-parallel run is not supported yet. Set "
                  f"it to 1 (one engine per rank)")
-    if cfg.eval.every:
-        p.append(f"eval.every: periodic eval under {launch} is not supported yet; set eval.every=0 and run "
-                 f"`grpo eval --model RUN_DIR` on the checkpoints")
     return p
 
 

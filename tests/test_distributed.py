@@ -15,8 +15,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_
 
 
 def torchrun(*args, nproc=2, timeout=600, cwd=ROOT):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--master-port", str(29500 + os.getpid() % 1000), *map(str, args)]
+    # --standalone: torchrun picks a free port itself, so concurrent runs never collide
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd)
 
 
@@ -149,8 +150,7 @@ def test_a_rank_that_fails_ends_the_job_naming_it(tmp_path):
                       "    if os.environ.get('RANK') == '1':\n        raise Boom('the reward blew up on purpose')\n"
                       "    return [0.0] * len(completions)\n")
     env_path = f"{tmp_path}{os.pathsep}{ENV.get('PYTHONPATH', '')}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(29700 + os.getpid() % 200), "-m", "grpo", "train", "recipes/tiny.yaml", f"output_dir={tmp_path / 'run'}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "grpo", "train", "recipes/tiny.yaml", f"output_dir={tmp_path / 'run'}",
            *SMALL, "train.steps=2", "rewards=[{name: 'rank_bomb:reward'}]", "distributed.timeout_s=60"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env={**ENV, "PYTHONPATH": env_path})
@@ -179,3 +179,15 @@ def test_eval_on_two_ranks_covers_every_problem_once(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"][0]["problems"] == 7 and all(len(r["samples"]) == 2 for r in records)
     assert result.stdout.count("avg@2") == 1  # one console table: rank 0's
+
+
+def test_periodic_eval_on_two_ranks_gathers_every_problem(tmp_path):
+    out = tmp_path / "ev"
+    result = grpo_train(out, "train.steps=2", "checkpoint.every=0", "eval.every=2", "eval.data=data/arith/test.jsonl",
+                        "eval.prompt_template=Question: {question}\nAnswer:", "eval.limit=5", "eval.k=2",
+                        "eval.max_new_tokens=16", "eval.bootstrap=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "eval" / "step_000002" / "summary.json").read_text())
+    assert summary["data"][0]["problems"] == 5
+    assert [r["index"] for r in rows(out / "eval" / "step_000002" / "samples.jsonl")] == list(range(5))
+    assert "eval/avg@2" in rows(out / "metrics.jsonl")[-1]

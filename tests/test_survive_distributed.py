@@ -23,8 +23,8 @@ def test_sigterm_under_torchrun_saves_one_step_on_every_rank(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(29900 + os.getpid() % 90), "-m", "grpo", "train", "recipes/tiny.yaml", f"output_dir={out}", *SMALL]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "grpo",
+           "train", "recipes/tiny.yaml", f"output_dir={out}", *SMALL]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     metrics = out / "metrics.jsonl"
     end = time.time() + 240

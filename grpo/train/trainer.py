@@ -92,7 +92,7 @@ def _train(cfg: RecipeConfig, stop: StopFlag) -> Path:
             update = update_policy(run, exp)
             train_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            run.sampler.sync_weights(run.policy)
+            run.sampler.sync_weights(unwrap(run.policy))
             sync_s = time.perf_counter() - t0
             check_sampler_matches_policy(run, update, step)
             step_exp = merge_experience(run.world.gather(exp)) if run.world.distributed else exp  # the global step
@@ -112,6 +112,7 @@ def _train(cfg: RecipeConfig, stop: StopFlag) -> Path:
     finally:
         progress.close()
         run.log.close()
+        run.sampler.close()  # before the process group goes: a vLLM engine under torchrun holds groups in it
     if run.world.is_main:
         print(closing_summary(read_metrics(run.output_dir / "metrics.jsonl"), run.output_dir,
                               latest_checkpoint(run.output_dir), run.cfg.eval.data or None), flush=True)
@@ -177,7 +178,7 @@ def setup(cfg: RecipeConfig) -> Run:
         start_step = int(state["step"])
         if world.is_main:
             print(f"resuming from {resume_from} (step {start_step})")
-    sampler.sync_weights(policy)  # a resumed or LoRA-wrapped policy differs from the weights on disk
+    sampler.sync_weights(unwrap(policy))  # a resumed or LoRA-wrapped policy differs from the weights on disk
 
     log: MetricsLog | SilentLog = SilentLog()  # only rank 0 writes files
     if world.is_main:
@@ -334,8 +335,8 @@ def periodic_eval(run: Run, step: int) -> dict[str, float]:
 
     # Reuse the training sampler (its weights were synced this step) unless eval asks for another backend.
     same = run.cfg.eval.sampler in ("same", run.cfg.sampler.backend)
-    return evaluate_during_training(run.policy, run.tokenizer, run.cfg.eval, run.output_dir, step,
-                                    sampler=run.sampler if same else None)
+    return evaluate_during_training(unwrap(run.policy), run.tokenizer, run.cfg.eval, run.output_dir, step,
+                                    sampler=run.sampler if same else None, world=run.world)
 
 
 def write_samples(run: Run, exp: Experience, step: int) -> None:
