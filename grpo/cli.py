@@ -71,13 +71,16 @@ def resume_command(recipe: str, overrides: list[str], cfg, world_size: int) -> s
 def validate(recipe: str = typer.Argument(..., help="YAML recipe"),
              overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),
              recipe_only: bool = typer.Option(False, "--recipe-only",
-                                              help="skip checks of this machine (optional packages such as vllm)")):
+                                              help="skip checks of this machine (optional packages such as vllm)"),
+             world_size: Optional[int] = typer.Option(None, "--world-size",
+                                                      help="check for a torchrun launch on N ranks")):
     """Report every problem in RECIPE at once, without loading a model."""
     from grpo.validate import validate_recipe
 
     notes: list[str] = []
     try:
-        cfg = validate_recipe(recipe, overrides or [], check_environment=not recipe_only, warnings=notes)
+        cfg = validate_recipe(recipe, overrides or [], check_environment=not recipe_only, warnings=notes,
+                              world_size=world_size)
     except UserError as exc:
         _fail(exc)
     for note in notes:

@@ -20,9 +20,10 @@ from rewards.registry import find_installed, load_reward, reward_signature_probl
 
 
 def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_environment: bool = True,
-                    warnings: list[str] | None = None) -> RecipeConfig:
+                    warnings: list[str] | None = None, world_size: int | None = None) -> RecipeConfig:
     """check_environment=False skips what depends on this machine (optional packages), e.g. to check a GPU
-    recipe on a laptop. `warnings` collects what is not an error (bad rows that training will skip)."""
+    recipe on a laptop. `warnings` collects what is not an error (bad rows that training will skip).
+    world_size: check the recipe for a torchrun launch on that many ranks (default: this launch's)."""
     cfg, problems = parse_recipe(path, overrides)  # structural problems; checks below add to them
     problems += _guard_rules(cfg)
     for i, reward in enumerate(cfg.rewards):
@@ -37,8 +38,9 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
                 find_installed(reward.name)
         except UserError as exc:
             problems.append(f"rewards[{i}].name: {exc}")
+    recipe_dir = Path(path).resolve().parent if path is not None else None
     problems += _check_data(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.prompt_template,
-                            cfg.data.answer_column, "data")
+                            cfg.data.answer_column, "data", recipe_dir)
     if not problems:
         problems += _check_rows(cfg, warnings if warnings is not None else [])
     if cfg.eval.data:
@@ -46,14 +48,25 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
 
         for source in data_sources(cfg.eval):  # several sets may be given, comma-separated
             problems += _check_data(source, cfg.eval.split, cfg.eval.subset, cfg.eval.prompt_template,
-                                    cfg.eval.answer_column, "eval")
+                                    cfg.eval.answer_column, "eval", recipe_dir)
     if check_environment:
         problems += _check_environment(cfg)
-        problems += world_rules(cfg, launched_world().size)  # under torchrun: what this launch needs
+    problems += world_rules(cfg, world_size or (launched_world().size if check_environment else 1))
     problems += _check_model_path(cfg.model.path)
     if problems:
         raise ConfigError(problems, str(path))
     return cfg
+
+
+def _where(local: Path, recipe_dir: Path | None) -> str:
+    """For a relative path: the directory it was looked up in, and the file if it lies beside the recipe."""
+    if local.is_absolute():
+        return ""
+    hint = f" (relative paths are looked up from the directory grpo runs in, {Path.cwd()}"
+    beside = recipe_dir / local if recipe_dir is not None else None
+    if beside is not None and beside.exists():
+        hint += f"; a file of that name is beside the recipe: {beside}. Run grpo from {recipe_dir}, or give that path"
+    return hint + ")"
 
 
 def _check_environment(cfg: RecipeConfig) -> list[str]:
@@ -73,10 +86,10 @@ def _check_environment(cfg: RecipeConfig) -> list[str]:
 
 
 def _check_data(path: str, split: str, subset: str | None, template: str, answer_column: str,
-                section: str) -> list[str]:
+                section: str, recipe_dir: Path | None = None) -> list[str]:
     local = Path(path).expanduser()
     if not local.exists() and local.suffix in LOCAL_SUFFIXES:  # a file path, not a hub name
-        return [f"{section}.{'path' if section == 'data' else 'data'}: {path}: no such file"]
+        return [f"{section}.{'path' if section == 'data' else 'data'}: {path}: no such file{_where(local, recipe_dir)}"]
     if not local.exists():
         return []  # a hub name: checked when the run loads it (needs the network)
     try:

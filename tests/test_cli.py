@@ -92,3 +92,24 @@ def test_validate_names_a_missing_logging_extra(tmp_path):
             continue  # installed here: nothing to report
         result = grpo("validate", str(ROOT / "recipes" / "tiny.yaml"), f"{key}=true")
         assert result.returncode == 2 and f"{key}: true, but {package} is not installed" in result.stderr
+
+
+def test_validate_checks_a_planned_torchrun_launch():
+    result = grpo("validate", "recipes/tiny.yaml", "--world-size", "3")
+    assert result.returncode == 2
+    assert "train.prompts_per_step: 8 prompts cannot be split evenly over 3 ranks" in result.stderr
+    assert grpo("validate", "recipes/tiny.yaml", "--world-size", "2").returncode == 0
+
+
+def test_a_relative_data_path_says_where_it_was_looked_up(tmp_path):
+    result = grpo("validate", str(ROOT / "recipes" / "tiny.yaml"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"looked up from the directory grpo runs in, {tmp_path}" in result.stderr
+    recipe = tmp_path / "r.yaml"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    recipe.write_text("data: {path: d/x.jsonl}\nrewards: [{name: math}]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = grpo("validate", str(recipe), cwd=elsewhere)
+    assert result.returncode == 2 and f"a file of that name is beside the recipe: {tmp_path / 'd' / 'x.jsonl'}" in result.stderr
