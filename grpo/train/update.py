@@ -160,8 +160,11 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
             per_token = out.loss  # [n, C]
             if weights[i] is not None:
                 per_token = per_token * weights[i].weight
-            kl = objective.kl(logp, ref_lp) if ref_lp is not None else None  # [n, C]
-            if kl is not None and not objective.kl_in_reward:
+            kl = None  # [n, C]
+            if ref_lp is not None and objective.kl_in_reward:  # already in the advantages; measured only
+                kl = objective.kl(logp.detach(), ref_lp)
+            elif ref_lp is not None:
+                kl = objective.kl(logp, ref_lp)
                 per_token = per_token + s.beta * kl
             entropy = token_entropy(logits, temperature) if s.entropy_coef else None  # [n, C] with gradient
             if entropy is not None:
