@@ -112,13 +112,34 @@ class RewardConfig:
 class TrainConfig:
     steps: int = 100
     prompts_per_step: int = 8  # B; each step trains on B x G completions
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
+    # grpo: group mean/std (TRL scale_rewards=group); dr_grpo: group mean only (scale_rewards=none); rloo:
+    # leave-one-out mean; reinforce_pp: global-batch mean/std, no group baseline; reinforce_pp_baseline: group
+    # mean, then global-batch std (~ scale_rewards=batch). README "Objectives" has the table.
+    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = "grpo"
+    # clip: PPO/GRPO clipped token ratio; gspo / gspo_token: GSPO's sequence ratio (needs clip ranges ~3e-4 /
+    # 4e-4); cispo: clipped IS weight, stop-gradient, times log-prob (upper bound 1 + clip_high only)
+    loss: Literal["clip", "gspo", "gspo_token", "cispo"] = "clip"
     loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"
     loss_constant: int | None = None  # normaliser for loss_aggregation=constant (default: max_new_tokens)
     clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float = 0.2  # DAPO "clip-higher" uses 0.28
-    beta: float = 0.0  # KL coefficient to the frozen reference (k3); 0 loads no reference model
+    clip_ratio_c: float | None = None  # dual clip (> 1, e.g. 3): a negative advantage's loss is capped at -c A
+    beta: float = 0.0  # KL coefficient to the frozen reference; 0 loads no reference model
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # k1 = log(pi/ref), k2 = log(pi/ref)^2 / 2, k3 = r - log r - 1
+    kl_in: Literal["loss", "reward"] = "loss"  # reward: a per-token penalty -beta * kl_t in the return instead
+    kl_clamp: float | None = None  # clamp log(pi/ref) to [-kl_clamp, kl_clamp] before the estimator
+    entropy_coef: float = 0.0  # entropy bonus: the loss gets -entropy_coef * (aggregated token entropy)
     mu: int = 1  # optimisation passes over each sampled batch
+    # mu > 1: the "old" policy of the ratio. sampler: the sampler's log-probs (so the ratio also carries any
+    # sampler/trainer mismatch); trainer: the trainer's own log-probs before the update (TRL, verl), so the first
+    # pass is exactly the mu = 1 gradient. mu = 1 always uses the trainer's (the ratio is 1).
+    old_logprobs: Literal["sampler", "trainer"] = "sampler"
+    # Importance weights for the sampler/trainer mismatch, w = pi_old_trainer / pi_sampler. auto: tis with
+    # sampler.backend=vllm, none with hf (and none when mu > 1 with old_logprobs=sampler); tis: min(w, cap);
+    # mis: w, or 0 where w is outside [1/cap, cap]
+    sampler_correction: Literal["auto", "none", "tis", "mis"] = "auto"
+    correction_level: Literal["token", "sequence", "geometric"] = "token"  # sequence: product; geometric: mean
+    correction_cap: float = 3.0  # C (TRL's vllm_importance_sampling_cap default)
     micro_batch_size: int = 16  # sequences per forward/backward; gradients accumulate over the batch
     lr: float = 1e-6
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"

@@ -43,6 +43,7 @@ def recipe_rules(cfg: RecipeConfig) -> list[str]:
         p.append(f"train.clip_high: must be >= 0, got {t.clip_high}")
     if t.beta < 0:
         p.append(f"train.beta: the KL coefficient must be >= 0, got {t.beta}")
+    p += objective_rules(cfg)
     if t.warmup_steps < 0:
         p.append(f"train.warmup_steps: must be >= 0, got {t.warmup_steps}")
     if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
@@ -72,6 +73,41 @@ def recipe_rules(cfg: RecipeConfig) -> list[str]:
         p += eval_rules(cfg.eval)
     if cfg.distributed.timeout_s <= 0:
         p.append(f"distributed.timeout_s: must be > 0, got {cfg.distributed.timeout_s}")
+    return p
+
+
+def objective_rules(cfg: RecipeConfig) -> list[str]:
+    """The objective's keys (train.loss, clip_ratio_c, the KL options, the sampler correction)."""
+    p: list[str] = []
+    t = cfg.train
+    if t.loss in ("gspo", "gspo_token") and max(t.clip_low, t.clip_high) > 0.01:
+        p.append(f"train.loss: {t.loss} clips a sequence-level ratio (the exp of a mean token log-ratio), which "
+                 f"stays within ~1e-3 of 1, so clip ranges of {t.clip_low} / {t.clip_high} never engage; use the "
+                 f"GSPO paper's train.clip_low=3.0e-4 train.clip_high=4.0e-4 (at most 0.01)")
+    if t.loss == "cispo" and t.clip_high <= 0:
+        p.append(f"train.clip_high: cispo needs an upper bound on its IS weight, min(ratio, 1 + clip_high); got "
+                 f"{t.clip_high}; use e.g. 4.0 (TRL's epsilon_high=5.0 is the bound itself, i.e. our 4.0)")
+    if t.clip_ratio_c is not None:
+        if t.loss == "cispo":
+            p.append("train.clip_ratio_c: dual clip bounds a clipped-ratio objective; cispo has none (its weight is "
+                     "already capped by clip_high); remove clip_ratio_c")
+        elif t.clip_ratio_c <= 1:
+            p.append(f"train.clip_ratio_c: the dual-clip bound must be > 1 (e.g. 3), got {t.clip_ratio_c}")
+    if t.kl_in == "reward" and t.beta <= 0:
+        p.append("train.kl_in: reward puts the KL penalty -beta * kl into the return; it needs train.beta > 0 "
+                 "(e.g. 0.01) and a reference model")
+    if t.kl_clamp is not None and t.kl_clamp <= 0:
+        p.append(f"train.kl_clamp: must be > 0 (the log-ratio is clamped to [-kl_clamp, kl_clamp]), got "
+                 f"{t.kl_clamp}; e.g. 10, or unset")
+    if t.entropy_coef < 0:
+        p.append(f"train.entropy_coef: the entropy bonus must be >= 0, got {t.entropy_coef}")
+    if t.sampler_correction in ("tis", "mis") and t.correction_cap <= 1:
+        p.append(f"train.correction_cap: the cap C of {t.sampler_correction} must be > 1 (tis keeps min(w, C), mis "
+                 f"keeps w in [1/C, C]), got {t.correction_cap}; e.g. 3")
+    if t.sampler_correction in ("tis", "mis") and t.mu > 1 and t.old_logprobs == "sampler":
+        p.append(f"train.sampler_correction: {t.sampler_correction} with mu = {t.mu} and old_logprobs=sampler would "
+                 f"count the sampler/trainer gap twice (the ratio pi / pi_sampler already holds it); set "
+                 f"train.old_logprobs=trainer")
     return p
 
 

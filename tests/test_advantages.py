@@ -33,7 +33,7 @@ def test_rloo_subtracts_the_mean_of_the_others():
 
 
 def test_every_variant_is_registered_under_its_recipe_name():
-    assert set(ADVANTAGES) == {"grpo", "dr_grpo", "rloo"}
+    assert set(ADVANTAGES) == {"grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"}
 
 
 def test_zero_variance_groups_are_flagged():

@@ -56,7 +56,8 @@ sampler: {group_size: 4, temperature: 0}
 """)
     text = "\n".join(found)
     assert "train.steps: expected an integer, got 'many'" in text
-    assert "train.advantage: 'grp' is not one of grpo, dr_grpo, rloo (did you mean 'grpo'?)" in text
+    assert ("train.advantage: 'grp' is not one of grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline "
+            "(did you mean 'grpo'?)") in text
     assert "train.micro_batch_size: 5 does not divide the batch" in text and "3 x 4 = 12" in text
     assert "train.beta" in text and "sampler.temperature" in text
     assert len(found) >= 5

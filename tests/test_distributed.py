@@ -52,6 +52,10 @@ def test_two_ranks_update_equals_one_process(update_results, case):
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
     assert two["kl"] == pytest.approx(one["kl"], abs=1e-7)
+    if "advantages" in one:  # the objectives cases: advantages (REINFORCE++: global batch) and correction
+        assert two["advantages"] == pytest.approx(one["advantages"], abs=1e-6)
+        assert two["correction_weight_mean"] == pytest.approx(one["correction_weight_mean"], rel=1e-6)
+        assert two["clip_fraction"] == pytest.approx(one["clip_fraction"], abs=1e-7)
     for name, w in one["weights"].items():
         torch.testing.assert_close(two["weights"][name], w, atol=1e-6, rtol=1e-5, msg=name)
 

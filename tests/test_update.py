@@ -2,6 +2,7 @@
 completions with positive advantage become more likely, and micro-batching changes nothing."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -121,3 +122,137 @@ def test_several_passes_use_the_sampler_logprobs_as_the_old_policy(model_and_tok
                           settings(mu=4, clip_low=0.05, clip_high=0.05), tok.pad_token_id, torch.device("cpu"))
     assert stats.logprob_gap < 1e-4  # first pass: the policy is the sampler's
     assert stats.clip_fraction > 0  # later passes moved past the clip range, so the clip engaged
+
+
+# ------------------------------------------------------------------------------------------------ the objectives menu
+
+OBJECTIVES = {
+    "gspo": dict(loss="gspo", clip_low=3e-4, clip_high=4e-4, loss_aggregation="sequence_mean"),
+    "gspo_token": dict(loss="gspo_token", clip_low=3e-4, clip_high=4e-4),
+    "cispo": dict(loss="cispo", clip_high=4.0),
+    "dual_clip": dict(clip_ratio_c=3.0),
+    "kl_k2_loss": dict(beta=0.1, kl_estimator="k2", kl_clamp=5.0),
+    "kl_k1_reward": dict(beta=0.1, kl_estimator="k1", kl_in="reward"),
+    "entropy": dict(entropy_coef=0.01),
+    "tis_sequence": dict(sampler_correction="tis", correction_level="sequence", correction_cap=2.0),
+    "mis_token": dict(sampler_correction="mis", correction_cap=1.5),
+    "gspo_trainer_old_mu2": dict(loss="gspo", clip_low=3e-4, clip_high=4e-4, mu=2, old_logprobs="trainer",
+                                 sampler_correction="tis", correction_level="geometric"),
+}
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that keeps the flattened gradient of every step."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.grads = []
+
+    def step(self, closure=None):
+        self.grads.append(torch.cat([p.grad.flatten() for g in self.param_groups for p in g["params"]]))
+        return super().step(closure)
+
+
+def sampler_view(model, rollouts, pad_id, shift):
+    """Give the rollouts sampler log-probs = the model's own + shift[i] per sequence (a known mismatch)."""
+    logp, _ = batch_logprobs(model, rollouts, pad_id)
+    for i, r in enumerate(rollouts):
+        r.completion.logprobs = (logp[i, : len(r.completion.token_ids)] + shift[i]).tolist()
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_every_objective_is_exact_under_micro_batching(model_and_tok, name):
+    model, tok = model_and_tok
+    reference = copy.deepcopy(model).eval()
+    rollouts = fixed_batch(tok)
+    sampler_view(model, rollouts, tok.pad_token_id, [0.3, -0.2, 0.0, -0.6])
+    grads, stats = [], []
+    for micro in (4, 1):
+        m = copy.deepcopy(model)
+        opt = RecordingSGD(m.parameters(), lr=0.5)
+        stats.append(policy_update(m, reference, opt, rollouts, settings(micro_batch_size=micro, **OBJECTIVES[name]),
+                                   temperature=1.0, loss_constant=16, pad_id=tok.pad_token_id,
+                                   device=torch.device("cpu")))
+        grads.append(opt.grads)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert stats[0].loss == pytest.approx(stats[1].loss, abs=1e-6)
+    assert float(grads[0][0].abs().max()) > 0
+
+
+def test_trainer_old_logprobs_make_the_first_pass_the_mu1_gradient(model_and_tok):
+    model, tok = model_and_tok
+    rollouts = fixed_batch(tok)  # sampler log-probs all 0.0: far from the policy's
+    runs = {}
+    for name, kw in {"mu1": dict(mu=1), "trainer": dict(mu=3, old_logprobs="trainer"),
+                     "sampler": dict(mu=3, old_logprobs="sampler")}.items():
+        m = copy.deepcopy(model)
+        opt = RecordingSGD(m.parameters(), lr=0.05)
+        update(m, None, opt, rollouts, settings(**kw), tok.pad_token_id)
+        runs[name] = opt.grads
+    assert torch.equal(runs["trainer"][0], runs["mu1"][0])  # bit for bit
+    assert not torch.allclose(runs["sampler"][0], runs["mu1"][0])  # the ratio against the sampler is not 1
+    assert not torch.equal(runs["trainer"][1], runs["trainer"][0])  # later passes are off-policy
+
+
+def test_tis_weights_scale_the_policy_gradient(model_and_tok):
+    """Sampler log-probs log(2) below the trainer's on every token: w = 2 (under the cap 3), so TIS doubles the
+    gradient; with cap 1.5 every token is truncated to 1.5."""
+    model, tok = model_and_tok
+    rollouts = fixed_batch(tok)
+    sampler_view(model, rollouts, tok.pad_token_id, [-math.log(2.0)] * 4)
+    grads, stats = {}, {}
+    for name, kw in {"none": dict(sampler_correction="none"), "tis": dict(sampler_correction="tis"),
+                     "tis_cap": dict(sampler_correction="tis", correction_cap=1.5)}.items():
+        m = copy.deepcopy(model)
+        opt = RecordingSGD(m.parameters(), lr=0.0)
+        stats[name] = update(m, None, opt, rollouts, settings(max_grad_norm=1e9, **kw), tok.pad_token_id)
+        grads[name] = opt.grads[0]
+    assert torch.allclose(grads["tis"], 2.0 * grads["none"], atol=1e-6)
+    assert torch.allclose(grads["tis_cap"], 1.5 * grads["none"], atol=1e-6)
+    assert stats["tis"].correction == "tis" and stats["none"].correction == "none"
+    assert stats["tis"].correction_weight_mean == pytest.approx(2.0, abs=1e-5)
+    assert stats["tis"].correction_flagged_fraction == 0.0
+    assert stats["tis_cap"].correction_flagged_fraction == 1.0
+    assert stats["tis_cap"].correction_weight_mean == pytest.approx(1.5)
+
+
+def test_auto_correction_follows_the_sampler_backend(model_and_tok):
+    model, tok = model_and_tok
+    rollouts = fixed_batch(tok)
+    for backend, expected in (("hf", "none"), ("vllm", "tis")):
+        m = copy.deepcopy(model)
+        stats = policy_update(m, None, torch.optim.SGD(m.parameters(), lr=0.0), rollouts,
+                              settings(), temperature=1.0, loss_constant=16, pad_id=tok.pad_token_id,
+                              device=torch.device("cpu"), sampler_backend=backend)
+        assert stats.correction == expected
+
+
+def test_entropy_bonus_is_in_the_loss_by_hand(model_and_tok):
+    """Zero advantages: the loss is -entropy_coef * (token-mean entropy), and the step raises the entropy."""
+    model, tok = model_and_tok
+    rollouts = fixed_batch(tok)
+    for r in rollouts:
+        r.advantage = 0.0
+    m = copy.deepcopy(model)
+    opt = torch.optim.SGD(m.parameters(), lr=1.0)
+    first = update(m, None, opt, rollouts, settings(entropy_coef=0.5), tok.pad_token_id)
+    assert first.loss == pytest.approx(-0.5 * first.entropy, rel=1e-6)
+    second = update(m, None, opt, rollouts, settings(entropy_coef=0.5), tok.pad_token_id)
+    assert second.entropy > first.entropy
+
+
+def test_kl_in_the_reward_moves_the_advantages_not_the_loss(model_and_tok):
+    """Before any change the policy equals the reference: the penalty is zero and the gradient is the plain one;
+    the KL is still measured."""
+    model, tok = model_and_tok
+    reference = copy.deepcopy(model).eval()
+    rollouts = fixed_batch(tok)
+    grads = []
+    for kw in (dict(), dict(beta=0.5, kl_in="reward", kl_estimator="k1")):
+        m = copy.deepcopy(model)
+        opt = RecordingSGD(m.parameters(), lr=0.0)
+        stats = update(m, reference, opt, rollouts, settings(**kw), tok.pad_token_id)
+        grads.append(opt.grads[0])
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
+    assert stats.kl == pytest.approx(0.0, abs=1e-7)

@@ -2,11 +2,14 @@
 
 Each takes rewards [B*G] laid out group by group (the G completions of prompt 0, then of prompt 1, ...) and
 returns one advantage per completion [B*G]. The trainer picks one of them once, at setup.
+
+The REINFORCE++ ones normalise over the whole batch, which on N ranks is the global batch: they are marked
+`batch_level` and take `total`, an element-wise sum over ranks (World.sum; the identity on one process).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -34,10 +37,55 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return (grouped - others_mean).reshape(-1)  # [B*G]
 
 
+Total = Callable[[Sequence[float]], Sequence[float]]
+
+
+def _one_process(values: Sequence[float]) -> Sequence[float]:
+    return values
+
+
+def batch_normalise(x: torch.Tensor, total: Total = _one_process, eps: float = 1e-4) -> torch.Tensor:
+    """(x - batch mean) / (batch std + eps) over the global batch, std with Bessel's correction. [M] -> [M].
+    Two passes (mean, then squared deviations), summed in float64 across ranks."""
+    n, s = total([float(x.numel()), float(x.double().sum())])
+    mean = s / max(n, 1.0)
+    (sq,) = total([float(((x.double() - mean) ** 2).sum())])
+    std = (sq / max(n - 1.0, 1.0)) ** 0.5
+    return ((x.double() - mean) / (std + eps)).to(x.dtype)  # [M]
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, group_size: int, total: Total = _one_process) -> torch.Tensor:
+    """REINFORCE++ (Hu et al. 2025): no group baseline; the rewards normalised over the whole (global) batch,
+    (r - batch mean) / (batch std + eps)."""
+    return batch_normalise(rewards, total)  # [B*G]
+
+
+def reinforce_pp_baseline_advantages(rewards: torch.Tensor, group_size: int,
+                                     total: Total = _one_process) -> torch.Tensor:
+    """REINFORCE++-baseline: subtract the group mean first (as Dr. GRPO), then normalise over the whole batch:
+    c = r - group mean, A = (c - batch mean of c) / (batch std of c + eps). TRL's scale_rewards=batch divides by
+    the batch std of r instead of c."""
+    return batch_normalise(dr_grpo_advantages(rewards, group_size), total)  # [B*G]
+
+
+reinforce_pp_advantages.batch_level = True  # type: ignore[attr-defined]
+reinforce_pp_baseline_advantages.batch_level = True  # type: ignore[attr-defined]
+
+
+def compute_advantages(fn: AdvantageFn, rewards: torch.Tensor, group_size: int,
+                       total: Total = _one_process) -> torch.Tensor:
+    """fn(rewards, group_size), handing batch-level functions the cross-rank sum. [B*G] -> [B*G]."""
+    if getattr(fn, "batch_level", False):
+        return fn(rewards, group_size, total=total)
+    return fn(rewards, group_size)
+
+
 ADVANTAGES: dict[str, AdvantageFn] = {
-    "grpo": grpo_advantages,
-    "dr_grpo": dr_grpo_advantages,
+    "grpo": grpo_advantages,  # TRL scale_rewards=group
+    "dr_grpo": dr_grpo_advantages,  # scale_rewards=none
     "rloo": rloo_advantages,
+    "reinforce_pp": reinforce_pp_advantages,
+    "reinforce_pp_baseline": reinforce_pp_baseline_advantages,  # ~ scale_rewards=batch
 }
 
 

@@ -1,4 +1,6 @@
-"""Pure loss math: token log-probs, the clipped surrogate, the k3 KL estimator and loss aggregation.
+"""Pure loss math: token log-probs, the clipped surrogate, the k3 KL estimator and loss aggregation
+(the other surrogates are in surrogates.py, the other KL estimators in kl.py, the sampler correction in
+correction.py).
 
 Shapes: N sequences in a micro-batch, T completion positions, V vocabulary. `mask` [N, T] is 1.0 on completion
 tokens and 0.0 on padding. Aggregation takes whole-batch counts so that summing micro-batch losses gives
@@ -34,17 +36,24 @@ class SurrogateOut:
 
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                      clip_low: float, clip_high: float) -> SurrogateOut:
+                      clip_low: float, clip_high: float, clip_ratio_c: float | None = None) -> SurrogateOut:
     """PPO clipped objective with separate bounds (DAPO clip-higher), as a loss to minimise.
 
-    logp, old_logp [N, T]; advantages [N] (one per sequence, broadcast over its tokens).
+    logp, old_logp [N, T]; advantages [N] (one per sequence, broadcast over its tokens) or [N, T] (per token).
+    clip_ratio_c (dual clip, Ye et al. 2020, > 1): where A < 0 the objective is also bounded below by c * A, so a
+    runaway ratio cannot make one token's loss unbounded; those tokens carry no gradient either.
     """
     ratio = torch.exp(logp - old_logp)  # [N, T]
-    adv = advantages.unsqueeze(-1)  # [N, 1]
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # [N, 1] or [N, T]
     unclipped = ratio * adv  # [N, T]
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv  # [N, T]
     objective = torch.minimum(unclipped, clipped)  # [N, T]
     was_clipped = clipped < unclipped  # [N, T] the min chose the clipped branch
+    if clip_ratio_c is not None:
+        floor = clip_ratio_c * adv  # [N, 1] or [N, T]
+        dual = (adv < 0) & (objective < floor)  # [N, T] the dual clip is active
+        objective = torch.where(dual, floor.expand_as(objective), objective)  # [N, T]
+        was_clipped = was_clipped | dual
     return SurrogateOut(loss=-objective, clipped=was_clipped, ratio=ratio.detach())
 
 

@@ -12,7 +12,7 @@ from grpo.config import DataConfig, TrainConfig
 from grpo.data import PromptRenderer, PromptStream
 from grpo.errors import UserError
 from grpo.parallel import World
-from grpo.objectives.advantages import AdvantageFn, zero_variance_groups
+from grpo.objectives.advantages import AdvantageFn, compute_advantages, zero_variance_groups
 from grpo.sampling.base import Completion, Sampler, SamplingSettings
 from rewards.scoring import NamedReward, reward_columns, score
 
@@ -85,11 +85,19 @@ def collect_experience(settings: SamplingSettings, *, stream: PromptStream, rend
             break
     kept = _share_groups(kept, prompts_per_step, world) if dynamic_sampling else kept[:prompts_per_step]
     exp.rollouts = [r for group in kept for r in group]
-    if exp.rollouts:
-        totals = torch.tensor([r.reward for r in exp.rollouts], dtype=torch.float32)  # [B*G]
-        for r, a in zip(exp.rollouts, advantage_fn(totals, G).tolist()):
-            r.advantage = a
+    assign_advantages(exp.rollouts, advantage_fn, G, world)
     return exp
+
+
+def assign_advantages(rollouts: list[Rollout], advantage_fn: AdvantageFn, group_size: int,
+                      world: World = World.single()) -> None:
+    """Set each rollout's advantage from the rewards of this rank's whole groups; batch-level advantages
+    (REINFORCE++) normalise over every rank's rollouts. Every rank holds as many rollouts (see _share_groups),
+    so either all call the collective or none does."""
+    if rollouts:
+        totals = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)  # [B*G]
+        for r, a in zip(rollouts, compute_advantages(advantage_fn, totals, group_size, world.sum).tolist()):
+            r.advantage = a
 
 
 def _share_groups(kept: list[list[Rollout]], wanted: int, world: World) -> list[list[Rollout]]:

@@ -269,7 +269,8 @@ def update_policy(run: Run, exp: Experience) -> UpdateStats | None:
     stats = policy_update(run.policy, run.reference, run.optimizer, exp.rollouts, c.train,
                           temperature=c.sampler.temperature,
                           loss_constant=c.train.loss_constant or c.sampler.max_new_tokens,
-                          pad_id=run.tokenizer.pad_token_id, device=run.device, world=run.world)
+                          pad_id=run.tokenizer.pad_token_id, device=run.device, world=run.world,
+                          sampler_backend=c.sampler.backend)
     run.scheduler.step()
     return stats
 
@@ -324,6 +325,9 @@ def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s:
         m.update({"loss": update.loss, "kl": update.kl, "clip_fraction": update.clip_fraction,
                   "entropy": update.entropy, "grad_norm": update.grad_norm, "ratio_mean": update.ratio_mean,
                   "sampler/logprob_gap": update.logprob_gap})
+        if update.correction != "none":  # only then: runs without a correction keep their metrics as they were
+            m.update({"sampler/correction_weight_mean": update.correction_weight_mean,
+                      "sampler/correction_flagged_fraction": update.correction_flagged_fraction})
     return m
 
 

@@ -1,14 +1,22 @@
-"""The policy update: mu passes of micro-batched clipped policy-gradient steps over one step's experience."""
+"""The policy update: mu passes of micro-batched policy-gradient steps over one step's experience. The
+objective (surrogate, KL estimator and where it applies, sampler correction, entropy bonus) is chosen once per
+call from the tables in grpo/objectives, by build_objective."""
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from grpo.config import TrainConfig
-from grpo.objectives.loss import aggregate, clipped_surrogate, kl_k3, token_entropy, token_logprobs
+from grpo.objectives.correction import Weights, correction_weights, resolve_correction
+from grpo.objectives.kl import KL_ESTIMATORS, KlEstimator, clamped, kl_reward_advantages
+from grpo.objectives.loss import SurrogateOut, aggregate, token_entropy, token_logprobs
+from grpo.objectives.surrogates import SURROGATES
 from grpo.parallel import World
 from grpo.train.rollouts import Rollout
 from grpo.train.sharding import unwrap
@@ -25,6 +33,30 @@ class UpdateStats:
     logprob_gap: float = 0.0  # mean |sampler - trainer| log-prob on the first pass (before any update)
     rank_logprob_gap: float = 0.0  # the same over this rank's tokens only (each rank checks its own sync)
     tokens: int = 0
+    correction: str = "none"  # the sampler correction applied (train.sampler_correction, auto resolved)
+    correction_weight_mean: float = 1.0  # mean importance weight per token (after truncation / masking)
+    correction_flagged_fraction: float = 0.0  # tokens truncated (tis) or masked (mis)
+    skipped: bool = False  # a pass had a non-finite gradient and its optimizer step was not taken
+
+
+@dataclass
+class Objective:
+    """What the loss is made of, picked once from the tables in grpo/objectives."""
+
+    surrogate: Callable[..., SurrogateOut]  # (logp, old_logp, advantages, mask) -> SurrogateOut
+    kl: KlEstimator | None  # None: beta = 0
+    kl_in_reward: bool
+    correction: str  # none | tis | mis
+    old_from_trainer: bool  # mu > 1: the ratio's old policy is the trainer's pre-update log-probs
+
+
+def build_objective(s: TrainConfig, sampler_backend: str = "hf") -> Objective:
+    surrogate = functools.partial(SURROGATES[s.loss], clip_low=s.clip_low, clip_high=s.clip_high,
+                                  clip_ratio_c=s.clip_ratio_c)
+    kl = clamped(KL_ESTIMATORS[s.kl_estimator], s.kl_clamp) if s.beta > 0 else None
+    return Objective(surrogate=surrogate, kl=kl, kl_in_reward=kl is not None and s.kl_in == "reward",
+                     correction=resolve_correction(s.sampler_correction, sampler_backend, s.mu, s.old_logprobs),
+                     old_from_trainer=s.old_logprobs == "trainer")
 
 
 @dataclass
@@ -88,13 +120,16 @@ def _accepts_logits_to_keep(model) -> bool:
 
 
 def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: TrainConfig, *, temperature: float,
-                  loss_constant: int, pad_id: int, device: torch.device, world: World = World.single()) -> UpdateStats:
+                  loss_constant: int, pad_id: int, device: torch.device, world: World = World.single(),
+                  sampler_backend: str = "hf") -> UpdateStats:
     """mu optimizer steps on the batch. `temperature` is the sampler's (log-probs are of the tempered
-    distribution it drew from); `loss_constant` the normaliser of loss_aggregation=constant.
+    distribution it drew from); `loss_constant` the normaliser of loss_aggregation=constant; `sampler_backend`
+    resolves train.sampler_correction=auto.
 
     On several ranks `rollouts` is this rank's share: the loss is normalised by the global batch's sequence and
     token counts, and scaled by the world size because DDP and FSDP average gradients over ranks, so the summed
     gradient is exactly that of the global batch's loss on one process."""
+    objective = build_objective(s, sampler_backend)
     batch_sequences, batch_tokens = (int(n) for n in world.sum(
         [len(rollouts), sum(len(r.completion.token_ids) for r in rollouts)]))
     grad_scale = float(world.size)
@@ -102,22 +137,41 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
                      for i in range(0, len(rollouts), s.micro_batch_size)]
     ref_logprobs = [_reference_logprobs(policy, reference, mb, temperature) if s.beta > 0 else None
                     for mb in micro_batches]
-    sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "ratio": 0.0, "gap": 0.0, "tokens": 0.0}
+    # Set on the first pass, from the policy before this step's update, and reused by the later passes.
+    trainer_old: list[torch.Tensor | None] = [None] * len(micro_batches)  # [n, C] old_logprobs=trainer
+    weights: list[Weights | None] = [None] * len(micro_batches)  # sampler correction
+    advantages: list[torch.Tensor] = [mb.advantages for mb in micro_batches]  # [n], or [n, C] kl_in=reward
+    sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "ratio": 0.0, "gap": 0.0, "tokens": 0.0,
+            "weight": 0.0, "flagged": 0.0}
     grad_norms = []
+    skipped = False
     policy.train()
     for epoch in range(s.mu):
         optimizer.zero_grad(set_to_none=True)
-        for mb, ref_lp in zip(micro_batches, ref_logprobs):
+        for i, (mb, ref_lp) in enumerate(zip(micro_batches, ref_logprobs)):
             logits = completion_logits(policy, mb)  # [n, C, V]
             logp = token_logprobs(logits, mb.targets, temperature)  # [n, C]
+            if epoch == 0:
+                _first_pass(objective, s, i, mb, logp.detach(), ref_lp, trainer_old, weights, advantages)
             # mu == 1: on-policy, the ratio is 1 but carries the gradient. mu > 1: later passes are off-policy
-            # against the sampler-time log-probs.
-            old_logp = logp.detach() if s.mu == 1 else mb.sampler_logprobs
-            out = clipped_surrogate(logp, old_logp, mb.advantages, s.clip_low, s.clip_high)
+            # against the sampler-time log-probs, or the trainer's own from the first pass.
+            if s.mu == 1:
+                old_logp = logp.detach()
+            else:
+                old_logp = trainer_old[i] if objective.old_from_trainer else mb.sampler_logprobs
+            out = objective.surrogate(logp, old_logp, advantages[i], mb.mask)
             per_token = out.loss  # [n, C]
-            kl = kl_k3(logp, ref_lp) if ref_lp is not None else None  # [n, C]
-            if kl is not None:
+            if weights[i] is not None:
+                per_token = per_token * weights[i].weight
+            kl = None  # [n, C]
+            if ref_lp is not None and objective.kl_in_reward:  # already in the advantages; measured only
+                kl = objective.kl(logp.detach(), ref_lp)
+            elif ref_lp is not None:
+                kl = objective.kl(logp, ref_lp)
                 per_token = per_token + s.beta * kl
+            entropy = token_entropy(logits, temperature) if s.entropy_coef else None  # [n, C] with gradient
+            if entropy is not None:
+                per_token = per_token - s.entropy_coef * entropy
             loss = aggregate(per_token, mb.mask, s.loss_aggregation, batch_sequences, batch_tokens, loss_constant)
             (loss * grad_scale).backward()
             if epoch == 0:  # figures of the batch as sampled, before this step changed the policy
@@ -126,26 +180,50 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
                     sums["loss"] += float(loss)
                     sums["tokens"] += ntok
                     sums["gap"] += float(((mb.sampler_logprobs - logp).abs() * mb.mask).sum())
-                    sums["entropy"] += float((token_entropy(logits, temperature) * mb.mask).sum())
+                    ent = entropy.detach() if entropy is not None else token_entropy(logits, temperature)
+                    sums["entropy"] += float((ent * mb.mask).sum())
                     if kl is not None:
                         sums["kl"] += float((kl * mb.mask).sum())
+                    if weights[i] is not None:
+                        sums["weight"] += float(weights[i].weight.sum())
+                        sums["flagged"] += float(weights[i].flagged.float().sum())
             with torch.no_grad():
                 sums["clipped"] += float((out.clipped.float() * mb.mask).sum()) / s.mu
                 sums["ratio"] += float((out.ratio * mb.mask).sum()) / s.mu
-            del logits, logp, out, per_token, loss
+            del logits, logp, out, per_token, loss, kl, entropy
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
                                                    s.max_grad_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: the norm over every rank's shards
             grad_norm = grad_norm.full_tensor()
         grad_norms.append(float(grad_norm))
-        optimizer.step()
+        if math.isfinite(grad_norms[-1]):  # global on every rank, so the ranks skip together
+            optimizer.step()
+        else:  # a NaN/inf gradient would poison the weights and the optimizer's moments: this step is dropped
+            skipped = True
     rank_gap = sums["gap"] / max(sums["tokens"], 1.0)
     sums = dict(zip(sums, world.sum(list(sums.values()))))  # the global batch's figures
     tokens = max(sums["tokens"], 1.0)
+    corrected = objective.correction != "none"
     return UpdateStats(loss=sums["loss"], kl=sums["kl"] / tokens, clip_fraction=sums["clipped"] / tokens,
                        entropy=sums["entropy"] / tokens, grad_norm=sum(grad_norms) / len(grad_norms),
                        ratio_mean=sums["ratio"] / tokens, logprob_gap=sums["gap"] / tokens, tokens=int(tokens),
-                       rank_logprob_gap=rank_gap)
+                       rank_logprob_gap=rank_gap, correction=objective.correction,
+                       correction_weight_mean=sums["weight"] / tokens if corrected else 1.0,
+                       correction_flagged_fraction=sums["flagged"] / tokens if corrected else 0.0, skipped=skipped)
+
+
+def _first_pass(objective: Objective, s: TrainConfig, i: int, mb: MicroBatch, old_logp: torch.Tensor,
+                ref_lp: torch.Tensor | None, trainer_old: list, weights: list, advantages: list) -> None:
+    """What the first pass learns of micro-batch i from the policy before the update (old_logp [n, C], no
+    gradient): the old log-probs for later passes, the sampler-correction weights, the per-token advantages
+    with the KL penalty in the reward."""
+    if s.mu > 1 and objective.old_from_trainer:
+        trainer_old[i] = old_logp
+    if objective.correction != "none":
+        weights[i] = correction_weights(old_logp, mb.sampler_logprobs, mb.mask, objective.correction,
+                                        s.correction_level, s.correction_cap)
+    if objective.kl_in_reward and ref_lp is not None:
+        advantages[i] = kl_reward_advantages(mb.advantages, objective.kl(old_logp, ref_lp), mb.mask, s.beta)
 
 
 @torch.no_grad()

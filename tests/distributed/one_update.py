@@ -15,15 +15,33 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from grpo.config import DistributedConfig, TrainConfig
 from grpo.parallel import close_world, init_world, launched_world
 from grpo.sampling.base import Completion
-from grpo.train.rollouts import Rollout
+from grpo.objectives.advantages import ADVANTAGES
+from grpo.train.rollouts import Rollout, assign_advantages
 from grpo.train.sharding import full_model_state, wrap
-from grpo.train.update import policy_update
+from grpo.objectives.loss import token_logprobs
+from grpo.train.update import completion_logits, make_micro_batch, policy_update
 
-CASES = [  # (name, strategy, aggregation, beta, mu)
+CASES = [  # (name, strategy, aggregation, beta, mu[, more TrainConfig keys])
     *[(f"{s}-{agg}-beta{beta}-mu{mu}", s, agg, beta, mu)
       for s in ("ddp", "fsdp") for agg in ("token_mean", "sequence_mean", "constant")
       for beta, mu in ((0.0, 1), (0.1, 1), (0.0, 2))],
     ("fsdp-token_mean-beta0.1-mu2", "fsdp", "token_mean", 0.1, 2),
+    # The objectives menu. `advantage` recomputes the advantages from the rewards on each rank (REINFORCE++
+    # normalises over the global batch); `near`: sampler log-probs within +-0.6 of the policy's, so that the
+    # correction weights, and the ratios against the sampler, vary around 1 (truncated, masked, dual-clipped).
+    ("fsdp-gspo-mu2-trainer", "fsdp", "sequence_mean", 0.0, 2,
+     dict(loss="gspo", clip_low=3e-4, clip_high=4e-4, old_logprobs="trainer")),
+    ("ddp-gspo_token-beta0.1", "ddp", "token_mean", 0.1, 1, dict(loss="gspo_token", clip_low=3e-4, clip_high=4e-4)),
+    ("fsdp-cispo-mu2", "fsdp", "token_mean", 0.0, 2, dict(loss="cispo", clip_high=1.0)),
+    ("ddp-dual_clip-mu2", "ddp", "constant", 0.0, 2, dict(clip_ratio_c=1.2, near=True)),
+    ("fsdp-reinforce_pp", "fsdp", "token_mean", 0.0, 1, dict(advantage="reinforce_pp")),
+    ("ddp-reinforce_pp_baseline-kl_reward", "ddp", "sequence_mean", 0.1, 1,
+     dict(advantage="reinforce_pp_baseline", kl_in="reward", kl_estimator="k1")),
+    ("fsdp-tis_sequence-entropy", "fsdp", "token_mean", 0.1, 1,
+     dict(sampler_correction="tis", correction_level="sequence", correction_cap=2.0, entropy_coef=0.01,
+          kl_estimator="k2", kl_clamp=1.0, near=True)),
+    ("ddp-mis_token-mu2-trainer", "ddp", "token_mean", 0.0, 2,
+     dict(sampler_correction="mis", correction_cap=1.5, old_logprobs="trainer", near=True)),
 ]
 
 
@@ -36,8 +54,23 @@ def global_batch(tok) -> list[Rollout]:
         for g in range(2):
             ids = tok(f" {2 * p + g}" + "!" * (p + 2 * g), add_special_tokens=False).input_ids
             lp = (-torch.rand(len(ids), generator=gen) * 2).tolist()
-            rollouts.append(Rollout("", prompt, Completion(ids, lp, "", "stop"), {}, advantage=1.0 if g else -0.5))
+            rollouts.append(Rollout("", prompt, Completion(ids, lp, "", "stop"), {}, advantage=1.0 if g else -0.5,
+                                    reward=float((3 * p + g) % 4) / 3))
     return rollouts
+
+
+def near_sampler(model_dir: str, batch: list[Rollout], pad_id: int) -> list[Rollout]:
+    """The global batch with sampler log-probs = the starting policy's + uniform noise in [-0.6, 0.6]."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    mb = make_micro_batch(batch, pad_id, torch.device("cpu"))
+    with torch.no_grad():
+        logp = token_logprobs(completion_logits(model, mb), mb.targets, 0.9)  # the update's temperature
+    gen = torch.Generator().manual_seed(1)
+    out = copy.deepcopy(batch)
+    for i, r in enumerate(out):
+        n = len(r.completion.token_ids)
+        r.completion.logprobs = (logp[i, :n] + (torch.rand(n, generator=gen) - 0.5) * 1.2).tolist()
+    return out
 
 
 def main(model_dir: str, out_dir: str) -> None:
@@ -48,7 +81,13 @@ def main(model_dir: str, out_dir: str) -> None:
     batch = global_batch(tok)
     share = len(batch) // world.size
     mine = batch[world.rank * share:(world.rank + 1) * share]
-    for name, strategy, aggregation, beta, mu in CASES:
+    for name, strategy, aggregation, beta, mu, *more in CASES:
+        more = dict(more[0]) if more else {}
+        advantage = more.pop("advantage", None)
+        rollouts = copy.deepcopy(near_sampler(model_dir, batch, tok.pad_token_id)[world.rank * share:][:share]
+                                 if more.pop("near", False) else mine)
+        if advantage is not None:  # each rank holds whole groups of 2
+            assign_advantages(rollouts, ADVANTAGES[advantage], 2, world)
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         reference = copy.deepcopy(model).eval() if beta > 0 else None
         strategy = strategy if world.distributed else "none"
@@ -58,14 +97,17 @@ def main(model_dir: str, out_dir: str) -> None:
         # SGD: the weight change is the gradient itself (Adam would divide tiny float differences by tiny
         # second moments and amplify them), so this compares the gradients sharply.
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        train = TrainConfig(clip_low=0.2, clip_high=0.28, beta=beta, mu=mu, micro_batch_size=2,
-                            loss_aggregation=aggregation, max_grad_norm=0.5)
-        stats = policy_update(model, reference, optimizer, mine, train, temperature=0.9, loss_constant=12,
+        train = TrainConfig(**{**dict(clip_low=0.2, clip_high=0.28, beta=beta, mu=mu, micro_batch_size=2,
+                                      loss_aggregation=aggregation, max_grad_norm=0.5), **more})
+        stats = policy_update(model, reference, optimizer, rollouts, train, temperature=0.9, loss_constant=12,
                               pad_id=tok.pad_token_id, device=device, world=world)
         weights = full_model_state(model)
+        advantages = [a for part in world.gather([r.advantage for r in rollouts]) for a in part]
         if world.is_main:
             torch.save({"weights": weights, "loss": stats.loss, "grad_norm": stats.grad_norm, "kl": stats.kl,
-                        "tokens": stats.tokens}, Path(out_dir) / f"{name}.pt")
+                        "tokens": stats.tokens, "advantages": advantages,
+                        "correction_weight_mean": stats.correction_weight_mean,
+                        "clip_fraction": stats.clip_fraction}, Path(out_dir) / f"{name}.pt")
     close_world(world)
 
 
