@@ -25,7 +25,16 @@ class RewardSource:
 
 def installed_rewards() -> dict[str, RewardSource]:
     """name -> where it comes from, for every entry point in the group. Raises on a duplicate name."""
+    found, clashes = _scan()
+    if clashes:
+        raise UserError(next(iter(clashes.values())))
+    return found
+
+
+def _scan() -> tuple[dict[str, RewardSource], dict[str, str]]:
+    """Every entry point of the group, and for each name claimed twice the message that says by whom."""
     found: dict[str, RewardSource] = {}
+    clashes: dict[str, str] = {}
     seen_targets: set[tuple[str, str]] = set()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
@@ -35,13 +44,13 @@ def installed_rewards() -> dict[str, RewardSource]:
         seen_targets.add((ep.name, ep.value))
         if ep.name in found:
             other = found[ep.name]
-            raise UserError(
+            clashes.setdefault(ep.name,
                 f"reward '{ep.name}' is registered twice in entry-point group '{ENTRY_POINT_GROUP}': "
                 f"{other.target} (from {other.origin}) and {ep.value} (from {origin}). "
-                f"Uninstall one of them, or rename the entry point in one package."
-            )
+                f"Uninstall one of them, or rename the entry point in one package.")
+            continue
         found[ep.name] = RewardSource(ep.name, ep.value, origin)
-    return found
+    return found, clashes
 
 
 def load_reward(name: str) -> RewardFn:
@@ -54,7 +63,9 @@ def load_reward(name: str) -> RewardFn:
 
 def find_installed(name: str) -> RewardSource:
     """Where an installed reward comes from, without importing it (some rewards start workers on import)."""
-    known = installed_rewards()
+    known, clashes = _scan()  # a clash on another name is not this reward's problem
+    if name in clashes:
+        raise UserError(clashes[name])
     if name not in known:
         guess = difflib.get_close_matches(name, list(known), n=1)
         hint = f" Did you mean '{guess[0]}'?" if guess else ""

@@ -105,3 +105,20 @@ def test_a_reward_that_raises_on_one_completion_scores_it_zero_and_counts_it(tmp
 def test_recipe_args_reach_the_function():
     rewards = build_rewards([Spec("format", args={"style": "pattern", "pattern": r"^OK"})])
     assert score(rewards, ["p", "p"], ["OK then", "not OK"], {}).total == [1.0, 0.0]
+
+
+def test_a_duplicate_is_reported_under_the_reward_that_clashes(tmp_path, monkeypatch):
+    from grpo.errors import ConfigError
+    from grpo.validate import validate_recipe
+
+    make_plugin(tmp_path, monkeypatch, dist="other_plugin", names=("format",), module="other_plugin_rewards")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1", "answer": "2"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data: {{path: {data}}}\nrewards: [{{name: math}}, {{name: format}}]\n")
+    with pytest.raises(ConfigError) as info:
+        validate_recipe(recipe)
+    problems = info.value.problems
+    assert any(p.startswith("rewards[1].name: reward 'format' is registered twice") for p in problems)
+    assert not any(p.startswith("rewards[0]") for p in problems)
+    assert load_reward("math")  # a clash on another name does not stop this one

@@ -35,7 +35,9 @@ def exits(prompts, completions, **kw):
 @pytest.fixture
 def plugin(tmp_path):
     (tmp_path / "survive_rewards.py").write_text(PLUGIN)
-    return tmp_path
+    sys.modules.pop("survive_rewards", None)  # another test may have imported a module of this name
+    yield tmp_path
+    sys.modules.pop("survive_rewards", None)
 
 
 def write_recipe(tmp_path, model_dir, data, reward="survive_rewards:slow", steps=6, out="run"):
