@@ -22,13 +22,21 @@ def temp_path(path: Path) -> Path:
 
 
 def write_text(path: Path | str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path | str, data: bytes) -> None:
     path = Path(path)
     tmp = temp_path(path)
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill: leave no temp file beside the old version
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 

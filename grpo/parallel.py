@@ -56,6 +56,14 @@ class World:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        """Every rank's `obj` in rank order on rank 0 (None elsewhere); all ranks must call it."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] | None = [None] * self.size if self.is_main else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
+
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()

@@ -71,7 +71,18 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
         raise ConfigError(problems, "eval config")
     sets = load_eval_sets(cfg)  # before the model: a bad path fails in a second
     grader = load_grader(cfg.grader)
-    loaded = _load_model(cfg, model, tokenizer, model_path, sampler, dtype, device, engine)
+    # A sharded model (FSDP, during training) decodes in lockstep over the ranks.
+    loaded = _load_model(cfg, model, tokenizer, model_path, sampler, dtype, device, engine, synced=world.distributed)
+    try:
+        return _sample_grade_report(cfg, sets, grader, loaded, output_dir, step, progress, console, world)
+    finally:
+        if sampler is None:  # ours to close (an engine under torchrun must go before the process group)
+            loaded.sampler.close()
+
+
+def _sample_grade_report(cfg: EvalConfig, sets: list[EvalSet], grader: NamedReward, loaded: "Loaded",
+                         output_dir: Path | str, step: int | None, progress: bool, console: bool,
+                         world: World) -> dict:
     items = render_items(sets, PromptRenderer(loaded.tokenizer, cfg), cfg)
 
     started = time.perf_counter()
@@ -147,7 +158,7 @@ class Loaded:
 
 
 def _load_model(cfg: EvalConfig, model, tokenizer, model_path, sampler, dtype: str, device: str,
-                engine: VllmConfig | None) -> Loaded:
+                engine: VllmConfig | None, synced: bool = False) -> Loaded:
     import transformers
 
     from grpo.modeling import load_policy, load_tokenizer, resolve_device, resolve_model_path
@@ -169,7 +180,7 @@ def _load_model(cfg: EvalConfig, model, tokenizer, model_path, sampler, dtype: s
             model = load_policy(ModelConfig(path=str(path), dtype=dtype), path, torch_device)
         sampler = build_sampler(backend, model=model, tokenizer=tokenizer, model_path=path,
                                 generation_batch_size=cfg.generation_batch_size, engine=engine or VllmConfig(),
-                                seed=cfg.seed, dtype=dtype)
+                                seed=cfg.seed, dtype=dtype, synced=synced)
     return Loaded(model, tokenizer, sampler, path, torch_device, dtype)
 
 

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from grpo import io
 from grpo.errors import UserError
 
 
@@ -31,9 +32,7 @@ def make_report(run_dirs: list[str], out: str | Path | None = None, png: str | P
     report = build(runs, smoothing)
     page = Path(out) if out else (runs[0].path / "report.html" if len(runs) == 1 else Path("report.html"))
     page.parent.mkdir(parents=True, exist_ok=True)
-    tmp = page.with_name(f".{page.name}.tmp")
-    tmp.write_text(report.html, encoding="utf-8")
-    tmp.replace(page)  # a browser reloading the page never sees half of it
+    io.write_text(page, report.html)  # a browser reloading the page never sees half of it
     pngs: list[Path] = []
     if png:
         png_dir = Path(png)

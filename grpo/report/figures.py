@@ -13,6 +13,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from grpo import io as atomic
 from grpo.report.evals import eval_points
 from grpo.report.load import RunData
 from grpo.report.panels import TIME_PARTS, TIME_TOTAL, Panel, is_log
@@ -211,5 +212,7 @@ def to_svg(fig: Figure, prefix: str) -> str:
 def to_png(fig: Figure, path: Path, dpi: int = 110) -> None:
     import matplotlib
 
+    buf = io.BytesIO()
     with matplotlib.rc_context(RC):
-        fig.savefig(path, format="png", dpi=dpi)
+        fig.savefig(buf, format="png", dpi=dpi)
+    atomic.write_bytes(path, buf.getvalue())

@@ -269,7 +269,9 @@ class VLLMSampler:
         that ending the run's process group later finds nothing of vLLM's left in it."""
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-        del self.llm
+        if self.llm is None:
+            return  # closed already
+        self.llm = None
         cleanup_dist_env_and_memory()
 
 

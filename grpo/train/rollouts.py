@@ -80,6 +80,8 @@ def collect_experience(settings: SamplingSettings, *, stream: PromptStream, rend
                 exp.dropped_groups += 1
                 continue
             kept.append(rollouts[g * G:(g + 1) * G])
+        if not dynamic_sampling:
+            break  # one round, whole groups on every rank: nothing to agree on
         kept_globally = int(world.sum([len(kept)])[0])  # every rank takes the same decision to stop
         if kept_globally >= prompts_per_step:
             break

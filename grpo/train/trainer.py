@@ -68,19 +68,21 @@ class Run:
 
 
 def train(cfg: RecipeConfig) -> Path:
-    """The run, holding output_dir's lock (rank 0) and the signal handlers for its whole length."""
+    """The run, holding output_dir's lock (rank 0) throughout, and the signal handlers once training starts (a
+    Ctrl-C during the model load just interrupts it: there is nothing to save yet)."""
     world = launched_world()
     lock = RunLock(Path(cfg.output_dir)).acquire() if world.is_main else None
     try:
+        run = setup(cfg)
         with StopFlag(announce=world.is_main) as stop:
-            return _train(cfg, stop)
+            return _train(run, stop)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(cfg: RecipeConfig, stop: StopFlag) -> Path:
-    run = setup(cfg)
+def _train(run: Run, stop: StopFlag) -> Path:
+    cfg = run.cfg
     health = Health(cfg, run.rewards, run.world)
     progress = Progress(cfg.train.steps, run.start_step, enabled=cfg.logging.progress_bar and run.world.is_main)
     try:
@@ -95,7 +97,8 @@ def _train(cfg: RecipeConfig, stop: StopFlag) -> Path:
             run.sampler.sync_weights(unwrap(run.policy))
             sync_s = time.perf_counter() - t0
             check_sampler_matches_policy(run, update, step)
-            step_exp = merge_experience(run.world.gather(exp)) if run.world.distributed else exp  # the global step
+            parts = run.world.gather_to_main(exp)  # every rank sends its share; rank 0 logs the global step
+            step_exp = merge_experience(parts) if run.world.distributed and parts else exp
             metrics = step_metrics(run, step_exp, update, train_s, sync_s, time.perf_counter() - t_step)
             metrics.update(health.update_metrics(update))
             metrics.update(periodic_eval(run, step))
@@ -278,12 +281,18 @@ def update_policy(run: Run, exp: Experience) -> UpdateStats | None:
 def check_sampler_matches_policy(run: Run, update: UpdateStats | None, step: int) -> None:
     """The sampler's log-probs were measured against the policy before this step's update; a large gap
     means the last weight sync did not reach the sampler."""
-    if update is not None and update.rank_logprob_gap > run.cfg.sampler.max_logprob_gap:
+    if update is None:
+        return
+    # Each rank checks its own engine, but all decide together: a rank stopping alone would leave the others
+    # waiting in the next collective.
+    worst = run.world.max(update.rank_logprob_gap)
+    if worst > run.cfg.sampler.max_logprob_gap:
+        where = f" (worst rank; this rank's: {update.rank_logprob_gap:.3f})" if run.world.distributed else ""
         raise RuntimeError(
             f"{run.world.tag()}step {step}: the sampler and the policy disagree: mean |sampler - trainer| token "
-            f"log-prob = {update.rank_logprob_gap:.3f} > sampler.max_logprob_gap = {run.cfg.sampler.max_logprob_gap}. The weight sync "
-            f"into the {run.cfg.sampler.backend} sampler probably failed; raise the limit only if the gap is expected "
-            f"(e.g. bf16 sampling).")
+            f"log-prob = {worst:.3f}{where} > sampler.max_logprob_gap = {run.cfg.sampler.max_logprob_gap}. The weight "
+            f"sync into the {run.cfg.sampler.backend} sampler probably failed; raise the limit only if the gap is "
+            f"expected (e.g. bf16 sampling).")
 
 
 def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s: float, sync_s: float,
@@ -364,10 +373,17 @@ def save_if_due(run: Run, step: int, force: bool = False) -> Path | None:
     state = {"optimizer": full_optimizer_state(run.policy, run.optimizer), "scheduler": run.scheduler.state_dict(),
              "data": run.stream.state_dict(), "config": to_dict(run.cfg), "world_size": run.world.size,
              "rng_per_rank": run.world.gather(rng_state()), "data_fingerprint": run.data_fingerprint}
+    failure: Exception | None = None
     if run.world.is_main:
-        save_checkpoint(run.output_dir, step, unwrap(run.policy), run.tokenizer, state, run.cfg.checkpoint.keep_last,
-                        weights=weights)
-    run.world.barrier()
+        try:
+            save_checkpoint(run.output_dir, step, unwrap(run.policy), run.tokenizer, state,
+                            run.cfg.checkpoint.keep_last, weights=weights)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after every rank has heard of it
+            failure = exc
+    # Every rank learns rank 0's outcome (this is also the barrier), so none waits on a rank that stopped.
+    if run.world.max(float(failure is not None)):
+        raise failure or UserError(f"{run.world.tag()}rank 0 could not write the checkpoint of step {step}; its "
+                                   f"message says why.")
     return checkpoint_dir(run.output_dir, step)
 
 

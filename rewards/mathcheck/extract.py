@@ -88,11 +88,6 @@ def box_spans(text: str) -> list[tuple[int, int, str | None]]:
             i = j + (m.end() if m else 0)
 
 
-def find_boxes(text: str) -> list[str | None]:
-    """Contents of every \\boxed/\\fbox in order; None for one that is left open."""
-    return [c for _, _, c in box_spans(text)]
-
-
 # What may stand between two boxes of one answer ("\boxed{1}, \boxed{2} and \boxed{3}", "$x=\boxed{1}$ or
 # $x=\boxed{2}$"): math delimiters, spacing, list words, labels. Anything else (prose) separates answers.
 _GAP_NOISE = re.compile(r"\\(?:text|mbox|textrm|mathrm|textnormal)\s*\{\s*([^{}]*?)\s*\}|\\(?:quad|qquad|[,;:! ()\[\]])|"
@@ -159,11 +154,6 @@ def clean(ans: str) -> str:
         if s == before:
             break
     return s
-
-
-def _after_marker(text: str) -> str | None:
-    found = _marker(text)
-    return found[1] if found else None
 
 
 def _marker(text: str, strong_only: bool = False) -> tuple[int, str] | None:
