@@ -241,6 +241,9 @@ def test_vllm_sampler_is_built_from_the_model_directory(tmp_path, problems_file,
     class FakeVLLMSampler:  # records how eval builds and calls it; answers "4" to everything
         backend = "vllm"
 
+        def close(self):
+            built["closed"] = True
+
         def __init__(self, model_path, **kwargs):
             built.update(model_path=model_path, **kwargs)
             built["calls"] = []
@@ -259,7 +262,7 @@ def test_vllm_sampler_is_built_from_the_model_directory(tmp_path, problems_file,
     assert [n for n, _ in built["calls"]] == [5]  # all five problems in one call (vLLM batches itself)
     settings = built["calls"][0][1]
     assert (settings.n, settings.temperature, settings.max_new_tokens) == (2, 1.0, 5)
-    assert summary["sampling"]["sampler"] == "vllm"
+    assert summary["sampling"]["sampler"] == "vllm" and built["closed"]  # eval closes the engine it built
     assert summary["metrics"]["overall"]["metrics"]["avg@2"] == 1.0  # "4": ord 52 is even -> right
     assert summary["metrics"]["overall"]["metrics"]["maj@2"] == 1.0
 
