@@ -256,3 +256,14 @@ def test_kl_in_the_reward_moves_the_advantages_not_the_loss(model_and_tok):
         grads.append(opt.grads[0])
     assert torch.allclose(grads[0], grads[1], atol=1e-7)
     assert stats.kl == pytest.approx(0.0, abs=1e-7)
+
+
+def test_the_update_reports_the_padded_share_of_its_forward_pass(model_and_tok):
+    model, tok = model_and_tok
+    rollouts = fixed_batch(tok)
+    stats = update(model, None, torch.optim.SGD(model.parameters(), lr=0.0), rollouts, settings(micro_batch_size=8),
+                   tok.pad_token_id)
+    mb = make_micro_batch(rollouts, tok.pad_token_id, torch.device("cpu"))
+    real = sum(len(r.prompt_ids) + len(r.completion.token_ids) for r in rollouts)
+    assert stats.padded_fraction == pytest.approx(1 - real / mb.input_ids.numel())
+    assert 0 < stats.padded_fraction < 1  # prompts and completions of different lengths

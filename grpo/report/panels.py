@@ -39,8 +39,9 @@ PANELS: tuple[Panel, ...] = (
     Panel("groups", "Groups with no signal",
           ("groups/zero_variance_fraction", "groups/*", "prompts/*", "advantage/*"),
           why="A group whose completions all score the same has zero advantage and teaches nothing."),
-    Panel("throughput", "Throughput", ("throughput/*", "time/step_s"),
-          why="Generated tokens per second of generation, and per second of the whole step."),
+    Panel("throughput", "Throughput", ("throughput/*", "time/step_s", "batch/padded_fraction"),
+          why="Generated tokens per second of generation, and per second of the whole step; the share of the "
+              "training pass spent on padding."),
     Panel("time", "Time budget per step", ("time/*",), kind="time",
           why="Where a step's seconds go; other = step - (generate + score + train + sync)."),
     Panel("eval", "Eval during training", ("eval/*",), kind="eval",

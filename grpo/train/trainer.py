@@ -320,6 +320,8 @@ def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s:
         "time/train_s": train_s,
         "time/sync_s": sync_s,
         "time/step_s": step_s,
+        # the rest of the step: logging, samples, advantages, Python between the stages (a budget to keep small)
+        "time/other_s": max(0.0, step_s - exp.generate_s - exp.score_s - train_s - sync_s),
         "throughput/generated_tokens_per_s": exp.generated_tokens / max(exp.generate_s, 1e-9),
         "throughput/tokens_per_s": exp.generated_tokens / max(step_s, 1e-9),
     }
@@ -333,7 +335,7 @@ def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s:
     if update is not None:
         m.update({"loss": update.loss, "kl": update.kl, "clip_fraction": update.clip_fraction,
                   "entropy": update.entropy, "grad_norm": update.grad_norm, "ratio_mean": update.ratio_mean,
-                  "sampler/logprob_gap": update.logprob_gap})
+                  "sampler/logprob_gap": update.logprob_gap, "batch/padded_fraction": update.padded_fraction})
         if update.correction != "none":  # only then: runs without a correction keep their metrics as they were
             m.update({"sampler/correction_weight_mean": update.correction_weight_mean,
                       "sampler/correction_flagged_fraction": update.correction_flagged_fraction})

@@ -37,6 +37,7 @@ class UpdateStats:
     correction_weight_mean: float = 1.0  # mean importance weight per token (after truncation / masking)
     correction_flagged_fraction: float = 0.0  # tokens truncated (tis) or masked (mis)
     skipped: bool = False  # a pass had a non-finite gradient and its optimizer step was not taken
+    padded_fraction: float = 0.0  # share of the forward pass's positions that are padding (prompt + completion)
 
 
 @dataclass
@@ -142,7 +143,10 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
     weights: list[Weights | None] = [None] * len(micro_batches)  # sampler correction
     advantages: list[torch.Tensor] = [mb.advantages for mb in micro_batches]  # [n], or [n, C] kl_in=reward
     sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "ratio": 0.0, "gap": 0.0, "tokens": 0.0,
-            "weight": 0.0, "flagged": 0.0}
+            "weight": 0.0, "flagged": 0.0,
+            # what one forward pass over the batch computes (every position of every padded row) vs what it needs
+            "positions": float(sum(mb.input_ids.numel() for mb in micro_batches)),
+            "real_positions": float(sum(mb.attention_mask.sum() for mb in micro_batches))}
     grad_norms = []
     skipped = False
     policy.train()
@@ -209,7 +213,8 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
                        ratio_mean=sums["ratio"] / tokens, logprob_gap=sums["gap"] / tokens, tokens=int(tokens),
                        rank_logprob_gap=rank_gap, correction=objective.correction,
                        correction_weight_mean=sums["weight"] / tokens if corrected else 1.0,
-                       correction_flagged_fraction=sums["flagged"] / tokens if corrected else 0.0, skipped=skipped)
+                       correction_flagged_fraction=sums["flagged"] / tokens if corrected else 0.0, skipped=skipped,
+                       padded_fraction=1.0 - sums["real_positions"] / max(sums["positions"], 1.0))
 
 
 def _first_pass(objective: Objective, s: TrainConfig, i: int, mb: MicroBatch, old_logp: torch.Tensor,
