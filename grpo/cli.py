@@ -54,6 +54,13 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
         close_world(world)
     if world.is_main:
         typer.echo(f"done: metrics in {output_dir / 'metrics.jsonl'}, checkpoints in {output_dir / 'checkpoints'}")
+    if world.distributed:
+        # Everything is written and the process group is closed. Leave now: at interpreter teardown torch's gloo
+        # threads, still referenced by the sharded model's device mesh, can abort the process ("terminate called
+        # without an active exception", seen 1 run in ~5 here), turning a finished run into a failed one.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def resume_command(recipe: str, overrides: list[str], cfg, world_size: int) -> str:

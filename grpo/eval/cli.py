@@ -7,6 +7,8 @@ highest: EvalConfig defaults, the `eval:` section of --recipe, command-line opti
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -84,6 +86,10 @@ def eval_command(
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: leave before teardown (see grpo.cli train)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 # The options that are not EvalConfig fields; every other parameter of eval_command is one, by the same name.
