@@ -55,9 +55,9 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
     if world.is_main:
         typer.echo(f"done: metrics in {output_dir / 'metrics.jsonl'}, checkpoints in {output_dir / 'checkpoints'}")
     if world.distributed:
-        # Everything is written and the process group is closed. Leave now: at interpreter teardown torch's gloo
-        # threads, still referenced by the sharded model's device mesh, can abort the process ("terminate called
-        # without an active exception", seen 1 run in ~5 here), turning a finished run into a failed one.
+        # Everything is written and the process group is closed (after a barrier). Leave now rather than through
+        # interpreter teardown, where torch's gloo threads, still referenced by the sharded model's device mesh,
+        # have aborted finished runs here ("terminate called without an active exception").
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

@@ -100,6 +100,9 @@ def init_world(world: World, device: torch.device, timeout_s: float) -> None:
 
 def close_world(world: World) -> None:
     if world.distributed and torch.distributed.is_initialized():
+        # Every rank's last collective must be done everywhere before any rank tears its group down: gloo
+        # aborts a process ("terminate called without an active exception") whose peer left mid-transfer.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
