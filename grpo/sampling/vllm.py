@@ -243,7 +243,7 @@ class VLLMSampler:
         if self.sync_path == "reload_weights":
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
                                                               "is_checkpoint_format": True})
-        else:
+        else:  # the older load_weights path takes a list: a sharded policy is then gathered whole for the call
             self.llm.collective_rpc(_load_weights, args=(list(weights),))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
 
