@@ -6,9 +6,11 @@
 
 For each shape (configs written below, weights random) it builds a batch like one GRPO step's (prompts of one
 length, completions of varying lengths, so the padded path pays for its padding) and times
-grpo.train.update.policy_update itself, with and without gradient checkpointing. It prints tokens/s (real
-tokens, not padding), model FLOPs utilisation (6 x parameters x tokens per second over the chip's bf16 peak)
-and peak memory. If vllm imports, it also times generation and one weight sync through grpo's VLLMSampler.
+grpo.train.update.policy_update itself in each train.packing layout (padded rows; sequences packed without
+padding; shared_prompt: a group's prompt once), with and without gradient checkpointing. It prints tokens/s (real
+tokens, not padding), model FLOPs utilisation (6 x parameters x tokens per second over the chip's bf16 peak;
+tokens count each sequence's prompt, so shared_prompt's figure is the effective one: it computes each prompt
+once per group) and peak memory. If vllm imports, it also times generation and one weight sync through grpo's VLLMSampler.
 Every figure is one line of JSON as well (`--json FILE`), for the README's table.
 """
 
@@ -26,9 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.config import DistributedConfig, TrainConfig  # noqa: E402
+from grpo.errors import UserError  # noqa: E402
 from grpo.parallel import close_world, init_world, launched_world  # noqa: E402
 from grpo.sampling.base import Completion  # noqa: E402
 from grpo.train.rollouts import Rollout  # noqa: E402
+from grpo.train.packing import choose_layout  # noqa: E402
 from grpo.train.sharding import resolve_strategy, wrap  # noqa: E402
 from grpo.train.update import policy_update  # noqa: E402
 
@@ -45,11 +49,11 @@ SHAPES = {
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
 
 
-def build_model(size: str, dtype: torch.dtype, device: torch.device):
+def build_model(size: str, dtype: torch.dtype, device: torch.device, attn: str = "sdpa"):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(**SHAPES[size], max_position_embeddings=32768, tie_word_embeddings=True,
-                         rope_theta=1e6, torch_dtype=dtype)
+                         rope_theta=1e6, torch_dtype=dtype, attn_implementation=attn)
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2ForCausalLM(config).to(dtype)
@@ -77,9 +81,9 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def time_update(size: str, args, world, device, checkpointing: bool) -> dict:
+def time_update(size: str, args, world, device, checkpointing: bool, packing: str) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = build_model(size, dtype, device)
+    model = build_model(size, dtype, device, args.attn)
     if checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5.2x's name
         if enable is not None:
@@ -91,15 +95,14 @@ def time_update(size: str, args, world, device, checkpointing: bool) -> dict:
     model = wrap(model, resolve_strategy(DistributedConfig(), world), DistributedConfig(), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     train = TrainConfig(micro_batch_size=args.micro_batch, loss_aggregation="token_mean", max_grad_norm=1.0)
+    # Packed layouts take micro-batches by tokens: as many as a padded micro-batch of the longest rows holds.
+    budget = 0 if packing == "padded" else args.micro_batch * (args.prompt_len + args.completion_len)
+    layout = choose_layout(packing, args.micro_batch, budget, model, device)
     rollouts = step_batch(args.groups, args.group_size, args.prompt_len, args.completion_len,
                           SHAPES[size]["vocab_size"])
     share = len(rollouts) // world.size
     mine = rollouts[world.rank * share:(world.rank + 1) * share]
     real_tokens = sum(len(r.prompt_ids) + len(r.completion.token_ids) for r in rollouts)
-    micro = [mine[i:i + args.micro_batch] for i in range(0, len(mine), args.micro_batch)]
-    # each micro-batch is padded to its longest completion (prompts share one length here)
-    padded = world.size * sum(len(mb) * (args.prompt_len + max(len(r.completion.token_ids) for r in mb))
-                              for mb in micro)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -107,17 +110,18 @@ def time_update(size: str, args, world, device, checkpointing: bool) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        policy_update(model, None, optimizer, mine, train, temperature=1.0, loss_constant=args.completion_len,
-                      pad_id=0, device=device, world=world)
+        stats = policy_update(model, None, optimizer, mine, train, temperature=1.0,
+                              loss_constant=args.completion_len, pad_id=0, device=device, world=world, layout=layout)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     step_s = sorted(times[1:])[len(times[1:]) // 2]
     tokens_per_s = real_tokens / step_s
     peak = peak_flops(device)
-    return {"shape": size, "parameters": params, "world_size": world.size, "gradient_checkpointing": checkpointing,
+    return {"shape": size, "parameters": params, "world_size": world.size, "packing": layout.kind,
+            "attention": args.attn, "gradient_checkpointing": checkpointing,
             "dtype": str(dtype).removeprefix("torch."), "sequences": len(rollouts), "real_tokens": real_tokens,
-            "padded_fraction": round(1 - real_tokens / padded, 3), "step_s": round(step_s, 4),
+            "padded_fraction": round(stats.padded_fraction, 3), "step_s": round(step_s, 4),
             "tokens_per_s": round(tokens_per_s, 1),
             "mfu": round(6 * params * tokens_per_s / (peak * world.size), 4) if peak else None,
             "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
@@ -171,6 +175,8 @@ def main() -> None:
     p.add_argument("--completion-len", type=int, default=1024)
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
+    p.add_argument("--packing", default="padded,sequences,shared_prompt", help="train.packing layouts to time")
+    p.add_argument("--attn", default="sdpa", help="attention kernel (flash_attention_2 if flash-attn is installed)")
     p.add_argument("--json", help="also write the figures here, one JSON object a line")
     args = p.parse_args()
     world = launched_world()
@@ -179,10 +185,15 @@ def main() -> None:
     rows = []
     try:
         for size in args.sizes.split(","):
-            for checkpointing in (False, True):
-                rows.append(time_update(size, args, world, device, checkpointing))
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            for packing in args.packing.split(","):
+                for checkpointing in (False, True):
+                    try:
+                        rows.append(time_update(size, args, world, device, checkpointing, packing))
+                    except UserError as exc:  # e.g. shared_prompt with a flash-attention kernel: said, not fatal
+                        rows.append({"shape": size, "packing": packing, "skipped": str(exc)})
+                        break
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
             if world.is_main and not world.distributed:
                 found = time_vllm(size, args, device)
                 rows += [found] if found else []

@@ -25,7 +25,10 @@ def _fail(exc: UserError, where: str = "") -> None:
 
 @app.command()
 def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny.yaml"),
-          overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-5")):
+          overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-5"),
+          profile: bool = typer.Option(False, "--profile", help="profile step 3 into OUTPUT_DIR/profile/ and name "
+                                       "its top costs (same as logging.profile_step=3; logging.profiler=python for "
+                                       "cProfile)")):
     """Run the GRPO loop described by RECIPE."""
     from grpo.parallel import close_world, launched_world
     from grpo.train.trainer import train as run_training
@@ -35,7 +38,10 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
     world = launched_world()  # under torchrun: this rank; otherwise one process and nothing distributed
     cfg = None
     try:
-        cfg = validate_recipe(recipe, overrides or [])
+        given = list(overrides or [])
+        if profile and not any(o.startswith("logging.profile_step=") for o in given):
+            given.append("logging.profile_step=3")
+        cfg = validate_recipe(recipe, given)
         output_dir = run_training(cfg)
     except UserError as exc:
         _fail(exc, world.tag())

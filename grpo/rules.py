@@ -34,7 +34,12 @@ def recipe_rules(cfg: RecipeConfig) -> list[str]:
         p.append(f"sampler.group_size: group-relative advantages need at least 2 completions per prompt, got "
                  f"{s.group_size}; use e.g. 8")
     batch = t.prompts_per_step * s.group_size
-    if t.micro_batch_size > 0 and batch > 0 and batch % t.micro_batch_size:
+    if cfg.logging.profile_step < 0:
+        p.append(f"logging.profile_step: a step number, or 0 for none; got {cfg.logging.profile_step}")
+    if t.max_tokens_per_micro_batch < 0:
+        p.append(f"train.max_tokens_per_micro_batch: must be >= 0 (0: cut by train.micro_batch_size), got "
+                 f"{t.max_tokens_per_micro_batch}")
+    if t.max_tokens_per_micro_batch == 0 and t.micro_batch_size > 0 and batch > 0 and batch % t.micro_batch_size:
         p.append(f"train.micro_batch_size: {t.micro_batch_size} does not divide the batch of prompts_per_step x "
                  f"group_size = {t.prompts_per_step} x {s.group_size} = {batch}; pick a divisor of {batch}")
     if not 0 <= t.clip_low < 1:
@@ -123,7 +128,8 @@ def world_rules(cfg: RecipeConfig, world_size: int) -> list[str]:
                  f"ranks ({launch}): each rank takes whole groups; use a multiple of {world_size}")
     else:
         per_rank = t.prompts_per_step // world_size * cfg.sampler.group_size
-        if 0 < t.micro_batch_size < per_rank and per_rank % t.micro_batch_size:  # larger: one micro-batch
+        by_count = t.max_tokens_per_micro_batch == 0
+        if by_count and 0 < t.micro_batch_size < per_rank and per_rank % t.micro_batch_size:  # larger: one
             p.append(f"train.micro_batch_size: {t.micro_batch_size} does not divide a rank's batch of "
                      f"{per_rank} completions (prompts_per_step / {world_size} ranks x group_size); pick a divisor "
                      f"of {per_rank}")

@@ -18,7 +18,11 @@ def test_gpu_check_runs_the_real_update_on_a_small_shape(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     updates = [r for r in rows if "tokens_per_s" in r]
-    assert [r["gradient_checkpointing"] for r in updates] == [False, True]
+    assert [(r["packing"], r["gradient_checkpointing"]) for r in updates] == [
+        (layout, ckpt) for layout in ("padded", "sequences", "shared_prompt") for ckpt in (False, True)]
     for r in updates:
         assert r["tokens_per_s"] > 0 and r["real_tokens"] == 2 * 2 * 8 + (4 + 16) + (4 + 16)
-        assert 0 < r["padded_fraction"] < 1  # completions of 4 and 16 tokens padded to 16
+        if r["packing"] == "padded":
+            assert 0 < r["padded_fraction"] < 1  # completions of 4 and 16 tokens padded to 16
+    by = {(r["packing"], r["gradient_checkpointing"]): r for r in updates}
+    assert by[("shared_prompt", False)]["padded_fraction"] < by[("padded", False)]["padded_fraction"]

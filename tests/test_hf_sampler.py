@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,3 +81,45 @@ def test_checkpoint_generation_defaults_do_not_leak_into_sampling(tiny_model_dir
     again = HFSampler(model, tok).generate([prompt], settings)
     assert [c.token_ids for c in plain[0].completions] == [c.token_ids for c in again[0].completions]
     assert model.generation_config.top_k == 2  # and the model's own config is left as it was
+
+
+def _greedy_reference(model, prompt, max_new_tokens, eos=None):
+    """transformers' own greedy decoding of one prompt, unpadded: the reference for ours."""
+    out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                         do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=0,
+                         top_k=None, top_p=None, temperature=None)
+    return out[0, len(prompt):].tolist()
+
+
+def test_shared_prefill_and_dropped_rows_decode_what_transformers_generate_does():
+    from grpo.demo import resolve_demo_model
+    from grpo.sampling import decode
+
+    model, tok = load(resolve_demo_model("demo:tiny-arith"))
+    model.eval()
+    data = Path(__file__).resolve().parents[1] / "data/arith/train.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()[:3]]
+    prompts = [tok(f"Question: {r['question']}\nAnswer:").input_ids for r in rows]
+    # Greedy, it answers "The answer is 8." to the first and "... 4." to the third: with "4" as a second stop
+    # token, the third prompt's rows finish two steps early and leave the cache while the others decode on.
+    stops = [tok.eos_token_id, tok.convert_tokens_to_ids("4")]
+    want = [_greedy_reference(model, p, 30, stops) for p in prompts]
+    drawn = decode.draw(model, prompts, 2, temperature=0.0, top_p=1.0, max_new_tokens=30, pad_id=tok.pad_token_id,
+                        eos_ids=set(stops))
+    for row, tokens in enumerate(drawn.tokens):
+        expected = want[row // 2]
+        end = next((i + 1 for i, t in enumerate(expected) if t in stops), len(expected))
+        assert tokens == expected[:end]
+    assert len({len(t) for t in drawn.tokens}) > 1  # rows left the cache at different steps
+
+
+def test_a_tiny_top_p_keeps_only_the_most_likely_token(tiny_model_dir):
+    model, tok = load(tiny_model_dir)
+    prompts = [tok("1+1=").input_ids, tok("say hi").input_ids]
+    sampler = HFSampler(model, tok)
+    greedy = sampler.generate(prompts, SamplingSettings(n=1, temperature=0.0, max_new_tokens=10))
+    nucleus = sampler.generate(prompts, SamplingSettings(n=3, temperature=1.0, top_p=1e-6, max_new_tokens=10, seed=3))
+    for g, n in zip(greedy, nucleus):
+        assert all(c.token_ids == g.completions[0].token_ids for c in n.completions)
+        # the log-prob is still the full tempered distribution's, not the renormalised nucleus (which would be 0)
+        assert all(lp < 0 for c in n.completions for lp in c.logprobs)

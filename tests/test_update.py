@@ -8,11 +8,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo.objectives.loss import aggregate, clipped_surrogate, token_logprobs
+from grpo.objectives.loss import aggregate, clipped_surrogate
 from grpo.train.rollouts import Rollout
 from grpo.sampling.base import Completion
 from grpo.config import TrainConfig
-from grpo.train.update import completion_logits, make_micro_batch, policy_update
+from grpo.train.packing import Layout, make_micro_batch
+from grpo.train.update import completion_logprobs, policy_update
 
 
 def fixed_batch(tok):
@@ -40,9 +41,9 @@ def update(model, reference, optimizer, rollouts, train, pad_id, device=torch.de
 
 
 def batch_logprobs(model, rollouts, pad_id):
-    mb = make_micro_batch(rollouts, pad_id, torch.device("cpu"))
+    mb = make_micro_batch(rollouts, Layout("padded", len(rollouts), 0), pad_id, torch.device("cpu"))
     with torch.no_grad():
-        return token_logprobs(completion_logits(model, mb), mb.targets), mb
+        return completion_logprobs(model, mb, 1.0)[0], mb
 
 
 def batch_loss(model, rollouts, old_logp, pad_id):
@@ -263,7 +264,7 @@ def test_the_update_reports_the_padded_share_of_its_forward_pass(model_and_tok):
     rollouts = fixed_batch(tok)
     stats = update(model, None, torch.optim.SGD(model.parameters(), lr=0.0), rollouts, settings(micro_batch_size=8),
                    tok.pad_token_id)
-    mb = make_micro_batch(rollouts, tok.pad_token_id, torch.device("cpu"))
+    mb = make_micro_batch(rollouts, Layout("padded", len(rollouts), 0), tok.pad_token_id, torch.device("cpu"))
     real = sum(len(r.prompt_ids) + len(r.completion.token_ids) for r in rollouts)
     assert stats.padded_fraction == pytest.approx(1 - real / mb.input_ids.numel())
     assert 0 < stats.padded_fraction < 1  # prompts and completions of different lengths

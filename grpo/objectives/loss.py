@@ -28,6 +28,23 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     return -(logp.exp() * logp).sum(-1)  # [N, T]
 
 
+def logprobs_and_entropy(logits: torch.Tensor, source: torch.Tensor, targets: torch.Tensor, temperature: float,
+                         with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of the targets, and the entropy at each position, from one pass over the vocabulary.
+
+    logits [K, V]: the K positions whose logits predict completion tokens (a packed row's prompt end predicts the
+    first token of every completion of its group, so K can be less than N * T); source [N, T]: which of the K
+    predicts each target; targets [N, T] -> log-probs [N, T] and, with_entropy, entropies [N, T] (else None)."""
+    scaled = logits.float() / temperature  # [K, V]
+    lse = torch.logsumexp(scaled, dim=-1)  # [K]
+    logp = scaled[source, targets] - lse[source]  # [N, T]
+    if not with_entropy:
+        return logp, None
+    # H = lse - sum softmax * scaled: the softmax is the only other [K, V] tensor, and lse is shared with logp.
+    entropy = lse - (torch.exp(scaled - lse.unsqueeze(-1)) * scaled).sum(-1)  # [K]
+    return logp, entropy[source]  # [N, T]
+
+
 @dataclass
 class SurrogateOut:
     loss: torch.Tensor  # [N, T] per-token loss (to be aggregated)

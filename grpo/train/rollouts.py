@@ -14,6 +14,7 @@ from grpo.errors import UserError
 from grpo.parallel import World
 from grpo.objectives.advantages import AdvantageFn, compute_advantages, zero_variance_groups
 from grpo.sampling.base import Completion, Sampler, SamplingSettings
+from grpo.train.profiling import stage
 from rewards.scoring import NamedReward, reward_columns, score
 
 
@@ -62,13 +63,15 @@ def collect_experience(settings: SamplingSettings, *, stream: PromptStream, rend
         rows, texts, ids = rows[mine], texts[mine], ids[mine]
         t0 = time.perf_counter()
         round_settings = SamplingSettings(**{**settings.__dict__, "seed": settings.seed + 7919 * round_index})
-        groups = sampler.generate(ids, round_settings)
+        with stage("grpo/generate"):
+            groups = sampler.generate(ids, round_settings)
         exp.generate_s += time.perf_counter() - t0
         rollouts = [Rollout(texts[g], ids[g], c, rows[g]) for g, group in enumerate(groups) for c in group.completions]
         exp.generated_tokens += sum(len(r.completion.token_ids) for r in rollouts)
 
         t0 = time.perf_counter()
-        _score(rollouts, rewards, data.answer_column, settings.max_new_tokens, exp)
+        with stage("grpo/score"):
+            _score(rollouts, rewards, data.answer_column, settings.max_new_tokens, exp)
         exp.score_s += time.perf_counter() - t0
 
         totals = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)  # [b*G]

@@ -26,9 +26,11 @@ from grpo.parallel import World, init_world, launched_world, rank_device
 from grpo.train.checkpoint import (checkpoint_dir, latest_checkpoint, load_trainer_state, restore_policy_weights,
                                    restore_rng, rng_state, save_checkpoint)
 from grpo.train.disk import sweep_stale_temps
+from grpo.train.environment import environment
 from grpo.train.health import Health
 from grpo.train.lock import RunLock
 from grpo.train.metrics import MetricsLog, SilentLog
+from grpo.train.profiling import StepProfiler, stage
 from grpo.train.progress import Progress
 from grpo.train.resume import check_resume, rows_fingerprint
 from grpo.train.rollouts import Experience, collect_experience, merge_experience
@@ -37,7 +39,8 @@ from grpo.train.sharding import (full_model_state, full_optimizer_state, load_fu
 from grpo.train.schedule import lr_factor
 from grpo.train.signals import StopFlag, Stopped
 from grpo.train.summary import closing_summary, read_metrics
-from grpo.train.update import UpdateStats, policy_update
+from grpo.train.packing import Layout, choose_layout
+from grpo.train.update import UpdateStats, checked_layout, policy_update
 from rewards.scoring import NamedReward, build_rewards
 
 
@@ -65,6 +68,7 @@ class Run:
     start_step: int
     world: World = field(default_factory=World.single)
     data_fingerprint: str = ""
+    layout: Layout | None = None  # the training pass's micro-batches (train.packing resolved)
 
 
 def train(cfg: RecipeConfig) -> Path:
@@ -85,16 +89,20 @@ def _train(run: Run, stop: StopFlag) -> Path:
     cfg = run.cfg
     health = Health(cfg, run.rewards, run.world)
     progress = Progress(cfg.train.steps, run.start_step, enabled=cfg.logging.progress_bar and run.world.is_main)
+    profiler = StepProfiler(cfg.logging.profile_step, cfg.logging.profiler, run.output_dir, run.world.is_main)
     try:
         for step in range(run.start_step + 1, cfg.train.steps + 1):
+            profiler.begin(step)
             t_step = time.perf_counter()
             exp = sample_and_score(run, step)  # this rank's share of the step's groups
             health.check_rewards(exp, step, latest_checkpoint(run.output_dir))
             t0 = time.perf_counter()
-            update = update_policy(run, exp)
+            with stage("grpo/train"):
+                update = update_policy(run, exp)
             train_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            run.sampler.sync_weights(unwrap(run.policy))
+            with stage("grpo/sync"):
+                run.sampler.sync_weights(unwrap(run.policy))
             sync_s = time.perf_counter() - t0
             check_sampler_matches_policy(run, update, step)
             parts = run.world.gather_to_main(exp)  # every rank sends its share; rank 0 logs the global step
@@ -107,6 +115,7 @@ def _train(run: Run, stop: StopFlag) -> Path:
             health.check_update(update, step, latest_checkpoint(run.output_dir))  # after its line is logged
             saved = save_if_due(run, step)
             progress.update(step, metrics)
+            profiler.end(step)
             # One collective a step: every rank stops after the same step, whichever ranks got the signal.
             signum = int(run.world.max(float(stop.signum)))
             if signum:
@@ -159,9 +168,11 @@ def setup(cfg: RecipeConfig) -> Run:
         restore_policy_weights(policy, resume_from)  # whole weights into the whole model, before any sharding
     policy = wrap(policy, strategy, cfg.distributed, device)
     reference = wrap(reference, strategy, cfg.distributed, device, trainable=False) if reference is not None else None
+    t = cfg.train
+    layout = checked_layout(choose_layout(t.packing, t.micro_batch_size, t.max_tokens_per_micro_batch, unwrap(policy),
+                                          device), policy, tokenizer.pad_token_id, device, t.packing != "auto")
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay)
-    t = cfg.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda done: lr_factor(done, t.steps, t.warmup_steps, t.lr_schedule))
     stream = PromptStream(rows, cfg.seed, cfg.data.shuffle)
@@ -190,12 +201,12 @@ def setup(cfg: RecipeConfig) -> Run:
                          cfg.logging.wandb_project, to_dict(cfg))
         log.truncate_after(start_step)
         io.write_json(output_dir / "recipe.resolved.json", to_dict(cfg))
-        io.write_json(output_dir / "environment.json", environment(device, world, strategy))
+        io.write_json(output_dir / "environment.json", environment(device, world, strategy, layout.kind))
     world.barrier()
     return Run(cfg=cfg, output_dir=output_dir, device=device, tokenizer=tokenizer, policy=policy,
                reference=reference, sampler=sampler, rewards=rewards, advantage_fn=ADVANTAGES[cfg.train.advantage],
                optimizer=optimizer, scheduler=scheduler, stream=stream, renderer=renderer, log=log,
-               start_step=start_step, world=world, data_fingerprint=fingerprint)
+               start_step=start_step, world=world, data_fingerprint=fingerprint, layout=layout)
 
 
 def _apply_schedule(optimizer, scheduler, cfg: RecipeConfig) -> None:
@@ -228,21 +239,6 @@ def _resume_point(cfg: RecipeConfig, output_dir: Path) -> Path | None:
     return path
 
 
-def environment(device: torch.device, world: World, strategy: str) -> dict[str, Any]:
-    """What the run ran on, beside its recipe (`grpo report` shows it)."""
-    import platform
-
-    import transformers
-
-    import grpo
-
-    return {"grpo": grpo.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "platform": platform.platform(), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-            "world_size": world.size, "strategy": strategy, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                        time.gmtime())}
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -273,7 +269,7 @@ def update_policy(run: Run, exp: Experience) -> UpdateStats | None:
                           temperature=c.sampler.temperature,
                           loss_constant=c.train.loss_constant or c.sampler.max_new_tokens,
                           pad_id=run.tokenizer.pad_token_id, device=run.device, world=run.world,
-                          sampler_backend=c.sampler.backend)
+                          sampler_backend=c.sampler.backend, layout=run.layout)
     run.scheduler.step()
     return stats
 

@@ -7,17 +7,21 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from grpo.config import TrainConfig
+from grpo.errors import UserError
 from grpo.objectives.correction import Weights, correction_weights, resolve_correction
 from grpo.objectives.kl import KL_ESTIMATORS, KlEstimator, clamped, kl_reward_advantages
-from grpo.objectives.loss import SurrogateOut, aggregate, token_entropy, token_logprobs
+from grpo.objectives.loss import SurrogateOut, aggregate, logprobs_and_entropy
 from grpo.objectives.surrogates import SURROGATES
 from grpo.parallel import World
+from grpo.sampling.base import Completion
+from grpo.train.packing import Layout, MicroBatch, make_micro_batch, plan_micro_batches
 from grpo.train.rollouts import Rollout
 from grpo.train.sharding import unwrap
 
@@ -60,101 +64,82 @@ def build_objective(s: TrainConfig, sampler_backend: str = "hf") -> Objective:
                      old_from_trainer=s.old_logprobs == "trainer")
 
 
-@dataclass
-class MicroBatch:
-    input_ids: torch.Tensor  # [n, P+C] prompts left-padded to P, completions right-padded to C
-    attention_mask: torch.Tensor  # [n, P+C]
-    position_ids: torch.Tensor  # [n, P+C] count only real tokens, as generation did
-    targets: torch.Tensor  # [n, C] completion token ids
-    mask: torch.Tensor  # [n, C] 1.0 on completion tokens
-    sampler_logprobs: torch.Tensor  # [n, C]
-    advantages: torch.Tensor  # [n]
+def completion_logprobs(model, mb: MicroBatch, temperature: float,
+                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [n, C] of mb's completion tokens under `model` (and their entropies, from the same logits)."""
+    return logprobs_and_entropy(_predicting_logits(model, mb), mb.source, mb.targets, temperature, with_entropy)
 
 
-def make_micro_batch(rollouts: list[Rollout], pad_id: int, device: torch.device) -> MicroBatch:
-    n = len(rollouts)
-    P = max(len(r.prompt_ids) for r in rollouts)
-    C = max(max(len(r.completion.token_ids) for r in rollouts), 1)
-    input_ids = torch.full((n, P + C), pad_id, dtype=torch.long)  # [n, P+C]
-    attention = torch.zeros((n, P + C), dtype=torch.long)  # [n, P+C]
-    targets = torch.full((n, C), pad_id, dtype=torch.long)  # [n, C]
-    mask = torch.zeros((n, C))  # [n, C]
-    sampler_lp = torch.zeros((n, C))  # [n, C]
-    for i, r in enumerate(rollouts):
-        p, c = r.prompt_ids, r.completion.token_ids
-        input_ids[i, P - len(p):P] = torch.tensor(p)
-        attention[i, P - len(p):P] = 1
-        if c:
-            input_ids[i, P:P + len(c)] = torch.tensor(c)
-            attention[i, P:P + len(c)] = 1
-            targets[i, :len(c)] = torch.tensor(c)
-            mask[i, :len(c)] = 1.0
-            sampler_lp[i, :len(c)] = torch.tensor(r.completion.logprobs, dtype=torch.float32)
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # [n, P+C]
-    advantages = torch.tensor([r.advantage for r in rollouts], dtype=torch.float32)  # [n]
-    to = lambda t: t.to(device)  # noqa: E731
-    return MicroBatch(to(input_ids), to(attention), to(position_ids), to(targets), to(mask), to(sampler_lp),
-                      to(advantages))
-
-
-def completion_logits(model, mb: MicroBatch) -> torch.Tensor:
-    """Logits that predict each completion token: [n, C, V]."""
-    C = mb.targets.shape[1]
-    kwargs = {}
-    if _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = C + 1  # skip the prompt positions' logits: [n, C+1, V] instead of [n, P+C, V]
+def _predicting_logits(model, mb: MicroBatch) -> torch.Tensor:
+    """Logits of the positions that predict completion tokens: [K, V]. Only those go through the LM head when
+    the model takes logits_to_keep (the prompt positions' logits are [R, L, V] that nobody needs)."""
+    keep = _logits_to_keep(model)
+    packed = not isinstance(mb.logits_at, int)
+    kwargs = {"logits_to_keep": mb.logits_at} if keep == "mask" or (keep == "int" and not packed) else {}
     logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
                    use_cache=False, **kwargs).logits
-    return logits[:, -(C + 1):-1]  # position t predicts token t+1: [n, C, V]
+    if not packed:  # padded rows: position t predicts token t+1, the completion is the last C positions
+        C = mb.targets.shape[1]
+        return logits[:, -(C + 1):-1].reshape(-1, logits.shape[-1])  # [n*C, V]
+    if kwargs:
+        return logits.reshape(-1, logits.shape[-1])  # [K, V] already
+    return logits[mb.logits_at]  # [R, L, V] -> [K, V]
 
 
-_LOGITS_TO_KEEP: dict[type, bool] = {}
+_LOGITS_TO_KEEP: dict[type, str] = {}
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def _logits_to_keep(model) -> str:
+    """How far the model's forward honours logits_to_keep: "mask" (a bool [R, L] of positions, transformers'
+    slice_logits_to_keep), "int" (the last k positions only), or "" (not at all)."""
     base = unwrap(model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
     kind = type(base)
     if kind not in _LOGITS_TO_KEEP:
-        _LOGITS_TO_KEEP[kind] = "logits_to_keep" in inspect.signature(base.forward).parameters
+        takes = "logits_to_keep" in inspect.signature(base.forward).parameters
+        slices = "slice_logits_to_keep" in vars(inspect.getmodule(kind) or object)
+        _LOGITS_TO_KEEP[kind] = ("mask" if slices else "int") if takes else ""
     return _LOGITS_TO_KEEP[kind]
 
 
 def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: TrainConfig, *, temperature: float,
                   loss_constant: int, pad_id: int, device: torch.device, world: World = World.single(),
-                  sampler_backend: str = "hf") -> UpdateStats:
+                  sampler_backend: str = "hf", layout: Layout | None = None) -> UpdateStats:
     """mu optimizer steps on the batch. `temperature` is the sampler's (log-probs are of the tempered
     distribution it drew from); `loss_constant` the normaliser of loss_aggregation=constant; `sampler_backend`
-    resolves train.sampler_correction=auto.
+    resolves train.sampler_correction=auto; `layout` how micro-batches are cut and laid out (default: padded
+    rows of train.micro_batch_size sequences).
 
     On several ranks `rollouts` is this rank's share: the loss is normalised by the global batch's sequence and
     token counts, and scaled by the world size because DDP and FSDP average gradients over ranks, so the summed
     gradient is exactly that of the global batch's loss on one process."""
     objective = build_objective(s, sampler_backend)
+    layout = layout or Layout("padded", s.micro_batch_size, 0)
     batch_sequences, batch_tokens = (int(n) for n in world.sum(
         [len(rollouts), sum(len(r.completion.token_ids) for r in rollouts)]))
     grad_scale = float(world.size)
-    micro_batches = [make_micro_batch(rollouts[i:i + s.micro_batch_size], pad_id, device)
-                     for i in range(0, len(rollouts), s.micro_batch_size)]
+    # Every rank runs as many forward/backward passes (DDP's and FSDP's collectives pair them up).
+    chunks = plan_micro_batches(rollouts, layout)
+    if world.distributed:
+        chunks = plan_micro_batches(rollouts, layout, int(world.max(float(len(chunks)))))
+    micro_batches = [make_micro_batch(chunk, layout, pad_id, device) for chunk in chunks]
     ref_logprobs = [_reference_logprobs(policy, reference, mb, temperature) if s.beta > 0 else None
                     for mb in micro_batches]
     # Set on the first pass, from the policy before this step's update, and reused by the later passes.
     trainer_old: list[torch.Tensor | None] = [None] * len(micro_batches)  # [n, C] old_logprobs=trainer
     weights: list[Weights | None] = [None] * len(micro_batches)  # sampler correction
     advantages: list[torch.Tensor] = [mb.advantages for mb in micro_batches]  # [n], or [n, C] kl_in=reward
-    sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "ratio": 0.0, "gap": 0.0, "tokens": 0.0,
-            "weight": 0.0, "flagged": 0.0,
-            # what one forward pass over the batch computes (every position of every padded row) vs what it needs
-            "positions": float(sum(mb.input_ids.numel() for mb in micro_batches)),
-            "real_positions": float(sum(mb.attention_mask.sum() for mb in micro_batches))}
+    # Figures add up on the device and are read once at the end: a float() per micro-batch would stall a GPU.
+    names = ("loss", "kl", "clipped", "entropy", "ratio", "gap", "tokens", "weight", "flagged")
+    sums = {name: torch.zeros((), device=device) for name in names}
     grad_norms = []
     skipped = False
     policy.train()
     for epoch in range(s.mu):
         optimizer.zero_grad(set_to_none=True)
         for i, (mb, ref_lp) in enumerate(zip(micro_batches, ref_logprobs)):
-            logits = completion_logits(policy, mb)  # [n, C, V]
-            logp = token_logprobs(logits, mb.targets, temperature)  # [n, C]
+            # The first pass measures the entropy; later ones only when the loss has an entropy bonus.
+            logp, entropy = completion_logprobs(policy, mb, temperature, with_entropy=epoch == 0 or bool(s.entropy_coef))
             if epoch == 0:
                 _first_pass(objective, s, i, mb, logp.detach(), ref_lp, trainer_old, weights, advantages)
             # mu == 1: on-policy, the ratio is 1 but carries the gradient. mu > 1: later passes are off-policy
@@ -173,28 +158,24 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
             elif ref_lp is not None:
                 kl = objective.kl(logp, ref_lp)
                 per_token = per_token + s.beta * kl
-            entropy = token_entropy(logits, temperature) if s.entropy_coef else None  # [n, C] with gradient
-            if entropy is not None:
+            if s.entropy_coef:
                 per_token = per_token - s.entropy_coef * entropy
             loss = aggregate(per_token, mb.mask, s.loss_aggregation, batch_sequences, batch_tokens, loss_constant)
             (loss * grad_scale).backward()
-            if epoch == 0:  # figures of the batch as sampled, before this step changed the policy
-                with torch.no_grad():
-                    ntok = float(mb.mask.sum())
-                    sums["loss"] += float(loss)
-                    sums["tokens"] += ntok
-                    sums["gap"] += float(((mb.sampler_logprobs - logp).abs() * mb.mask).sum())
-                    ent = entropy.detach() if entropy is not None else token_entropy(logits, temperature)
-                    sums["entropy"] += float((ent * mb.mask).sum())
-                    if kl is not None:
-                        sums["kl"] += float((kl * mb.mask).sum())
-                    if weights[i] is not None:
-                        sums["weight"] += float(weights[i].weight.sum())
-                        sums["flagged"] += float(weights[i].flagged.float().sum())
             with torch.no_grad():
-                sums["clipped"] += float((out.clipped.float() * mb.mask).sum()) / s.mu
-                sums["ratio"] += float((out.ratio * mb.mask).sum()) / s.mu
-            del logits, logp, out, per_token, loss, kl, entropy
+                if epoch == 0:  # figures of the batch as sampled, before this step changed the policy
+                    sums["loss"] += loss.detach()
+                    sums["tokens"] += mb.mask.sum()
+                    sums["gap"] += ((mb.sampler_logprobs - logp.detach()).abs() * mb.mask).sum()
+                    sums["entropy"] += (entropy.detach() * mb.mask).sum()
+                    if kl is not None:
+                        sums["kl"] += (kl.detach() * mb.mask).sum()
+                    if weights[i] is not None:
+                        sums["weight"] += weights[i].weight.sum()
+                        sums["flagged"] += weights[i].flagged.float().sum()
+                sums["clipped"] += (out.clipped.float() * mb.mask).sum() / s.mu
+                sums["ratio"] += (out.ratio * mb.mask).sum() / s.mu
+            del logp, entropy, out, per_token, loss, kl
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
                                                    s.max_grad_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: the norm over every rank's shards
@@ -204,17 +185,20 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
             optimizer.step()
         else:  # a NaN/inf gradient would poison the weights and the optimizer's moments: this step is dropped
             skipped = True
-    rank_gap = sums["gap"] / max(sums["tokens"], 1.0)
-    sums = dict(zip(sums, world.sum(list(sums.values()))))  # the global batch's figures
-    tokens = max(sums["tokens"], 1.0)
+    totals = {name: float(value) for name, value in sums.items()}
+    totals["positions"] = float(sum(mb.positions for mb in micro_batches))
+    totals["real_positions"] = float(sum(mb.real_positions for mb in micro_batches))
+    rank_gap = totals["gap"] / max(totals["tokens"], 1.0)
+    totals = dict(zip(totals, world.sum(list(totals.values()))))  # the global batch's figures
+    tokens = max(totals["tokens"], 1.0)
     corrected = objective.correction != "none"
-    return UpdateStats(loss=sums["loss"], kl=sums["kl"] / tokens, clip_fraction=sums["clipped"] / tokens,
-                       entropy=sums["entropy"] / tokens, grad_norm=sum(grad_norms) / len(grad_norms),
-                       ratio_mean=sums["ratio"] / tokens, logprob_gap=sums["gap"] / tokens, tokens=int(tokens),
+    return UpdateStats(loss=totals["loss"], kl=totals["kl"] / tokens, clip_fraction=totals["clipped"] / tokens,
+                       entropy=totals["entropy"] / tokens, grad_norm=sum(grad_norms) / len(grad_norms),
+                       ratio_mean=totals["ratio"] / tokens, logprob_gap=totals["gap"] / tokens, tokens=int(tokens),
                        rank_logprob_gap=rank_gap, correction=objective.correction,
-                       correction_weight_mean=sums["weight"] / tokens if corrected else 1.0,
-                       correction_flagged_fraction=sums["flagged"] / tokens if corrected else 0.0, skipped=skipped,
-                       padded_fraction=1.0 - sums["real_positions"] / max(sums["positions"], 1.0))
+                       correction_weight_mean=totals["weight"] / tokens if corrected else 1.0,
+                       correction_flagged_fraction=totals["flagged"] / tokens if corrected else 0.0,
+                       skipped=skipped, padded_fraction=1.0 - totals["real_positions"] / max(totals["positions"], 1.0))
 
 
 def _first_pass(objective: Objective, s: TrainConfig, i: int, mb: MicroBatch, old_logp: torch.Tensor,
@@ -235,8 +219,38 @@ def _first_pass(objective: Objective, s: TrainConfig, i: int, mb: MicroBatch, ol
 def _reference_logprobs(policy, reference, mb: MicroBatch, temperature: float) -> torch.Tensor:
     if reference is None:  # LoRA: the reference is the base model, i.e. the policy with its adapters off
         with unwrap(policy).disable_adapter():
-            logits = completion_logits(policy, mb)
-    else:
-        logits = completion_logits(reference, mb)
-    return token_logprobs(logits, mb.targets, temperature)  # [n, C]
+            return completion_logprobs(policy, mb, temperature)[0]  # [n, C]
+    return completion_logprobs(reference, mb, temperature)[0]  # [n, C]
 
+
+
+@torch.no_grad()
+def checked_layout(layout: Layout, policy, pad_id: int, device: torch.device, explicit: bool) -> Layout:
+    """`layout` if it gives this model the padded layout's log-probs on a small probe batch (two groups of
+    random tokens, ragged), else padded with a warning (train.packing=auto) or an error (asked for by name):
+    a model whose attention ignores position ids or custom masks would otherwise train on wrong log-probs."""
+    if layout.kind == "padded":
+        return layout
+    gen = torch.Generator().manual_seed(0)
+    vocab = unwrap(policy).config.vocab_size
+    ids = lambda n: torch.randint(0, vocab, (n,), generator=gen).tolist()  # noqa: E731
+    probe = [Rollout("", prompt, Completion(ids(c), [0.0] * c, "", "stop"), {})
+             for prompt in (ids(5), ids(3)) for c in (4, 2, 6)]
+    padded = make_micro_batch(probe, Layout("padded", len(probe), 0), pad_id, device)
+    was_training = policy.training
+    policy.eval()  # no dropout: both layouts must see the same function
+    try:
+        want = completion_logprobs(policy, padded, 1.0)[0]  # [6, 6]
+        got = completion_logprobs(policy, make_micro_batch(probe, layout, pad_id, device), 1.0)[0]  # [6, 6]
+    finally:
+        policy.train(was_training)
+    gap = float(((want - got).abs() * padded.mask).max())
+    tolerance = 1e-3 if next(policy.parameters()).dtype == torch.float32 else 5e-2  # bf16 rounds per layout
+    if gap <= tolerance:
+        return layout
+    if explicit:
+        raise UserError(f"train.packing: {layout.kind} changes this model's log-probs (largest gap {gap:.3g} on a "
+                        f"probe batch): its attention does not follow the packed layout. Use train.packing=padded.")
+    print(f"note: train.packing=auto: {layout.kind} changes this model's log-probs (gap {gap:.3g}); training with "
+          f"padded rows", file=sys.stderr)
+    return Layout("padded", layout.micro_batch_size, layout.max_tokens)

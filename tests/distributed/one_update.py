@@ -18,8 +18,8 @@ from grpo.sampling.base import Completion
 from grpo.objectives.advantages import ADVANTAGES
 from grpo.train.rollouts import Rollout, assign_advantages
 from grpo.train.sharding import full_model_state, wrap
-from grpo.objectives.loss import token_logprobs
-from grpo.train.update import completion_logits, make_micro_batch, policy_update
+from grpo.train.packing import Layout, make_micro_batch
+from grpo.train.update import completion_logprobs, policy_update
 
 CASES = [  # (name, strategy, aggregation, beta, mu[, more TrainConfig keys])
     *[(f"{s}-{agg}-beta{beta}-mu{mu}", s, agg, beta, mu)
@@ -62,9 +62,9 @@ def global_batch(tok) -> list[Rollout]:
 def near_sampler(model_dir: str, batch: list[Rollout], pad_id: int) -> list[Rollout]:
     """The global batch with sampler log-probs = the starting policy's + uniform noise in [-0.6, 0.6]."""
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    mb = make_micro_batch(batch, pad_id, torch.device("cpu"))
+    mb = make_micro_batch(batch, Layout("padded", len(batch), 0), pad_id, torch.device("cpu"))
     with torch.no_grad():
-        logp = token_logprobs(completion_logits(model, mb), mb.targets, 0.9)  # the update's temperature
+        logp = completion_logprobs(model, mb, 0.9)[0]  # the update's temperature
     gen = torch.Generator().manual_seed(1)
     out = copy.deepcopy(batch)
     for i, r in enumerate(out):
