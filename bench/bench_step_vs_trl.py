@@ -92,7 +92,7 @@ def prepare(name: str, steps: int, out: Path) -> tuple[list[str], dict]:
         gradient_accumulation_steps=1, steps_per_generation=1, num_generations=G, num_iterations=t.mu,
         max_completion_length=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=0,  # 0: off
         learning_rate=t.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=t.weight_decay,
-        optim="adamw_torch",  # grpo's torch.optim.AdamW; TRL would default to the fused one on torch >= 2.8
+        optim="adamw_torch_fused",  # grpo builds torch.optim.AdamW(fused=True) too (TRL's default on torch >= 2.8)
         adam_beta1=t.adam_betas[0], adam_beta2=t.adam_betas[1], max_grad_norm=t.max_grad_norm,
         beta=t.beta, epsilon=t.clip_low, epsilon_high=t.clip_high, loss_type="dapo", scale_rewards="group",
         mask_truncated_completions=False, shuffle_dataset=False,  # keep grpo's prompt order, train on truncations

@@ -176,7 +176,7 @@ def _packed(rollouts: list[Rollout], rows: list[list[list[Rollout]]], pad_id: in
     keep = torch.zeros((R, L), dtype=torch.bool)  # [R, L] positions whose logits predict a completion token
     group = torch.full((R, L), -1, dtype=torch.long)  # [R, L] block of each position (-1: padding)
     part = torch.zeros((R, L), dtype=torch.long)  # [R, L] 0: prompt, j: the block's j-th completion
-    predictor: dict[int, list[tuple[int, int]]] = {}  # id(rollout) -> (row, column) predicting each token
+    predictor: dict[int, tuple[int, torch.Tensor]] = {}  # id(rollout) -> (row, columns predicting its tokens)
     block_index = 0
     for row_index, row in enumerate(rows):
         col = 0
@@ -196,19 +196,18 @@ def _packed(rollouts: list[Rollout], rows: list[list[list[Rollout]]], pad_id: in
                     position_ids[row_index, col:col + len(c)] = torch.arange(P, P + len(c))
                     group[row_index, col:col + len(c)] = block_index
                     part[row_index, col:col + len(c)] = j
-                predictor[id(r)] = [(row_index, last_prompt)] + [(row_index, col + k) for k in range(len(c) - 1)]
+                columns = torch.cat([torch.tensor([last_prompt]), torch.arange(col, col + max(len(c) - 1, 0))])[:len(c)]
+                predictor[id(r)] = (row_index, columns)
+                keep[row_index, columns] = True
                 col += len(c)
             block_index += 1
         # Padding continues the positions from 0 as a sequence of its own: never a restart inside a real one.
         position_ids[row_index, col:] = torch.arange(L - col)
-    for spots in predictor.values():
-        for row_index, col in spots:
-            keep[row_index, col] = True
     kept_rank = keep.flatten().cumsum(0).view(R, L) - 1  # [R, L] index of each kept position among the kept
     source = torch.zeros((len(rollouts), C), dtype=torch.long)  # [n, C]; 0 on padding (masked out)
     for i, r in enumerate(rollouts):
-        for k, (row_index, col) in enumerate(predictor[id(r)]):
-            source[i, k] = kept_rank[row_index, col]
+        row_index, columns = predictor[id(r)]
+        source[i, :len(columns)] = kept_rank[row_index, columns]
     attention = _shared_prompt_mask(group, part, mask_dtype) if share else None
     targets, mask, sampler_lp, advantages = _completion_tensors(rollouts, C, pad_id)
     to = lambda t: t.to(device)  # noqa: E731
@@ -218,8 +217,8 @@ def _packed(rollouts: list[Rollout], rows: list[list[list[Rollout]]], pad_id: in
 
 
 def _shared_prompt_mask(group: torch.Tensor, part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[R, L] block and part ids -> mask [R, 1, L, L] (bool, or additive in `dtype`): query q sees key k when both are in one block,
-    k is not after q, and k is the prompt or q's own completion. A pad position sees only itself (a row of
+    """[R, L] block and part ids -> mask [R, 1, L, L] (bool, or additive in `dtype`): query q sees key k when
+    both are in one block, k is not after q, and k is the prompt or q's own completion. A pad position sees only itself (a row of
     the softmax with nothing to see would be NaN, and NaN times a zero weight is still NaN)."""
     L = group.shape[1]
     same_block = group.unsqueeze(2) == group.unsqueeze(1)  # [R, L(q), L(k)]

@@ -49,6 +49,7 @@ class StepProfiler:
             return
         active, self._active = self._active, None
         wall_ms = (time.perf_counter() - self._started) * 1e3
+        self.folder.mkdir(parents=True, exist_ok=True)
         if isinstance(active, cProfile.Profile):
             active.disable()
             report = _python_report(active)
@@ -56,7 +57,6 @@ class StepProfiler:
             active.__exit__(None, None, None)
             report = _torch_report(active, wall_ms)
             tmp_trace = self.folder / f".trace-step-{step}.json.partial"
-            self.folder.mkdir(parents=True, exist_ok=True)
             active.export_chrome_trace(str(tmp_trace))  # written by torch: moved into place whole
             io.write_bytes(self.folder / f"trace-step-{step}.json", tmp_trace.read_bytes())
             tmp_trace.unlink()
