@@ -39,7 +39,8 @@ def recipe_rules(cfg: RecipeConfig) -> list[str]:
     if t.max_tokens_per_micro_batch < 0:
         p.append(f"train.max_tokens_per_micro_batch: must be >= 0 (0: cut by train.micro_batch_size), got "
                  f"{t.max_tokens_per_micro_batch}")
-    if t.max_tokens_per_micro_batch == 0 and t.micro_batch_size > 0 and batch > 0 and batch % t.micro_batch_size:
+    # larger than the batch: one micro-batch holding it all
+    if t.max_tokens_per_micro_batch == 0 and 0 < t.micro_batch_size < batch and batch % t.micro_batch_size:
         p.append(f"train.micro_batch_size: {t.micro_batch_size} does not divide the batch of prompts_per_step x "
                  f"group_size = {t.prompts_per_step} x {s.group_size} = {batch}; pick a divisor of {batch}")
     if not 0 <= t.clip_low < 1:
