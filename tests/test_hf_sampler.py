@@ -123,3 +123,18 @@ def test_a_tiny_top_p_keeps_only_the_most_likely_token(tiny_model_dir):
         assert all(c.token_ids == g.completions[0].token_ids for c in n.completions)
         # the log-prob is still the full tempered distribution's, not the renormalised nucleus (which would be 0)
         assert all(lp < 0 for c in n.completions for lp in c.logprobs)
+
+
+def test_draws_follow_the_tempered_distribution_and_top_p_cuts_its_tail():
+    from grpo.sampling.decode import _sample
+
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -3.0]]).repeat(40_000, 1)  # [A, V]
+    want = torch.softmax(logits[0] / 0.7, dim=-1)
+    token, logprob = _sample(logits, 0.7, 1.0)
+    seen = torch.bincount(token, minlength=5).float() / len(token)
+    assert torch.allclose(seen, want, atol=0.01)  # 40k draws: a frequency is off by < 0.003 at 3 sigma
+    assert torch.allclose(logprob, want.log()[token], atol=1e-6)  # the drawn token's full-vocabulary log-prob
+    token, _ = _sample(logits, 0.7, 0.9)  # the first two tokens hold 0.95 of the mass: the rest never drawn
+    seen = torch.bincount(token, minlength=5).float() / len(token)
+    assert seen[2:].sum() == 0 and abs(seen[0] - want[0] / want[:2].sum()) < 0.01
