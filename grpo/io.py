@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 TMP_MARK = ".tmp-"  # temporary names carry this and the writer's pid: `name.tmp-1234`
 
@@ -35,6 +35,21 @@ def write_bytes(path: Path | str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:  # a full disk or a kill: leave no temp file beside the old version
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_with(path: Path | str, writer: Callable[[Path], None]) -> None:
+    """For a file another library writes (writer(temp) writes the whole file): the same temp-then-rename."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        writer(tmp)
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)

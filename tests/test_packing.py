@@ -149,3 +149,29 @@ def test_a_model_that_ignores_the_layout_falls_back_to_padded(model, capsys):
     assert "training with padded rows" in capsys.readouterr().err
     with pytest.raises(UserError, match="train.packing: shared_prompt changes this model's log-probs"):
         checked_layout(lay, blind, PAD, CPU, explicit=True)
+
+
+def test_a_model_that_ignores_position_restarts_is_caught_for_sequences(model, capsys):
+    lay = layout("sequences", model)
+    assert checked_layout(lay, model, PAD, CPU, explicit=True) is lay
+
+    class OneSequencePerRow(torch.nn.Module):  # a plain causal mask: packed pairs would attend to each other
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask=None, **kw):
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    assert checked_layout(lay, OneSequencePerRow(model), PAD, CPU, explicit=False).kind == "padded"
+
+
+def test_a_packed_micro_batch_of_empty_completions_contributes_nothing(model):
+    rollouts = [r for r in groups_batch(model.config.vocab_size) if not r.completion.token_ids]
+    assert rollouts
+    for kind in ("sequences", "shared_prompt"):
+        mb = make_micro_batch(rollouts, layout(kind, model), PAD, CPU)
+        logp, _ = completion_logprobs(model, mb, 1.0)
+        assert mb.mask.sum() == 0 and torch.isfinite(logp).all()

@@ -29,19 +29,21 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
 
 
 def logprobs_and_entropy(logits: torch.Tensor, source: torch.Tensor, targets: torch.Tensor, temperature: float,
-                         with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                         with_entropy: bool, entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the targets, and the entropy at each position, from one pass over the vocabulary.
 
     logits [K, V]: the K positions whose logits predict completion tokens (a packed row's prompt end predicts the
     first token of every completion of its group, so K can be less than N * T); source [N, T]: which of the K
-    predicts each target; targets [N, T] -> log-probs [N, T] and, with_entropy, entropies [N, T] (else None)."""
+    predicts each target; targets [N, T] -> log-probs [N, T] and, with_entropy, entropies [N, T] (else None),
+    carrying a gradient only with entropy_grad."""
     scaled = logits.float() / temperature  # [K, V]
     lse = torch.logsumexp(scaled, dim=-1)  # [K]
     logp = scaled[source, targets] - lse[source]  # [N, T]
     if not with_entropy:
         return logp, None
     # H = lse - sum softmax * scaled: the softmax is the only other [K, V] tensor, and lse is shared with logp.
-    entropy = lse - (torch.exp(scaled - lse.unsqueeze(-1)) * scaled).sum(-1)  # [K]
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = lse - (torch.exp(scaled - lse.unsqueeze(-1)) * scaled).sum(-1)  # [K]
     return logp, entropy[source]  # [N, T]
 
 

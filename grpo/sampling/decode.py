@@ -99,8 +99,11 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[tor
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))  # [A, V]
     # Inverse CDF: one uniform number a row. torch.multinomial draws an exponential per vocabulary entry on CPU,
     # which for a 50k vocabulary cost more than the rest of the step's sampling.
-    cdf = probs.cumsum(-1)  # [A, V]
-    u = torch.rand((probs.shape[0], 1), device=probs.device) * cdf[:, -1:]  # [A, 1] (the mass may not sum to 1)
+    # In float64: past a float32 sum of 0.5, adding a token of p < 3e-8 would leave the sum unchanged and make that
+    # token impossible to draw, though its log-prob says it was possible (MPS has no float64).
+    exact = torch.float32 if probs.device.type == "mps" else torch.float64
+    cdf = probs.to(exact).cumsum(-1)  # [A, V]
+    u = torch.rand((probs.shape[0], 1), device=probs.device, dtype=exact) * cdf[:, -1:]  # [A, 1]
     token = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)  # [A]
     return token, logp.gather(-1, token.unsqueeze(-1)).squeeze(-1)
 

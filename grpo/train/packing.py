@@ -22,6 +22,9 @@ from grpo.errors import UserError
 from grpo.train.rollouts import Rollout
 
 LAYOUTS = ("padded", "sequences", "shared_prompt")
+# A shared_prompt block (a prompt and the completions after it) is cut at this length: its mask and attention
+# grow with the square of it, and past a few thousand tokens that costs more than the prompt copies it saves.
+SHARED_BLOCK_TOKENS = 2048
 
 
 @dataclass
@@ -88,7 +91,7 @@ def make_micro_batch(rollouts: list[Rollout], layout: Layout, pad_id: int, devic
     if layout.kind == "padded":
         return _padded(rollouts, pad_id, device)
     share = layout.kind == "shared_prompt"
-    blocks = _prompt_blocks(rollouts, layout.row_tokens or None) if share else [[r] for r in rollouts]
+    blocks = _prompt_blocks(rollouts, layout.row_tokens or SHARED_BLOCK_TOKENS) if share else [[r] for r in rollouts]
     return _packed(rollouts, _fill_rows(blocks, layout.row_tokens), pad_id, device, share, layout.mask_dtype)
 
 
@@ -203,6 +206,8 @@ def _packed(rollouts: list[Rollout], rows: list[list[list[Rollout]]], pad_id: in
             block_index += 1
         # Padding continues the positions from 0 as a sequence of its own: never a restart inside a real one.
         position_ids[row_index, col:] = torch.arange(L - col)
+    if not keep.any():  # every completion empty: one position all the same, so the gathers have a row to read
+        keep[0, 0] = True
     kept_rank = keep.flatten().cumsum(0).view(R, L) - 1  # [R, L] index of each kept position among the kept
     source = torch.zeros((len(rollouts), C), dtype=torch.long)  # [n, C]; 0 on padding (masked out)
     for i, r in enumerate(rollouts):

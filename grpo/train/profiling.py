@@ -30,6 +30,11 @@ class StepProfiler:
         self._active: torch.profiler.profile | cProfile.Profile | None = None
         self._started = 0.0
 
+    def warn_if_outside(self, first: int, last: int) -> None:
+        if self.enabled and not first <= self.step <= last:
+            print(f"note: logging.profile_step={self.step} is outside the steps this run trains ({first}-{last}); "
+                  f"nothing will be profiled", file=sys.stderr, flush=True)
+
     def begin(self, step: int) -> None:
         if not self.enabled or step != self.step:
             return
@@ -56,10 +61,7 @@ class StepProfiler:
         else:
             active.__exit__(None, None, None)
             report = _torch_report(active, wall_ms)
-            tmp_trace = self.folder / f".trace-step-{step}.json.partial"
-            active.export_chrome_trace(str(tmp_trace))  # written by torch: moved into place whole
-            io.write_bytes(self.folder / f"trace-step-{step}.json", tmp_trace.read_bytes())
-            tmp_trace.unlink()
+            io.write_with(self.folder / f"trace-step-{step}.json", lambda tmp: active.export_chrome_trace(str(tmp)))
         path = self.folder / f"step-{step}-{self.kind}.txt"
         io.write_text(path, report)
         summary = report.split("\n\n", 1)[0]  # the stages and top costs, before the full tables
@@ -72,7 +74,8 @@ def _torch_report(prof: torch.profiler.profile, wall_ms: float) -> str:
     key = "self_device_time_total" if device else "self_cpu_time_total"
     stages = {e.key: e.cpu_time_total / 1e3 for e in events if e.key in STAGES}  # ms inside each labelled range
     stages["other"] = max(0.0, wall_ms - sum(stages.values()))
-    lines = [f"the step's {wall_ms:.1f} ms by stage:"]
+    lines = [f"the step's {wall_ms:.1f} ms by stage (other: logging, samples, eval and checkpoint when due, and the "
+             f"profiler's own cost):"]
     lines += [f"  {name.removeprefix('grpo/'):<12} {ms:9.1f} ms  {100 * ms / max(wall_ms, 1e-9):5.1f}%"
               for name, ms in stages.items()]
     ops = [e for e in events if e.key not in STAGES]

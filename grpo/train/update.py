@@ -64,10 +64,12 @@ def build_objective(s: TrainConfig, sampler_backend: str = "hf") -> Objective:
                      old_from_trainer=s.old_logprobs == "trainer")
 
 
-def completion_logprobs(model, mb: MicroBatch, temperature: float,
-                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs [n, C] of mb's completion tokens under `model` (and their entropies, from the same logits)."""
-    return logprobs_and_entropy(_predicting_logits(model, mb), mb.source, mb.targets, temperature, with_entropy)
+def completion_logprobs(model, mb: MicroBatch, temperature: float, with_entropy: bool = False,
+                        entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [n, C] of mb's completion tokens under `model` (and their entropies, from the same logits; with
+    a gradient only when entropy_grad, since a graph through them keeps a [K, V] tensor alive until backward)."""
+    return logprobs_and_entropy(_predicting_logits(model, mb), mb.source, mb.targets, temperature, with_entropy,
+                                entropy_grad)
 
 
 def _predicting_logits(model, mb: MicroBatch) -> torch.Tensor:
@@ -97,7 +99,8 @@ def _logits_to_keep(model) -> str:
     kind = type(base)
     if kind not in _LOGITS_TO_KEEP:
         takes = "logits_to_keep" in inspect.signature(base.forward).parameters
-        slices = "slice_logits_to_keep" in vars(inspect.getmodule(kind) or object)
+        # The forward's module, not the class's: FSDP2 makes a subclass (FSDPQwen2ForCausalLM) in torch's module.
+        slices = "slice_logits_to_keep" in vars(inspect.getmodule(kind.forward) or object)
         _LOGITS_TO_KEEP[kind] = ("mask" if slices else "int") if takes else ""
     return _LOGITS_TO_KEEP[kind]
 
@@ -139,7 +142,8 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
         optimizer.zero_grad(set_to_none=True)
         for i, (mb, ref_lp) in enumerate(zip(micro_batches, ref_logprobs)):
             # The first pass measures the entropy; later ones only when the loss has an entropy bonus.
-            logp, entropy = completion_logprobs(policy, mb, temperature, with_entropy=epoch == 0 or bool(s.entropy_coef))
+            logp, entropy = completion_logprobs(policy, mb, temperature, with_entropy=epoch == 0 or bool(s.entropy_coef),
+                                                entropy_grad=bool(s.entropy_coef))
             if epoch == 0:
                 _first_pass(objective, s, i, mb, logp.detach(), ref_lp, trainer_old, weights, advantages)
             # mu == 1: on-policy, the ratio is 1 but carries the gradient. mu > 1: later passes are off-policy
@@ -225,7 +229,8 @@ def _reference_logprobs(policy, reference, mb: MicroBatch, temperature: float) -
 
 
 @torch.no_grad()
-def checked_layout(layout: Layout, policy, pad_id: int, device: torch.device, explicit: bool) -> Layout:
+def checked_layout(layout: Layout, policy, pad_id: int, device: torch.device, explicit: bool,
+                   compute_dtype: torch.dtype | None = None) -> Layout:
     """`layout` if it gives this model the padded layout's log-probs on a small probe batch (two groups of
     random tokens, ragged), else padded with a warning (train.packing=auto) or an error (asked for by name):
     a model whose attention ignores position ids or custom masks would otherwise train on wrong log-probs."""
@@ -234,18 +239,21 @@ def checked_layout(layout: Layout, policy, pad_id: int, device: torch.device, ex
     gen = torch.Generator().manual_seed(0)
     vocab = unwrap(policy).config.vocab_size
     ids = lambda n: torch.randint(0, vocab, (n,), generator=gen).tolist()  # noqa: E731
+    # Two groups of three, and a long pair that makes rows wide enough for `sequences` to put two pairs in one:
+    # every layout must then keep attention inside each sequence (and each completion) by itself.
     probe = [Rollout("", prompt, Completion(ids(c), [0.0] * c, "", "stop"), {})
-             for prompt in (ids(5), ids(3)) for c in (4, 2, 6)]
+             for prompt, lengths in ((ids(5), (4, 2, 6)), (ids(3), (4, 2, 6)), (ids(4), (14,))) for c in lengths]
     padded = make_micro_batch(probe, Layout("padded", len(probe), 0), pad_id, device)
     was_training = policy.training
     policy.eval()  # no dropout: both layouts must see the same function
     try:
-        want = completion_logprobs(policy, padded, 1.0)[0]  # [6, 6]
-        got = completion_logprobs(policy, make_micro_batch(probe, layout, pad_id, device), 1.0)[0]  # [6, 6]
+        want = completion_logprobs(policy, padded, 1.0)[0]  # [7, 14]
+        got = completion_logprobs(policy, make_micro_batch(probe, layout, pad_id, device), 1.0)[0]  # [7, 14]
     finally:
         policy.train(was_training)
     gap = float(((want - got).abs() * padded.mask).max())
-    tolerance = 1e-3 if next(policy.parameters()).dtype == torch.float32 else 5e-2  # bf16 rounds per layout
+    dtype = compute_dtype or next(policy.parameters()).dtype  # FSDP mixed precision computes in param_dtype
+    tolerance = 1e-3 if dtype == torch.float32 else 5e-2  # bf16 rounds differently per layout
     if gap <= tolerance:
         return layout
     if explicit:
