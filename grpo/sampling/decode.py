@@ -103,7 +103,7 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[tor
     # token impossible to draw, though its log-prob says it was possible (MPS has no float64).
     exact = torch.float32 if probs.device.type == "mps" else torch.float64
     cdf = probs.to(exact).cumsum(-1)  # [A, V]
-    u = torch.rand((probs.shape[0], 1), device=probs.device, dtype=exact) * cdf[:, -1:]  # [A, 1]
+    u = torch.rand((probs.shape[0], 1), device=probs.device).to(exact) * cdf[:, -1:]  # [A, 1]
     token = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)  # [A]
     return token, logp.gather(-1, token.unsqueeze(-1)).squeeze(-1)
 
