@@ -1,6 +1,7 @@
 """The GPU check: grpo's real training pass on models of real shapes, with nothing to download.
 
-    python bench/gpu_check.py                     # on a GPU box: Qwen2.5-0.5B and -1.5B shapes, bf16 (estimated ~5 minutes on an H100; not yet run on a GPU)
+    python bench/gpu_check.py                     # on a GPU box: Qwen2.5-0.5B and -1.5B shapes, bf16
+                                                  # (~5 minutes on an H100: an estimate, not yet run on one)
     python bench/gpu_check.py --sizes tiny        # anywhere (CI runs this on CPU so the script cannot rot)
     torchrun --nproc-per-node 8 bench/gpu_check.py --sizes 1.5b   # FSDP2 over the visible GPUs
 
