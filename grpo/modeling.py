@@ -75,7 +75,7 @@ def load_policy(cfg: ModelConfig, path: Path | str, device: torch.device) -> tor
         model = _from_pretrained(AutoModelForCausalLM.from_pretrained, path, dtype=DTYPES[cfg.dtype],
                                  trust_remote_code=cfg.trust_remote_code, **kernel).to(device)
     except (ValueError, ImportError) as exc:  # an unknown kernel name, or flash-attn not installed
-        if not kernel or "attn" not in str(exc).lower():
+        if not kernel or not any(word in str(exc).lower() for word in ("attn", "attention")):
             raise
         raise UserError(f"model.attn_implementation: {cfg.attn_implementation!r} cannot be used here "
                         f"({str(exc).splitlines()[0]}). Use sdpa or eager, or install the kernel's package.") from exc

@@ -2,6 +2,7 @@
 rounding), cut micro-batches by a token budget, and hold fewer pad positions."""
 
 import copy
+import importlib.util
 
 import pytest
 import torch
@@ -175,3 +176,14 @@ def test_a_packed_micro_batch_of_empty_completions_contributes_nothing(model):
         mb = make_micro_batch(rollouts, layout(kind, model), PAD, CPU)
         logp, _ = completion_logprobs(model, mb, 1.0)
         assert mb.mask.sum() == 0 and torch.isfinite(logp).all()
+
+
+@pytest.mark.parametrize("kernel", ["nonsense", "flash_attention_2"])
+def test_an_attention_kernel_that_cannot_load_names_the_key(tiny_model_dir, kernel):
+    from grpo.config import ModelConfig
+    from grpo.modeling import load_policy
+
+    if kernel == "flash_attention_2" and importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(UserError, match="model.attn_implementation"):
+        load_policy(ModelConfig(attn_implementation=kernel), tiny_model_dir, CPU)
