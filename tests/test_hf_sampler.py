@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo.objectives.loss import token_logprobs
+from grpo.objectives.loss import logprobs_and_entropy
 from grpo.sampling.base import SamplingSettings
 from grpo.sampling.hf import HFSampler
 
@@ -50,8 +50,10 @@ def test_sampler_logprobs_match_the_trainers_for_the_same_tokens(tiny_model_dir)
     group = HFSampler(model, tok).generate([prompt], SamplingSettings(n=2, temperature=0.7, max_new_tokens=8))[0]
     for c in group.completions:
         ids = torch.tensor([prompt + c.token_ids])
-        logits = model(ids).logits[:, len(prompt) - 1:-1]
-        trainer = token_logprobs(logits, torch.tensor([c.token_ids]), temperature=0.7)[0]
+        logits = model(ids).logits[0, len(prompt) - 1:-1]  # [C, V]
+        n = len(c.token_ids)
+        trainer = logprobs_and_entropy(logits, torch.arange(n).view(1, n), torch.tensor([c.token_ids]), 0.7,
+                                       with_entropy=False)[0][0]
         assert torch.allclose(trainer, torch.tensor(c.logprobs), atol=1e-4)
 
 

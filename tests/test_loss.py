@@ -3,20 +3,22 @@ import math
 import pytest
 import torch
 
-from grpo.objectives.loss import aggregate, clipped_surrogate, kl_k3, token_entropy, token_logprobs
+from grpo.objectives.loss import aggregate, clipped_surrogate, kl_k3, logprobs_and_entropy
 
 
 def test_token_logprobs_match_log_softmax_with_temperature():
     logits = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]])  # [1, 2, 3]
     targets = torch.tensor([[2, 1]])
-    lp = token_logprobs(logits, targets, temperature=2.0)
+    lp, _ = logprobs_and_entropy(logits.view(2, 3), torch.arange(2).view(1, 2), targets, 2.0, with_entropy=False)
     expected0 = 1.5 - math.log(math.exp(0.5) + math.exp(1.0) + math.exp(1.5))
     assert lp[0, 0].item() == pytest.approx(expected0, abs=1e-6)
     assert lp[0, 1].item() == pytest.approx(-math.log(3), abs=1e-6)
 
 
 def test_entropy_of_uniform_is_log_v():
-    assert token_entropy(torch.zeros(1, 1, 4))[0, 0].item() == pytest.approx(math.log(4), abs=1e-6)
+    _, entropy = logprobs_and_entropy(torch.zeros(1, 4), torch.zeros(1, 1, dtype=torch.long),
+                                      torch.zeros(1, 1, dtype=torch.long), 1.0, with_entropy=True)
+    assert entropy[0, 0].item() == pytest.approx(math.log(4), abs=1e-6)
 
 
 def test_clipped_surrogate_by_hand():

@@ -14,20 +14,6 @@ from dataclasses import dataclass
 import torch
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(logits / T) at the target tokens. logits [N, T, V], targets [N, T] -> [N, T]."""
-    logits = logits.float() / temperature  # [N, T, V]
-    # logsumexp + gather instead of a full log_softmax keeps one [N, T, V] tensor less alive.
-    picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)  # [N, T]
-    return picked - torch.logsumexp(logits, dim=-1)  # [N, T]
-
-
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of the sampling distribution at each position. [N, T, V] -> [N, T]."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # [N, T, V]
-    return -(logp.exp() * logp).sum(-1)  # [N, T]
-
-
 def logprobs_and_entropy(logits: torch.Tensor, source: torch.Tensor, targets: torch.Tensor, temperature: float,
                          with_entropy: bool, entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the targets, and the entropy at each position, from one pass over the vocabulary.
