@@ -46,12 +46,8 @@ class HFSampler:
         return groups
 
     def _finish(self, tokens: list[int], logprobs: list[float], settings: SamplingSettings) -> Completion:
-        """Cut at the first EOS (kept) or stop string; what follows is padding from finished rows."""
-        end = next((i + 1 for i, t in enumerate(tokens) if t in self.eos_ids), None)
-        if end is not None:
-            tokens, logprobs, reason = tokens[:end], logprobs[:end], "stop"
-        else:
-            reason = "length"
+        """Decode, and cut at a stop string. draw() already ended each row at its first EOS (kept)."""
+        reason = "stop" if tokens and tokens[-1] in self.eos_ids else "length"
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         if settings.stop:
             cut = _first_stop(text, settings.stop)

@@ -83,8 +83,7 @@ def _cost(rollouts: list[Rollout], kind: str) -> int:
                                 max(len(r.completion.token_ids) for r in rollouts))
     if kind == "sequences":
         return sum(len(r.prompt_ids) + len(r.completion.token_ids) for r in rollouts)
-    return sum(len(block[0].prompt_ids) + sum(len(r.completion.token_ids) for r in block)
-               for block in _prompt_blocks(rollouts, None))
+    return sum(_block_len(block) for block in _prompt_blocks(rollouts, SHARED_BLOCK_TOKENS))
 
 
 def make_micro_batch(rollouts: list[Rollout], layout: Layout, pad_id: int, device: torch.device) -> MicroBatch:
