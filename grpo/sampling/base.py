@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -19,7 +20,9 @@ class SamplingSettings:
     top_p: float = 1.0
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
-    seed: int = 0  # base seed; backends derive a distinct seed per prompt from it
+    # The call's base seed: hf seeds the call with it; vllm derives a seed per prompt from it (seed_mode=request)
+    # or seeds the call's batched draw with it (seed_mode=engine).
+    seed: int = 0
 
     @classmethod
     def of(cls, generation, n: int, seed: int) -> "SamplingSettings":
@@ -70,3 +73,79 @@ class Sampler(Protocol):
     def close(self) -> None:
         """Release the engine (before the process group goes: a vLLM engine under torchrun holds groups in it)."""
         ...
+
+
+# ---------------------------------------------------------------------------------------------------- stop ids
+
+# The end-of-turn tokens of common chat templates, for templates that cannot be rendered here (see end_of_turn_id).
+KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|eot|>")
+_MARK = "GRPO_END_OF_TURN_PROBE"  # an assistant message that no template rewrites
+
+
+def stop_token_ids(model_path: str | Path | None, tokenizer: Any,
+                   generation_config_eos: int | list[int] | None = None) -> set[int]:
+    """Every token id that ends a completion: the checkpoint's generation_config.json EOS ids (read from
+    `model_path`, and/or given as `generation_config_eos`, e.g. a loaded model's generation_config.eos_token_id),
+    the tokenizer's EOS, and the chat template's end-of-turn token. The last matters for base checkpoints used
+    with a chat template: Qwen2.5 base lists only <|endoftext|> as EOS, but its template ends each turn with
+    <|im_end|>, so without it a completion would run past the end of its turn to max_new_tokens."""
+    ids = set(_id_list(generation_config_eos))
+    if model_path is not None:
+        ids.update(_id_list(_generation_config_eos(str(model_path))))
+    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    turn = end_of_turn_id(tokenizer)
+    if turn is not None:
+        ids.add(turn)
+    return ids
+
+
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The id of the token the tokenizer's chat template puts right after an assistant message, when there is a
+    template and that token is one token of the vocabulary (an added/special token); else None. Found by
+    rendering a two-turn chat, so any template works; templates that refuse that chat fall back to the known
+    end-of-turn names the template text mentions."""
+    template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    if not template:
+        return None
+    added = _added_tokens(tokenizer)
+    after = _text_after_assistant_turn(tokenizer)
+    if after is not None:
+        token = next((t for t in sorted(added, key=len, reverse=True) if after.lstrip(" ").startswith(t)), None)
+        return added[token] if token is not None else None
+    known = next((t for t in KNOWN_END_OF_TURN if t in added and t in str(template)), None)
+    return added[known] if known is not None else None
+
+
+def _text_after_assistant_turn(tokenizer: Any) -> str | None:
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _MARK}]
+    try:
+        text = tokenizer.apply_chat_template(chat, tokenize=False)
+    except Exception:  # a template may refuse this chat (roles, system prompt required, ...): use the fallback
+        return None
+    if not isinstance(text, str) or _MARK not in text:
+        return None
+    return text.split(_MARK, 1)[1]
+
+
+def _added_tokens(tokenizer: Any) -> dict[str, int]:
+    """Tokens the tokenizer holds as single added/special tokens (chat markers always are)."""
+    try:
+        return {str(t): int(i) for t, i in tokenizer.get_added_vocab().items()}
+    except (AttributeError, TypeError):
+        return {}
+
+
+def _generation_config_eos(model_path: str) -> int | list[int] | None:
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's EOS is all there is
+        return None
+
+
+def _id_list(ids: int | list[int] | None) -> list[int]:
+    if ids is None:
+        return []
+    return [int(i) for i in ids] if isinstance(ids, (list, tuple, set)) else [int(ids)]

