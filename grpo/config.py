@@ -45,8 +45,23 @@ class VllmConfig:
     max_model_len: int | None = None  # default: max_prompt_tokens + max_new_tokens
     enable_prefix_caching: bool = True
     tensor_parallel_size: int = 1
-    enable_sleep_mode: bool = False  # GPU only: free the KV cache while the trainer steps
+    enable_sleep_mode: bool = False  # GPU only: free the KV cache (and weights) while the trainer steps
+    # 2: the weights are discarded while asleep (the sync after each step rewrites every one of them, so a host copy
+    # would only be carried there and back); 1: offloaded to host memory and restored by wake_up.
+    sleep_level: Literal[1, 2] = 2
     enforce_eager: bool = False
+    # The engine's batch limits. None: on a GPU, max_num_seqs = the rows one rank generates in a step (prompts x G,
+    # capped at 1024) and max_num_batched_tokens = max(8192, max_model_len); vLLM's own defaults on CPU.
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    # engine: one seed per engine (per rank): vLLM's batched sampler stays vectorised, and a run is reproducible
+    # for a given batch composition only. request: a seed per request (prompt): samples reproducible whatever the
+    # batching, at the price of a per-request Python loop in vLLM's sampler on every decode step.
+    seed_mode: Literal["engine", "request"] = "engine"
+    # Under torchrun with tensor_parallel_size=1: replicas = each rank's engine is independent (dense models);
+    # lockstep = vLLM data parallelism, engines stepping together (needed by expert-parallel MoE models).
+    # auto: lockstep for mixture-of-experts configs, replicas otherwise.
+    data_parallel: Literal["auto", "replicas", "lockstep"] = "auto"
 
 
 # ---------------------------------------------------------------------------------------------------- sections
@@ -66,7 +81,12 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     path: str = "demo:tiny-arith"  # a Hugging Face model directory, a hub id, or the shipped "demo:tiny-arith"
+    # The compute dtype: forward and backward of the trainer, the transformers sampler's decoding, and vLLM's engine.
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # The stored weights and the optimizer state (and so the checkpoints). float32 under bfloat16 compute is the
+    # standard mixed precision: an update of lr 1e-6 is below half a bf16 ulp of a typical weight and would round
+    # away if the weights themselves were bf16.
+    master_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     # transformers' attention kernel: sdpa, eager, flash_attention_2, ... (None: the model's default)
@@ -145,6 +165,10 @@ class TrainConfig:
     micro_batch_size: int = 16  # sequences per forward/backward; gradients accumulate over the batch
     # > 0: cut micro-batches by the tokens their rows hold instead (micro_batch_size is then unused)
     max_tokens_per_micro_batch: int = 0
+    # Log-probs and entropy are taken over the vocabulary this many completion tokens at a time (each chunk's
+    # logits recomputed in the backward), so that pass's memory is set by the chunk, not the micro-batch:
+    # [chunk, V] fp32 tensors (about 1.2 GB each at 2048 tokens and V = 152k).
+    vocab_chunk_tokens: int = 2048
     # How the training pass lays rollouts out (grpo/train/packing.py): padded rows; sequences packed without pad
     # tokens (varlen kernels on CUDA with flash attention); shared_prompt: a group's prompt once, its completions
     # after it. auto: shared_prompt on CPU, sequences elsewhere; falls back to padded if the model disagrees.
@@ -196,8 +220,9 @@ class DistributedConfig:
 
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: fsdp (shards any model); ddp: a whole copy per rank
     reshard_after_forward: bool = True  # FSDP: free gathered weights after each forward (less memory, more comms)
-    param_dtype: Literal["float32", "bfloat16", "float16"] | None = None  # FSDP mixed precision: compute dtype
-    reduce_dtype: Literal["float32", "bfloat16", "float16"] | None = None  # FSDP: gradient reduction dtype
+    # FSDP's gradient reduce-scatter dtype. None: model.master_dtype (exact sums); bfloat16 halves the traffic at the
+    # price of rounded gradients. (The compute dtype is model.dtype; there is no second key for it.)
+    reduce_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     timeout_s: int = 600  # every collective; a rank that died or hangs ends the job after this, with an error
 
 

@@ -67,13 +67,14 @@ def load_tokenizer(path: Path | str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_policy(cfg: ModelConfig, path: Path | str, device: torch.device) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
+def load_policy(cfg: ModelConfig, path: Path | str, device: torch.device,
+                dtype: torch.dtype | None = None, empty: bool = False) -> torch.nn.Module:
+    """The policy with its weights in `dtype` (the master dtype for full fine-tuning, the compute dtype for a
+    frozen LoRA base; default model.dtype), LoRA adapters in model.master_dtype. empty: the architecture on the
+    meta device, no weights read (a rank other than 0, which receives rank 0's weights once they are sharded)."""
     kernel = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     try:
-        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, path, dtype=DTYPES[cfg.dtype],
-                                 trust_remote_code=cfg.trust_remote_code, **kernel).to(device)
+        model = (_empty_model if empty else _loaded_model)(path, dtype or DTYPES[cfg.dtype], device, cfg, kernel)
     except (ValueError, ImportError) as exc:  # an unknown kernel name, or flash-attn not installed
         if not kernel or not any(word in str(exc).lower() for word in ("attn", "attention")):
             raise
@@ -92,6 +93,28 @@ def load_policy(cfg: ModelConfig, path: Path | str, device: torch.device) -> tor
     return model
 
 
+def _loaded_model(path, dtype: torch.dtype, device: torch.device, cfg: ModelConfig, kernel: dict):
+    from transformers import AutoModelForCausalLM
+
+    straight = {"device_map": str(device)} if device.type == "cuda" else {}  # no full copy in host memory first
+    return _from_pretrained(AutoModelForCausalLM.from_pretrained, path, dtype=dtype,
+                            trust_remote_code=cfg.trust_remote_code, **kernel, **straight).to(device)
+
+
+def _empty_model(path, dtype: torch.dtype, device: torch.device, cfg: ModelConfig, kernel: dict):
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    config = _from_pretrained(AutoConfig.from_pretrained, path, trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                                                 **kernel)
+    try:  # the checkpoint's EOS ids and the like, as rank 0's loaded model has them
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:  # no generation_config.json: from_pretrained would derive the same defaults from the config
+        pass
+    return model
+
+
 def _wrap_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     if importlib.util.find_spec("peft") is None:
         raise UserError("model.lora.enabled is true but peft is not installed. Install it with "
@@ -107,22 +130,30 @@ def _wrap_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    for p in model.parameters():  # the adapters are what the optimizer steps: they live in the master dtype
+        if p.requires_grad:
+            p.data = p.data.to(DTYPES[cfg.master_dtype])
+    return model
 
 
 def build_reference(policy: torch.nn.Module, cfg: ModelConfig):
-    """The frozen KL anchor. With LoRA it is the policy with adapters off (no second copy in memory)."""
+    """The frozen KL anchor, in the compute dtype (it is never stepped, so it needs no master copy). With LoRA it
+    is the policy with adapters off (no second copy in memory)."""
     if cfg.lora.enabled:
         return None
-    reference = copy.deepcopy(policy)
+    reference = copy.deepcopy(policy).to(DTYPES[cfg.dtype])
     reference.eval()
     for p in reference.parameters():
         p.requires_grad_(False)
     return reference
 
 
-def plain_model(policy: torch.nn.Module) -> torch.nn.Module:
-    """A transformers model with LoRA merged in, for saving and for samplers that need plain weights."""
-    if hasattr(policy, "merge_and_unload"):
-        return copy.deepcopy(policy).merge_and_unload()  # the live policy keeps its adapters
-    return policy
+def save_merged(policy: torch.nn.Module, directory: Path) -> None:
+    """A LoRA policy saved as a plain transformers model with its adapters merged in, built one weight at a time
+    on the CPU (W + delta per adapted weight): no second copy of the model on the GPU, and the live policy is
+    never merged and unmerged."""
+    from grpo.sampling.vllm import plain_named_tensors  # no vllm import: the LoRA merge lives beside the sync
+
+    merged = {name: tensor.detach().to("cpu", copy=True) for name, tensor in plain_named_tensors(policy)}
+    policy.get_base_model().save_pretrained(directory, state_dict=merged)

@@ -86,20 +86,26 @@ def launched_world() -> World:
     return World(rank=int(os.environ["RANK"]), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def init_world(world: World, device: torch.device, timeout_s: float) -> None:
+def init_world(world: World, device: torch.device, timeout_s: float, group_of_one: bool = False) -> None:
     """Join the process group: nccl on CUDA, gloo on CPU. The timeout bounds every collective, so a rank that
-    died or hangs ends the job with an error instead of a silent wait."""
-    if not world.distributed or torch.distributed.is_initialized():
+    died or hangs ends the job with an error instead of a silent wait. group_of_one: one process that still needs
+    a group (FSDP's mixed precision at world size 1), made in memory with no rendezvous."""
+    if torch.distributed.is_initialized() or not (world.distributed or group_of_one):
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        # vLLM's sleep mode needs NCCL's own cuMem allocations off, and vLLM sets this only when it is imported,
+        # after the trainer's NCCL communicators were made with it on: set it before any communicator exists.
+        os.environ.setdefault("NCCL_CUMEM_ENABLE", "0")
+    alone = {} if world.distributed else {"store": torch.distributed.HashStore(), "rank": 0, "world_size": 1}
     torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
-                                         **({"device_id": device} if device.type == "cuda" else {}))
+                                         **({"device_id": device} if device.type == "cuda" else {}), **alone)
 
 
 def close_world(world: World) -> None:
-    if world.distributed and torch.distributed.is_initialized():
+    """Leave the process group (a group of one too)."""
+    if torch.distributed.is_initialized():
         # Every rank's last collective must be done everywhere before any rank tears its group down: gloo
         # aborts a process ("terminate called without an active exception") whose peer left mid-transfer.
         torch.distributed.barrier()

@@ -23,7 +23,9 @@ def recipe_rules(cfg: RecipeConfig) -> list[str]:
         ("train.max_sampling_rounds", t.max_sampling_rounds), ("train.loss_constant", t.loss_constant),
         ("sampler.max_new_tokens", s.max_new_tokens), ("sampler.generation_batch_size", s.generation_batch_size),
         ("sampler.top_p", s.top_p), ("data.max_prompt_tokens", cfg.data.max_prompt_tokens),
-        ("sampler.max_logprob_gap", s.max_logprob_gap),
+        ("sampler.max_logprob_gap", s.max_logprob_gap), ("train.vocab_chunk_tokens", t.vocab_chunk_tokens),
+        ("sampler.vllm.max_num_seqs", s.vllm.max_num_seqs),
+        ("sampler.vllm.max_num_batched_tokens", s.vllm.max_num_batched_tokens),
     ]:
         positive(where, value)
     if s.top_p > 1:
@@ -77,8 +79,22 @@ def recipe_rules(cfg: RecipeConfig) -> list[str]:
         p.append("eval.every: periodic eval needs eval.data (a local file or hub name)")
     if cfg.eval.data:
         p += eval_rules(cfg.eval)
+    p += precision_rules(cfg)
     if cfg.distributed.timeout_s <= 0:
         p.append(f"distributed.timeout_s: must be > 0, got {cfg.distributed.timeout_s}")
+    return p
+
+
+def precision_rules(cfg: RecipeConfig) -> list[str]:
+    """model.dtype (compute) against model.master_dtype (stored weights and optimizer state)."""
+    p: list[str] = []
+    m = cfg.model
+    width = {"float32": 32, "bfloat16": 16, "float16": 16}
+    if width[m.master_dtype] < width[m.dtype]:
+        p.append(f"model.master_dtype: {m.master_dtype} masters under {m.dtype} compute would store less than they "
+                 f"compute; use master_dtype=float32 (or set model.dtype={m.master_dtype} too)")
+    if m.lora.enabled and m.master_dtype != "float32" and m.dtype != m.master_dtype:
+        p.append(f"model.master_dtype: LoRA adapters in {m.master_dtype} under {m.dtype} compute; use float32 masters")
     return p
 
 
@@ -138,8 +154,9 @@ def world_rules(cfg: RecipeConfig, world_size: int) -> list[str]:
     if cfg.model.lora.enabled and strategy == "fsdp":
         p.append("model.lora.enabled: LoRA adapters are not sharded with FSDP here; set distributed.strategy=ddp "
                  "(the adapters are small, and the base weights stay frozen on every rank)")
-    if strategy == "ddp" and (d.param_dtype or d.reduce_dtype):
-        p.append("distributed.param_dtype / reduce_dtype: FSDP options; with strategy=ddp set model.dtype instead")
+    if strategy == "ddp" and d.reduce_dtype:
+        p.append("distributed.reduce_dtype: an FSDP option (the gradient reduce-scatter's dtype); DDP reduces in the "
+                 "master dtype. Remove it or use distributed.strategy=fsdp")
     if cfg.sampler.backend == "vllm" and cfg.sampler.vllm.tensor_parallel_size > 1:
         p.append(f"sampler.vllm.tensor_parallel_size: under {launch} each rank drives a whole engine of its own "
                  f"for its own prompts; tensor parallelism inside a data-parallel run is not supported yet. Set "

@@ -13,6 +13,7 @@ from grpo.errors import UserError
 from grpo.sampling.base import Completion
 from grpo.train.packing import Layout, choose_layout, make_micro_batch, plan_micro_batches
 from grpo.train.rollouts import Rollout
+from test_update import RecordingSGD
 from grpo.train.update import checked_layout, completion_logprobs, policy_update
 
 CPU = torch.device("cpu")
@@ -72,9 +73,10 @@ def settings(**kw):
 def grads_and_stats(model, rollouts, s, lay, reference=None):
     m = copy.deepcopy(model)
     ref = copy.deepcopy(reference) if reference is not None else None
-    stats = policy_update(m, ref, torch.optim.SGD(m.parameters(), lr=0.0), rollouts, s, temperature=0.9,
-                          loss_constant=16, pad_id=PAD, device=CPU, layout=lay)
-    return torch.cat([p.grad.flatten() for p in m.parameters()]), stats
+    optimizer = RecordingSGD(m.parameters(), lr=0.0)
+    stats = policy_update(m, ref, optimizer, rollouts, s, temperature=0.9, loss_constant=16, pad_id=PAD, device=CPU,
+                          layout=lay)
+    return optimizer.grads[-1], stats
 
 
 @pytest.mark.parametrize("kind", ["sequences", "shared_prompt"])
@@ -187,3 +189,14 @@ def test_an_attention_kernel_that_cannot_load_names_the_key(tiny_model_dir, kern
         pytest.skip("flash-attn is installed here")
     with pytest.raises(UserError, match="model.attn_implementation"):
         load_policy(ModelConfig(attn_implementation=kernel), tiny_model_dir, CPU)
+
+
+def test_varlen_boundaries_are_computed_once_as_transformers_would_from_the_positions():
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    rollouts = groups_batch(50)
+    mb = make_micro_batch(rollouts, Layout("sequences", 64, 0, row_tokens=None), PAD, CPU)
+    (cu, _), (longest, _) = prepare_fa_kwargs_from_position_ids(mb.position_ids)
+    assert torch.equal(mb.varlen["cu_seq_lens_q"], cu) and mb.varlen["cu_seq_lens_k"] is mb.varlen["cu_seq_lens_q"]
+    assert mb.varlen["max_length_q"] == int(longest) and isinstance(mb.varlen["max_length_q"], int)
+    assert make_micro_batch(rollouts, Layout("sequences", 64, 0), PAD, CPU).varlen is None  # rows: sdpa's masks

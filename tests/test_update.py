@@ -94,9 +94,10 @@ def test_micro_batching_gives_the_same_gradient_as_one_batch(model_and_tok, mode
     grads = []
     for micro in (4, 1):
         m = copy.deepcopy(model)
-        update(m, None, torch.optim.SGD(m.parameters(), lr=0.0), rollouts,
-                      settings(micro_batch_size=micro, loss_aggregation=mode), tok.pad_token_id, torch.device("cpu"))
-        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+        optimizer = RecordingSGD(m.parameters(), lr=0.0)
+        update(m, None, optimizer, rollouts, settings(micro_batch_size=micro, loss_aggregation=mode),
+               tok.pad_token_id, torch.device("cpu"))
+        grads.append(optimizer.grads[-1])
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
@@ -143,7 +144,7 @@ OBJECTIVES = {
 
 
 class RecordingSGD(torch.optim.SGD):
-    """SGD that keeps the flattened gradient of every step."""
+    """SGD that keeps the flattened gradient of every step (the update frees the gradients after its step)."""
 
     def __init__(self, params, lr):
         super().__init__(params, lr=lr)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 def logprobs_and_entropy(logits: torch.Tensor, source: torch.Tensor, targets: torch.Tensor, temperature: float,
@@ -31,6 +33,60 @@ def logprobs_and_entropy(logits: torch.Tensor, source: torch.Tensor, targets: to
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         entropy = lse - (torch.exp(scaled - lse.unsqueeze(-1)) * scaled).sum(-1)  # [K]
     return logp, entropy[source]  # [N, T]
+
+
+def chunked_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, source: torch.Tensor,
+                                 targets: torch.Tensor, temperature: float, chunk_tokens: int, with_entropy: bool,
+                                 entropy_grad: bool = True, bias: torch.Tensor | None = None
+                                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logprobs_and_entropy from the LM head's input instead of its output, `chunk_tokens` positions at a time, so
+    that no [K, V] tensor ever exists: the vocabulary pass's memory is set by the chunk, not the micro-batch.
+
+    hidden [K, H] (the final norm's output at the K predicting positions), weight [V, H] (the LM head); source,
+    targets [N, T] as in logprobs_and_entropy; bias [V] if the head has one. K <= chunk_tokens is one piece, exactly logprobs_and_entropy on
+    the full logits (no recomputation: the small CPU runs pay nothing). Longer, each chunk's logits are made inside
+    a checkpoint: the forward keeps only per-position figures, and the backward rebuilds one chunk's logits at a
+    time. Values and gradients equal the one-piece pass (tests/test_vocab_chunks.py)."""
+    K = hidden.shape[0]
+    if K <= chunk_tokens:
+        return logprobs_and_entropy(F.linear(hidden, weight, bias), source, targets, temperature, with_entropy,
+                                    entropy_grad)
+    flat_source, flat_targets = source.reshape(-1), targets.reshape(-1)  # [N*T]
+    lse_parts, entropy_parts = [], []
+    target_logit = None  # [N*T] scaled logit of each target, summed over the chunk that holds its position
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    for start in range(0, K, chunk_tokens):
+        piece = hidden[start:start + chunk_tokens]  # [k, H]
+        args = (piece, weight, bias, flat_source - start, flat_targets, temperature, with_entropy,
+                entropy_grad and grad)
+        lse, picked, entropy = (checkpoint(_chunk_figures, *args, use_reentrant=False) if grad
+                                else _chunk_figures(*args))
+        lse_parts.append(lse)
+        entropy_parts.append(entropy)
+        target_logit = picked if target_logit is None else target_logit + picked
+    lse = torch.cat(lse_parts)  # [K]
+    logp = (target_logit - lse[flat_source]).view_as(source)  # [N, T]
+    if not with_entropy:
+        return logp, None
+    return logp, torch.cat(entropy_parts)[source]  # [N, T]
+
+
+def _chunk_figures(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, local_source: torch.Tensor, targets: torch.Tensor,
+                   temperature: float, with_entropy: bool, entropy_grad: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunk of k positions: lse [k], the scaled target logit of every (position, target) pair whose position
+    lies in this chunk (0 elsewhere) [P], and the entropy [k] (zeros when not asked for). Gathering for all P pairs
+    and masking costs P elements a chunk and needs no host sync to find which pairs are here."""
+    scaled = F.linear(hidden, weight, bias).float() / temperature  # [k, V]
+    k = scaled.shape[0]
+    lse = torch.logsumexp(scaled, dim=-1)  # [k]
+    inside = (local_source >= 0) & (local_source < k)  # [P]
+    picked = scaled[local_source.clamp(0, k - 1), targets] * inside  # [P]
+    if not with_entropy:
+        return lse, picked, torch.zeros_like(lse)
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = lse - (torch.exp(scaled - lse.unsqueeze(-1)) * scaled).sum(-1)  # [k]
+    return lse, picked, entropy
 
 
 @dataclass

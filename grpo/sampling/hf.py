@@ -3,26 +3,32 @@ free."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import torch
 
-from grpo.sampling.base import Completion, Group, SamplingSettings
+from grpo.sampling.base import Completion, Group, SamplingSettings, stop_token_ids
 from grpo.sampling.decode import draw
 
 
 class HFSampler:
     backend = "hf"
 
-    def __init__(self, model: torch.nn.Module, tokenizer, generation_batch_size: int = 64, synced: bool = False):
-        """synced=True: the model is sharded over ranks (FSDP), so every decoding step is a collective; each
-        rank then keeps stepping until all ranks' sequences are done."""
+    def __init__(self, model: torch.nn.Module, tokenizer, generation_batch_size: int = 64, synced: bool = False,
+                 decode_context: Callable[[], contextlib.AbstractContextManager] | None = None):
+        """synced=True: the model is sharded over ranks (FSDP), so ranks decode in lockstep; each rank keeps
+        stepping until all ranks' sequences are done. decode_context: what every generate runs in (the trainer's
+        precision, so the sampler decodes in the compute dtype its forward uses; FSDP's weights gathered once)."""
         self.model = model
+        self.decode_context = decode_context or contextlib.nullcontext
         self.synced = synced
         self.tokenizer = tokenizer
         self.generation_batch_size = generation_batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
-            else tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        # generation_config's EOS ids, the tokenizer's, and a chat template's end of turn (a base checkpoint's
+        # generation_config knows only <|endoftext|>, while a chat-templated prompt is answered up to <|im_end|>)
+        self.eos_ids = stop_token_ids(None, tokenizer, model.generation_config.eos_token_id)
 
     def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings) -> list[Group]:
         generator_state = torch.random.get_rng_state()
@@ -33,17 +39,22 @@ class HFSampler:
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(prompt_ids), per_chunk):
-                drawn = draw(self.model, prompt_ids[start:start + per_chunk], settings.n,
-                             temperature=settings.temperature, top_p=settings.top_p,
-                             max_new_tokens=settings.max_new_tokens, pad_id=self.pad_id, eos_ids=self.eos_ids,
-                             synced=self.synced)
-                for row, (tokens, logprobs) in enumerate(zip(drawn.tokens, drawn.logprobs)):
-                    groups[start + row // settings.n].completions.append(self._finish(tokens, logprobs, settings))
+            with self.decode_context():
+                self._draw_all(prompt_ids, settings, groups, per_chunk)
         finally:
             self.model.train(was_training)
             torch.random.set_rng_state(generator_state)
         return groups
+
+    def _draw_all(self, prompt_ids: list[list[int]], settings: SamplingSettings, groups: list[Group],
+                  per_chunk: int) -> None:
+        for start in range(0, len(prompt_ids), per_chunk):
+            drawn = draw(self.model, prompt_ids[start:start + per_chunk], settings.n,
+                         temperature=settings.temperature, top_p=settings.top_p,
+                         max_new_tokens=settings.max_new_tokens, pad_id=self.pad_id, eos_ids=self.eos_ids,
+                         synced=self.synced)
+            for row, (tokens, logprobs) in enumerate(zip(drawn.tokens, drawn.logprobs)):
+                groups[start + row // settings.n].completions.append(self._finish(tokens, logprobs, settings))
 
     def _finish(self, tokens: list[int], logprobs: list[float], settings: SamplingSettings) -> Completion:
         """Decode, and cut at a stop string. draw() already ended each row at its first EOS (kept)."""

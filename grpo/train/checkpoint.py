@@ -14,10 +14,13 @@ import torch
 
 from grpo.errors import UserError
 from grpo.io import atomic_dir, temp_path, write_text
-from grpo.modeling import plain_model
+from grpo.modeling import save_merged
 from grpo.train.disk import SLACK, DiskFull, check_free_space, free_bytes, is_disk_full, mb
 
 STATE_FILE = "trainer_state.pt"
+# The optimizer's moments, in a file of their own: only rank 0 reads it on resume (and broadcasts), while every
+# rank reads the small trainer state.
+OPTIMIZER_FILE = "optimizer.pt"
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:
@@ -41,11 +44,12 @@ def save_checkpoint(output_dir: Path, step: int, policy, tokenizer, trainer_stat
         with atomic_dir(final, replace=True) as tmp:
             if hasattr(policy, "peft_config"):
                 policy.save_pretrained(tmp / "adapter")  # exact trainable state for resume
-                plain_model(policy).save_pretrained(tmp)  # a merged copy that transformers loads as it is
+                save_merged(policy, tmp)  # a merged copy that transformers loads as it is
             else:
                 policy.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
             tokenizer.save_pretrained(tmp)
             state = dict(trainer_state, step=step, rng=rng_state())
+            torch.save(state.pop("optimizer"), tmp / OPTIMIZER_FILE)
             torch.save(state, tmp / STATE_FILE)
         write_text(pointer, final.name)
     except Exception as exc:
@@ -88,10 +92,22 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
+    """The trainer state without the optimizer's (see load_optimizer_state)."""
     state_file = path / STATE_FILE
     if not state_file.is_file():
         raise UserError(f"checkpoint.resume: {path} has no {STATE_FILE}; it is not a grpo checkpoint directory.")
     return torch.load(state_file, map_location="cpu", weights_only=False)
+
+
+def load_optimizer_state(path: Path, trainer_state: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer state saved beside the trainer state (checkpoints written before the split hold it inside)."""
+    if "optimizer" in trainer_state:
+        return trainer_state["optimizer"]
+    optimizer_file = path / OPTIMIZER_FILE
+    if not optimizer_file.is_file():
+        raise UserError(f"checkpoint.resume: {path} has no {OPTIMIZER_FILE}, so its optimizer state is lost and the "
+                        f"run cannot resume exactly. Resume from another checkpoint (checkpoint.resume=DIR).")
+    return torch.load(optimizer_file, map_location="cpu", weights_only=False)
 
 
 def restore_policy_weights(policy, path: Path) -> None:

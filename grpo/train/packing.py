@@ -52,6 +52,10 @@ class MicroBatch:
     advantages: torch.Tensor  # [n]
     positions: int  # R * L: what the forward pass computes
     real_positions: int  # of which hold a token
+    # Varlen flash-attention kernels (sequences in one row): the sequences' boundaries, computed once here and
+    # passed to the forward (cu_seq_lens_q/k [S+1] int32, max_length_q/k int), instead of each layer deriving them
+    # from position_ids again (with a host sync for the max); None for every other layout.
+    varlen: dict | None = None
 
 
 def plan_micro_batches(rollouts: list[Rollout], layout: Layout, count_at_least: int = 1) -> list[list[Rollout]]:
@@ -91,7 +95,17 @@ def make_micro_batch(rollouts: list[Rollout], layout: Layout, pad_id: int, devic
         return _padded(rollouts, pad_id, device)
     share = layout.kind == "shared_prompt"
     blocks = _prompt_blocks(rollouts, layout.row_tokens or SHARED_BLOCK_TOKENS) if share else [[r] for r in rollouts]
-    return _packed(rollouts, _fill_rows(blocks, layout.row_tokens), pad_id, device, share, layout.mask_dtype)
+    mb = _packed(rollouts, _fill_rows(blocks, layout.row_tokens), pad_id, device, share, layout.mask_dtype)
+    if layout.row_tokens is None and not share:
+        mb.varlen = varlen_kwargs([len(r.prompt_ids) + len(r.completion.token_ids) for r in rollouts], device)
+    return mb
+
+
+def varlen_kwargs(lengths: list[int], device: torch.device) -> dict:
+    """flash-attention's varlen arguments for sequences of these lengths laid end to end in one row."""
+    bounds = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)  # [S+1]
+    longest = max(lengths)
+    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
 
 
 def _padded(rollouts: list[Rollout], pad_id: int, device: torch.device) -> MicroBatch:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +19,14 @@ from grpo import io
 from grpo.config import RecipeConfig
 from grpo.data import PromptRenderer, PromptStream, load_rows, usable_rows
 from grpo.errors import UserError
-from grpo.modeling import DTYPES, build_reference, load_policy, load_tokenizer, resolve_device, resolve_model_path
+from grpo.modeling import build_reference, load_policy, load_tokenizer, resolve_device, resolve_model_path
 from grpo.objectives.advantages import ADVANTAGES, AdvantageFn
 from grpo.recipe import to_dict
 from grpo.sampling.base import Sampler, SamplingSettings
 from grpo.sampling.factory import build_sampler
-from grpo.parallel import World, init_world, launched_world, rank_device
-from grpo.train.checkpoint import (checkpoint_dir, latest_checkpoint, load_trainer_state, restore_policy_weights,
-                                   restore_rng, rng_state, save_checkpoint)
+from grpo.parallel import World, close_world, init_world, launched_world, rank_device
+from grpo.train.checkpoint import (checkpoint_dir, latest_checkpoint, load_optimizer_state, load_trainer_state,
+                                   restore_policy_weights, restore_rng, rng_state, save_checkpoint)
 from grpo.train.disk import sweep_stale_temps
 from grpo.train.environment import environment
 from grpo.train.health import Health
@@ -34,8 +36,9 @@ from grpo.train.profiling import StepProfiler, stage
 from grpo.train.progress import Progress
 from grpo.train.resume import check_resume, rows_fingerprint
 from grpo.train.rollouts import Experience, collect_experience, merge_experience
-from grpo.train.sharding import (full_model_state, full_optimizer_state, load_full_optimizer_state,
-                                 resolve_strategy, unwrap, wrap)
+from grpo.train.precision import Precision, resolve_precision, resolve_strategy
+from grpo.train.sharding import (full_model_state, full_optimizer_state, gathered, load_full_optimizer_state,
+                                 reshard_all, unwrap, wrap_from_rank0)
 from grpo.train.schedule import lr_factor
 from grpo.train.signals import StopFlag, Stopped
 from grpo.train.summary import closing_summary, read_metrics
@@ -69,6 +72,8 @@ class Run:
     world: World = field(default_factory=World.single)
     data_fingerprint: str = ""
     layout: Layout | None = None  # the training pass's micro-batches (train.packing resolved)
+    strategy: str = "none"  # none | ddp | fsdp (grpo/train/precision.py resolve_strategy)
+    precision: Precision | None = None  # compute and master dtypes, and how the forward casts between them
 
 
 def train(cfg: RecipeConfig) -> Path:
@@ -81,6 +86,8 @@ def train(cfg: RecipeConfig) -> Path:
         with StopFlag(announce=world.is_main) as stop:
             return _train(run, stop)
     finally:
+        if not world.distributed:
+            close_world(world)  # the group of one that FSDP's mixed precision made, if any
         if lock is not None:
             lock.release()
 
@@ -149,8 +156,9 @@ def setup(cfg: RecipeConfig) -> Run:
     state = load_trainer_state(resume_from) if resume_from is not None else None
     _seed_everything(cfg.seed)
     device = rank_device(resolve_device(cfg.device), world)
-    init_world(world, device, cfg.distributed.timeout_s)
-    strategy = resolve_strategy(cfg.distributed, world)
+    strategy = resolve_strategy(cfg.distributed, world, cfg.model)
+    init_world(world, device, cfg.distributed.timeout_s, group_of_one=strategy == "fsdp")
+    precision = resolve_precision(cfg.model, strategy, device, cfg.distributed.reduce_dtype)
 
     rewards = build_rewards(cfg.rewards)  # fail on a bad reward name before any model loads
     all_rows = load_rows(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.limit)
@@ -163,20 +171,27 @@ def setup(cfg: RecipeConfig) -> Run:
     model_path = resolve_model_path(cfg.model.path)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     renderer = PromptRenderer(tokenizer, cfg.data)
-    policy = load_policy(cfg.model, model_path, device)
+    # Under torchrun only rank 0 reads the weights; the others build the model on the meta device and receive
+    # theirs from rank 0 as it is sharded (wrap_from_rank0).
+    empty = world.distributed and not world.is_main
+    policy = load_policy(cfg.model, model_path, device, precision.load_dtype, empty=empty)
     reference = build_reference(policy, cfg.model) if cfg.train.beta > 0 else None  # the start, not the resume
-    if state is not None:
+    if state is not None and not empty:
         restore_policy_weights(policy, resume_from)  # whole weights into the whole model, before any sharding
-    policy = wrap(policy, strategy, cfg.distributed, device)
-    reference = wrap(reference, strategy, cfg.distributed, device, trainable=False) if reference is not None else None
+    policy = wrap_from_rank0(policy, strategy, cfg.distributed, device, world, precision=precision)
+    if reference is not None:
+        reference = wrap_from_rank0(reference, strategy, cfg.distributed, device, world, trainable=False,
+                                    precision=precision)
     t = cfg.train
-    compute = DTYPES[cfg.distributed.param_dtype] if strategy == "fsdp" and cfg.distributed.param_dtype else None
-    layout = checked_layout(choose_layout(t.packing, t.micro_batch_size, t.max_tokens_per_micro_batch, unwrap(policy),
-                                          device), policy, tokenizer.pad_token_id, device, t.packing != "auto", compute)
+    # Before any forward: a no-grad forward leaves FSDP's root gathered, and the optimizer must hold the shards.
     # fused: one kernel over all parameters (7x faster than the per-tensor loop for a 135M model on CPU)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay,
                                   fused=device.type in ("cpu", "cuda"))
+    layout = checked_layout(choose_layout(t.packing, t.micro_batch_size, t.max_tokens_per_micro_batch, unwrap(policy),
+                                          device), policy, tokenizer.pad_token_id, device, t.packing != "auto",
+                            precision.compute, precision.autocast)
+    reshard_all(policy)  # the probe's gathered root copies are not kept through setup
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda done: lr_factor(done, t.steps, t.warmup_steps, t.lr_schedule))
     stream = PromptStream(rows, cfg.seed, cfg.data.shuffle)
@@ -184,10 +199,14 @@ def setup(cfg: RecipeConfig) -> Run:
                             generation_batch_size=cfg.sampler.generation_batch_size, engine=cfg.sampler.vllm,
                             seed=cfg.seed, dtype=cfg.model.dtype,
                             max_model_len=cfg.data.max_prompt_tokens + cfg.sampler.max_new_tokens,
-                            synced=strategy == "fsdp")
+                            synced=strategy == "fsdp" and world.distributed,
+                            rows_per_step=-(-cfg.train.prompts_per_step // world.size) * cfg.sampler.group_size,
+                            decode_context=lambda: _decoding(policy, precision, cfg.distributed.reshard_after_forward))
     start_step = 0
     if state is not None:
-        load_full_optimizer_state(policy, optimizer, state["optimizer"])
+        sharded = strategy != "none"  # then rank 0 alone reads the optimizer's file, and broadcasts it
+        saved = load_optimizer_state(resume_from, state) if world.is_main or not sharded else None
+        load_full_optimizer_state(policy, optimizer, saved, sharded)
         scheduler.load_state_dict(state["scheduler"])
         if state.get("config", {}).get("train") != to_dict(cfg.train):  # lr or steps changed: the new ones rule
             _apply_schedule(optimizer, scheduler, cfg)
@@ -205,12 +224,22 @@ def setup(cfg: RecipeConfig) -> Run:
                          cfg.logging.wandb_project, to_dict(cfg))
         log.truncate_after(start_step)
         io.write_json(output_dir / "recipe.resolved.json", to_dict(cfg))
-        io.write_json(output_dir / "environment.json", environment(device, world, strategy, layout.kind))
+        io.write_json(output_dir / "environment.json",
+                      environment(device, world, strategy, layout.kind, precision.names()))
     world.barrier()
     return Run(cfg=cfg, output_dir=output_dir, device=device, tokenizer=tokenizer, policy=policy,
                reference=reference, sampler=sampler, rewards=rewards, advantage_fn=ADVANTAGES[cfg.train.advantage],
                optimizer=optimizer, scheduler=scheduler, stream=stream, renderer=renderer, log=log,
-               start_step=start_step, world=world, data_fingerprint=fingerprint, layout=layout)
+               start_step=start_step, world=world, data_fingerprint=fingerprint, layout=layout, strategy=strategy,
+               precision=precision)
+
+
+@contextlib.contextmanager
+def _decoding(policy: torch.nn.Module, precision: Precision, reshard_after_forward: bool) -> Iterator[None]:
+    """The transformers sampler decodes as the trainer computes: in the compute dtype (FSDP's gathered copies, or
+    autocast), with a sharded policy's weights gathered once for the whole decode rather than per token."""
+    with gathered(policy, reshard_after_forward), precision.autocast():
+        yield
 
 
 def _apply_schedule(optimizer, scheduler, cfg: RecipeConfig) -> None:
@@ -273,7 +302,7 @@ def update_policy(run: Run, exp: Experience) -> UpdateStats | None:
                           temperature=c.sampler.temperature,
                           loss_constant=c.train.loss_constant or c.sampler.max_new_tokens,
                           pad_id=run.tokenizer.pad_token_id, device=run.device, world=run.world,
-                          sampler_backend=c.sampler.backend, layout=run.layout)
+                          sampler_backend=c.sampler.backend, layout=run.layout, autocast=run.precision.autocast)
     run.scheduler.step()
     return stats
 
@@ -370,9 +399,11 @@ def save_if_due(run: Run, step: int, force: bool = False) -> Path | None:
     every, last = run.cfg.checkpoint.every, run.cfg.train.steps
     if not force and step != last and (not every or step % every):
         return None
-    # Every rank takes part in gathering the whole weights and optimizer state; rank 0 writes them.
-    weights = full_model_state(run.policy) if run.world.distributed else None
-    state = {"optimizer": full_optimizer_state(run.policy, run.optimizer), "scheduler": run.scheduler.state_dict(),
+    # Every rank sends its shards of the weights and optimizer state; only rank 0 gathers them whole, and writes.
+    sharded = run.strategy != "none"
+    weights = full_model_state(run.policy) if sharded and not run.cfg.model.lora.enabled else None
+    state = {"optimizer": full_optimizer_state(run.policy, run.optimizer, sharded),
+             "scheduler": run.scheduler.state_dict(),
              "data": run.stream.state_dict(), "config": to_dict(run.cfg), "world_size": run.world.size,
              "rng_per_rank": run.world.gather(rng_state()), "data_fingerprint": run.data_fingerprint}
     failure: Exception | None = None

@@ -4,6 +4,7 @@ call from the tables in grpo/objectives, by build_objective."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -17,13 +18,16 @@ from grpo.config import TrainConfig
 from grpo.errors import UserError
 from grpo.objectives.correction import Weights, correction_weights, resolve_correction
 from grpo.objectives.kl import KL_ESTIMATORS, KlEstimator, clamped, kl_reward_advantages
-from grpo.objectives.loss import SurrogateOut, aggregate, logprobs_and_entropy
+from grpo.objectives.loss import SurrogateOut, aggregate, chunked_logprobs_and_entropy, logprobs_and_entropy
 from grpo.objectives.surrogates import SURROGATES
 from grpo.parallel import World
 from grpo.sampling.base import Completion
+from grpo.train.head import head_bypassed, head_of
 from grpo.train.packing import Layout, MicroBatch, make_micro_batch, plan_micro_batches
 from grpo.train.rollouts import Rollout
 from grpo.train.sharding import unwrap
+
+DEFAULT_CHUNK = TrainConfig.vocab_chunk_tokens  # declared once, in the config
 
 
 @dataclass
@@ -65,27 +69,40 @@ def build_objective(s: TrainConfig, sampler_backend: str = "hf") -> Objective:
 
 
 def completion_logprobs(model, mb: MicroBatch, temperature: float, with_entropy: bool = False,
-                        entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        entropy_grad: bool = False, chunk_tokens: int = DEFAULT_CHUNK,
+                        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [n, C] of mb's completion tokens under `model` (and their entropies, from the same logits; with
-    a gradient only when entropy_grad, since a graph through them keeps a [K, V] tensor alive until backward)."""
-    return logprobs_and_entropy(_predicting_logits(model, mb), mb.source, mb.targets, temperature, with_entropy,
-                                entropy_grad)
+    a gradient only when entropy_grad, since a graph through them keeps the logits alive until backward).
+
+    The vocabulary pass runs `chunk_tokens` positions at a time from the final hidden states (grpo/train/head.py),
+    so no [positions, V] tensor is ever whole; a model whose logits are not a plain linear head keeps the one-piece
+    pass. `autocast`: the precision's forward context (grpo/train/precision.py)."""
+    found = head_of(model)
+    with autocast():
+        if found is None:
+            return logprobs_and_entropy(_predicting_outputs(model, mb), mb.source, mb.targets, temperature,
+                                        with_entropy, entropy_grad)
+        with head_bypassed(found) as head:
+            hidden = _predicting_outputs(model, mb)  # [K, H]
+        return chunked_logprobs_and_entropy(hidden, head.weight, mb.source, mb.targets, temperature, chunk_tokens,
+                                            with_entropy, entropy_grad, head.bias)
 
 
-def _predicting_logits(model, mb: MicroBatch) -> torch.Tensor:
-    """Logits of the positions that predict completion tokens: [K, V]. Only those go through the LM head when
-    the model takes logits_to_keep (the prompt positions' logits are [R, L, V] that nobody needs)."""
+def _predicting_outputs(model, mb: MicroBatch) -> torch.Tensor:
+    """The model's outputs (logits, or hidden states with the head bypassed) at the positions that predict
+    completion tokens: [K, V or H]. Only those go through the head when the model takes logits_to_keep."""
     keep = _logits_to_keep(model)
     packed = not isinstance(mb.logits_at, int)
     kwargs = {"logits_to_keep": mb.logits_at} if keep == "mask" or (keep == "int" and not packed) else {}
-    logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
-                   use_cache=False, **kwargs).logits
+    out = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
+                use_cache=False, **kwargs, **(mb.varlen or {})).logits
     if not packed:  # padded rows: position t predicts token t+1, the completion is the last C positions
         C = mb.targets.shape[1]
-        return logits[:, -(C + 1):-1].reshape(-1, logits.shape[-1])  # [n*C, V]
+        return out[:, -(C + 1):-1].reshape(-1, out.shape[-1])  # [n*C, V or H]
     if kwargs:
-        return logits.reshape(-1, logits.shape[-1])  # [K, V] already
-    return logits[mb.logits_at]  # [R, L, V] -> [K, V]
+        return out.reshape(-1, out.shape[-1])  # [K, V or H] already
+    return out[mb.logits_at]  # [R, L, V or H] -> [K, V or H]
 
 
 _LOGITS_TO_KEEP: dict[type, str] = {}
@@ -107,11 +124,12 @@ def _logits_to_keep(model) -> str:
 
 def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: TrainConfig, *, temperature: float,
                   loss_constant: int, pad_id: int, device: torch.device, world: World = World.single(),
-                  sampler_backend: str = "hf", layout: Layout | None = None) -> UpdateStats:
+                  sampler_backend: str = "hf", layout: Layout | None = None,
+                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> UpdateStats:
     """mu optimizer steps on the batch. `temperature` is the sampler's (log-probs are of the tempered
     distribution it drew from); `loss_constant` the normaliser of loss_aggregation=constant; `sampler_backend`
     resolves train.sampler_correction=auto; `layout` how micro-batches are cut and laid out (default: padded
-    rows of train.micro_batch_size sequences).
+    rows of train.micro_batch_size sequences); `autocast` the precision's forward context.
 
     On several ranks `rollouts` is this rank's share: the loss is normalised by the global batch's sequence and
     token counts, and scaled by the world size because DDP and FSDP average gradients over ranks, so the summed
@@ -126,8 +144,12 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
     if world.distributed:
         chunks = plan_micro_batches(rollouts, layout, int(world.max(float(len(chunks)))))
     micro_batches = [make_micro_batch(chunk, layout, pad_id, device) for chunk in chunks]
-    ref_logprobs = [_reference_logprobs(policy, reference, mb, temperature) if s.beta > 0 else None
+    forward = functools.partial(completion_logprobs, chunk_tokens=s.vocab_chunk_tokens, autocast=autocast)
+    ref_logprobs = [_reference_logprobs(forward, policy, reference, mb, temperature) if s.beta > 0 else None
                     for mb in micro_batches]
+    # DDP all-reduces on every backward unless told not to: only the last micro-batch of a pass needs it. (FSDP
+    # reduce-scatters each micro-batch on purpose: holding unsharded gradients would cost a whole model copy.)
+    accumulate = policy.no_sync if isinstance(policy, torch.nn.parallel.DistributedDataParallel) else None
     # Set on the first pass, from the policy before this step's update, and reused by the later passes.
     trainer_old: list[torch.Tensor | None] = [None] * len(micro_batches)  # [n, C] old_logprobs=trainer
     weights: list[Weights | None] = [None] * len(micro_batches)  # sampler correction
@@ -141,31 +163,33 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
     for epoch in range(s.mu):
         optimizer.zero_grad(set_to_none=True)
         for i, (mb, ref_lp) in enumerate(zip(micro_batches, ref_logprobs)):
-            # The first pass measures the entropy; later ones only when the loss has an entropy bonus.
-            logp, entropy = completion_logprobs(policy, mb, temperature, with_entropy=epoch == 0 or bool(s.entropy_coef),
-                                                entropy_grad=bool(s.entropy_coef))
-            if epoch == 0:
-                _first_pass(objective, s, i, mb, logp.detach(), ref_lp, trainer_old, weights, advantages)
-            # mu == 1: on-policy, the ratio is 1 but carries the gradient. mu > 1: later passes are off-policy
-            # against the sampler-time log-probs, or the trainer's own from the first pass.
-            if s.mu == 1:
-                old_logp = logp.detach()
-            else:
-                old_logp = trainer_old[i] if objective.old_from_trainer else mb.sampler_logprobs
-            out = objective.surrogate(logp, old_logp, advantages[i], mb.mask)
-            per_token = out.loss  # [n, C]
-            if weights[i] is not None:
-                per_token = per_token * weights[i].weight
-            kl = None  # [n, C]
-            if ref_lp is not None and objective.kl_in_reward:  # already in the advantages; measured only
-                kl = objective.kl(logp.detach(), ref_lp)
-            elif ref_lp is not None:
-                kl = objective.kl(logp, ref_lp)
-                per_token = per_token + s.beta * kl
-            if s.entropy_coef:
-                per_token = per_token - s.entropy_coef * entropy
-            loss = aggregate(per_token, mb.mask, s.loss_aggregation, batch_sequences, batch_tokens, loss_constant)
-            (loss * grad_scale).backward()
+            last = i == len(micro_batches) - 1
+            with contextlib.nullcontext() if accumulate is None or last else accumulate():
+                # The first pass measures the entropy; later ones only when the loss has an entropy bonus.
+                logp, entropy = forward(policy, mb, temperature, with_entropy=epoch == 0 or bool(s.entropy_coef),
+                                        entropy_grad=bool(s.entropy_coef))
+                if epoch == 0:
+                    _first_pass(objective, s, i, mb, logp.detach(), ref_lp, trainer_old, weights, advantages)
+                # mu == 1: on-policy, the ratio is 1 but carries the gradient. mu > 1: later passes are off-policy
+                # against the sampler-time log-probs, or the trainer's own from the first pass.
+                if s.mu == 1:
+                    old_logp = logp.detach()
+                else:
+                    old_logp = trainer_old[i] if objective.old_from_trainer else mb.sampler_logprobs
+                out = objective.surrogate(logp, old_logp, advantages[i], mb.mask)
+                per_token = out.loss  # [n, C]
+                if weights[i] is not None:
+                    per_token = per_token * weights[i].weight
+                kl = None  # [n, C]
+                if ref_lp is not None and objective.kl_in_reward:  # already in the advantages; measured only
+                    kl = objective.kl(logp.detach(), ref_lp)
+                elif ref_lp is not None:
+                    kl = objective.kl(logp, ref_lp)
+                    per_token = per_token + s.beta * kl
+                if s.entropy_coef:
+                    per_token = per_token - s.entropy_coef * entropy
+                loss = aggregate(per_token, mb.mask, s.loss_aggregation, batch_sequences, batch_tokens, loss_constant)
+                (loss * grad_scale).backward()
             with torch.no_grad():
                 if epoch == 0:  # figures of the batch as sampled, before this step changed the policy
                     sums["loss"] += loss.detach()
@@ -189,6 +213,9 @@ def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: Trai
             optimizer.step()
         else:  # a NaN/inf gradient would poison the weights and the optimizer's moments: this step is dropped
             skipped = True
+        # Gradients are not needed again before the next step's backward: free them now, or they would hold a
+        # model's worth of memory through generation (where a colocated vLLM engine needs it back).
+        optimizer.zero_grad(set_to_none=True)
     totals = {name: float(value) for name, value in sums.items()}
     totals["positions"] = float(sum(mb.positions for mb in micro_batches))
     totals["real_positions"] = float(sum(mb.real_positions for mb in micro_batches))
@@ -220,17 +247,17 @@ def _first_pass(objective: Objective, s: TrainConfig, i: int, mb: MicroBatch, ol
 
 
 @torch.no_grad()
-def _reference_logprobs(policy, reference, mb: MicroBatch, temperature: float) -> torch.Tensor:
+def _reference_logprobs(forward, policy, reference, mb: MicroBatch, temperature: float) -> torch.Tensor:
     if reference is None:  # LoRA: the reference is the base model, i.e. the policy with its adapters off
         with unwrap(policy).disable_adapter():
-            return completion_logprobs(policy, mb, temperature)[0]  # [n, C]
-    return completion_logprobs(reference, mb, temperature)[0]  # [n, C]
-
+            return forward(policy, mb, temperature)[0]  # [n, C]
+    return forward(reference, mb, temperature)[0]  # [n, C]
 
 
 @torch.no_grad()
 def checked_layout(layout: Layout, policy, pad_id: int, device: torch.device, explicit: bool,
-                   compute_dtype: torch.dtype | None = None) -> Layout:
+                   compute_dtype: torch.dtype | None = None,
+                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Layout:
     """`layout` if it gives this model the padded layout's log-probs on a small probe batch (two groups of
     random tokens, ragged), else padded with a warning (train.packing=auto) or an error (asked for by name):
     a model whose attention ignores position ids or custom masks would otherwise train on wrong log-probs."""
@@ -247,12 +274,13 @@ def checked_layout(layout: Layout, policy, pad_id: int, device: torch.device, ex
     was_training = policy.training
     policy.eval()  # no dropout: both layouts must see the same function
     try:
-        want = completion_logprobs(policy, padded, 1.0)[0]  # [7, 14]
-        got = completion_logprobs(policy, make_micro_batch(probe, layout, pad_id, device), 1.0)[0]  # [7, 14]
+        want = completion_logprobs(policy, padded, 1.0, autocast=autocast)[0]  # [7, 14]
+        got = completion_logprobs(policy, make_micro_batch(probe, layout, pad_id, device), 1.0,
+                                  autocast=autocast)[0]  # [7, 14]
     finally:
         policy.train(was_training)
     gap = float(((want - got).abs() * padded.mask).max())
-    dtype = compute_dtype or next(policy.parameters()).dtype  # FSDP mixed precision computes in param_dtype
+    dtype = compute_dtype or next(policy.parameters()).dtype  # mixed precision computes in model.dtype
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2  # bf16 rounds differently per layout
     if gap <= tolerance:
         return layout
