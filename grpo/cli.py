@@ -101,6 +101,48 @@ def validate(recipe: str = typer.Argument(..., help="YAML recipe"),
     typer.echo(f"{recipe}: ok ({cfg.train.steps} steps of {cfg.train.prompts_per_step} prompts x "
                f"{cfg.sampler.group_size} completions, model {cfg.model.path}, "
                f"rewards {', '.join(r.name for r in cfg.rewards)})")
+    if not recipe_only:
+        from grpo.validate import plan_verdict
+
+        verdict = plan_verdict(cfg, recipe, world_size)
+        if verdict is not None:
+            typer.echo(verdict)
+
+
+@app.command()
+def plan(recipe: str = typer.Argument(..., help="YAML recipe"),
+         overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),
+         gpus: int = typer.Option(1, "--gpus", help="GPUs the run is launched on (torchrun --nproc-per-node N)"),
+         gpu_memory_gb: Optional[float] = typer.Option(None, "--gpu-memory-gb",
+                                                       help="memory of one GPU in GB (default: this machine's GPU)"),
+         host_memory_gb: Optional[float] = typer.Option(None, "--host-memory-gb",
+                                                        help="also check rank 0's node memory at a checkpoint"),
+         as_json: bool = typer.Option(False, "--json", help="every item by name, as JSON")):
+    """Will RECIPE fit? Memory per GPU from the model's config.json alone: exit 0 if it fits, 2 if not."""
+    import json
+
+    from grpo.plan import plan_recipe, render
+
+    try:
+        memory = gpu_memory_gb if gpu_memory_gb is not None else _this_gpu_gb()
+        result = plan_recipe(recipe, overrides or [], gpus, memory, host_memory_gb)
+    except UserError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result.to_json(), indent=1) if as_json else render(result))
+    if not result.fits:
+        raise typer.Exit(code=2)
+
+
+def _this_gpu_gb() -> float:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(0).total_memory / 1e9
+    except ImportError:
+        pass
+    raise UserError("--gpu-memory-gb: torch sees no GPU here to read it from; give the memory of the GPU to plan "
+                  "for, e.g. --gpu-memory-gb 80")
 
 
 @app.command()

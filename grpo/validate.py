@@ -15,7 +15,7 @@ from grpo.errors import ConfigError, UserError
 from grpo.modeling import looks_like_hub_id
 from grpo.parallel import launched_world
 from grpo.recipe import parse_recipe
-from grpo.rules import world_rules
+from grpo.rules import precision_warnings, world_rules
 from rewards.registry import find_installed, load_reward, reward_signature_problems
 
 
@@ -51,6 +51,8 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
                                     cfg.eval.answer_column, "eval", recipe_dir)
     if check_environment:
         problems += _check_environment(cfg)
+    if warnings is not None:
+        warnings += precision_warnings(cfg)
     problems += world_rules(cfg, world_size or (launched_world().size if check_environment else 1))
     problems += _check_model_path(cfg.model.path)
     if problems:
@@ -149,3 +151,32 @@ def _check_rows(cfg: RecipeConfig, warnings: list[str]) -> list[str]:
                 + ("" if len(found.bad) == len(rows) else ", or set data.on_bad_row=skip to train without them")]
     warnings.append(f"data: {found.summary()}; training will skip them (data.on_bad_row=skip)")
     return []
+
+
+def plan_verdict(cfg: RecipeConfig, recipe: str | Path, world_size: int | None = None) -> str | None:
+    """`grpo plan`'s verdict for this machine's GPU, when torch sees one and the model's config.json is at hand;
+    None otherwise. An estimate, so it is said, not enforced."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        gpu_bytes = torch.cuda.get_device_properties(0).total_memory
+    except ImportError:
+        return None
+    from grpo.plan import GB, plan_with_fixes, read_model_shape
+
+    try:
+        shape, found = read_model_shape(cfg.model.path, Path(recipe).resolve().parent)
+    except UserError:
+        return None  # no config.json to plan from: nothing to say
+    gpus = world_size or launched_world().size
+    plan = plan_with_fixes(cfg, shape, gpus, gpu_bytes)
+    where = f"{gpus} x {gpu_bytes / GB:.0f} GB"
+    if plan.fits:
+        return f"plan: fits on {where} (the {plan.peak_phase} phase needs {plan.peak_bytes / GB:.1f} GB per GPU)"
+    fix = next((f for f in plan.fixes if f.fits), None)
+    return (f"plan: does not fit on {where} (the {plan.peak_phase} phase needs {plan.peak_bytes / GB:.1f} GB per GPU"
+            f"{'; ' + '; '.join(plan.problems) if plan.problems else ''})"
+            + (f"; fits with {' '.join(fix.change)}" if fix else "")
+            + f"; `grpo plan {recipe} --gpus {gpus}` lists every item")
