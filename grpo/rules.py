@@ -3,6 +3,7 @@ read the config and nothing else (grpo/validate.py adds the checks that look at 
 
 from __future__ import annotations
 
+import math
 import re
 
 from grpo.config import EvalConfig, RecipeConfig
@@ -96,6 +97,28 @@ def precision_rules(cfg: RecipeConfig) -> list[str]:
     if m.lora.enabled and m.master_dtype != "float32" and m.dtype != m.master_dtype:
         p.append(f"model.master_dtype: LoRA adapters in {m.master_dtype} under {m.dtype} compute; use float32 masters")
     return p
+
+
+# Half a unit in the last place of a typical weight (|w| ~ 0.02), relative: bfloat16 keeps 8 significant bits, float16
+# 11, so half an ulp is 2^-9 / 2^-12 of the value at the low end of its binade. An AdamW step moves each weight by
+# about lr (the update is normalised), so below this the step rounds away in a weight stored in that dtype.
+TYPICAL_WEIGHT = 0.02
+HALF_ULP = {"bfloat16": 2.0 ** -9, "float16": 2.0 ** -12}
+
+
+def precision_warnings(cfg: RecipeConfig) -> list[str]:
+    """Pure low precision: master weights in 16 bits with a learning rate below what they can represent."""
+    master = cfg.model.master_dtype
+    if master not in HALF_ULP:
+        return []
+    smallest = TYPICAL_WEIGHT * HALF_ULP[master]
+    if cfg.train.lr >= smallest:
+        return []
+    return [f"model.master_dtype={master} with train.lr={cfg.train.lr:g}: an AdamW step moves a weight by about lr, "
+            f"below half a {master} ulp of a typical weight ({TYPICAL_WEIGHT} x 2^{math.log2(HALF_ULP[master]):.0f} "
+            f"= {smallest:.1e}), so most updates round away and the model barely learns; set "
+            f"model.master_dtype=float32 (the default: float32 master weights and optimizer state, compute stays in "
+            f"model.dtype={cfg.model.dtype})"]
 
 
 def objective_rules(cfg: RecipeConfig) -> list[str]:

@@ -9,9 +9,14 @@ at exactly the positions the logits would have been kept for."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
+
+# FSDP2 warns when a root returns a view (an in-place op on it would skip its pre-backward hook); the hidden states
+# the bypassed head passes through are a slice of the last layer's output, and nothing here modifies them in place.
+warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 # Models that transform the head's output (Gemma's soft-capping, Cohere's and Granite's scaling): their logits are
 # not F.linear(hidden, weight), so they keep the unchunked pass.

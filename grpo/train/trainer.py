@@ -22,6 +22,7 @@ from grpo.errors import UserError
 from grpo.modeling import build_reference, load_policy, load_tokenizer, resolve_device, resolve_model_path
 from grpo.objectives.advantages import ADVANTAGES, AdvantageFn
 from grpo.recipe import to_dict
+from grpo.rules import precision_warnings
 from grpo.sampling.base import Sampler, SamplingSettings
 from grpo.sampling.factory import build_sampler
 from grpo.parallel import World, close_world, init_world, launched_world, rank_device
@@ -159,6 +160,9 @@ def setup(cfg: RecipeConfig) -> Run:
     strategy = resolve_strategy(cfg.distributed, world, cfg.model)
     init_world(world, device, cfg.distributed.timeout_s, group_of_one=strategy == "fsdp")
     precision = resolve_precision(cfg.model, strategy, device, cfg.distributed.reduce_dtype)
+    if world.is_main:
+        for warning in precision_warnings(cfg):  # pure bf16 at an lr it cannot represent: said, not refused
+            print(f"warning: {warning}", file=sys.stderr)
 
     rewards = build_rewards(cfg.rewards)  # fail on a bad reward name before any model loads
     all_rows = load_rows(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.limit)
