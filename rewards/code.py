@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
+from collections import Counter
 from typing import Any
 
 from rewards.errors import UserError
@@ -18,9 +20,10 @@ from rewards.sandbox import Executor, Limits, Pool
 from rewards.sandbox.judge import grade, read_answers
 from rewards.sandbox.plan import load_tests, plan_tests
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+_TAG = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)")  # applied to one header line only
 PY_TAGS = {"python", "py", "python3", "py3"}
 EXTRACT_RULES = ("last_python_block", "first_python_block", "last_block", "whole")
+MAX_UNFENCED = 32_000  # characters; a whole-completion program longer than this must be fenced
 
 
 def extract_program(completion: str, rule: str = "last_python_block") -> str | None:
@@ -42,7 +45,7 @@ def extract_program(completion: str, rule: str = "last_python_block") -> str | N
             return None
         last = m[-1]
         return (last[0] if isinstance(last, tuple) else last) or None
-    blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(text)]
+    blocks = [(tag.lower(), body) for tag, body in fenced_blocks(text)]
     # An unterminated last block still holds code the model meant to submit.
     tail = text.rfind("```")
     if text.count("```") % 2 == 1 and tail >= 0:
@@ -56,6 +59,9 @@ def extract_program(completion: str, rule: str = "last_python_block") -> str | N
         chosen = python[:1] if rule == "first_python_block" else python[-1:]
     if not blocks and "```" not in text and text.strip():
         # No fence at all: a completion that is nothing but a program (prose does not compile) is the program.
+        # compile() costs the trainer ~2 s a megabyte: beyond the cap an unfenced completion is not a program.
+        if len(text) > MAX_UNFENCED:
+            return None
         try:
             compile(text, "completion", "exec")  # parsed only, never run here
             return text
@@ -66,12 +72,52 @@ def extract_program(completion: str, rule: str = "last_python_block") -> str | N
     return chosen[0][1]
 
 
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    r"""(tag, body) of each closed ```tag ... ``` block, like re.findall(r"```[ \t]*(tag)[^\n]*\n(.*?)```", DOTALL)
+    but in one pass: the regex retried its header scan at every backtick run, quadratic in degenerate output."""
+    blocks = []
+    start = text.find("```")
+    while start >= 0:
+        newline = text.find("\n", start + 3)
+        close = text.find("```", newline + 1) if newline >= 0 else -1
+        if close < 0:  # no later opening can have a closing either
+            break
+        blocks.append((_TAG.match(text, start + 3, newline).group(1), text[newline + 1:close]))
+        start = text.find("```", close + 3)
+    return blocks
+
+
 def _aggregate(passed: list[bool], mode: str) -> float:
     if not passed:
         return 0.0
     if mode == "all":
         return 1.0 if all(passed) else 0.0
     return sum(passed) / len(passed)
+
+
+# Crashes inside the code reward on a completion, by exception type: each scored that completion 0 instead of
+# raising (a raise would make the scorer re-run the batch one at a time and count towards max_error_fraction,
+# both of which model output must never be able to trigger). Read by whoever reports metrics.
+CRASHES: Counter = Counter()
+
+
+def _guarded(fn, *args) -> float:
+    """fn(*args), or 0.0 with the crash counted: a bug the model's output reaches costs that completion only.
+    UserError (a bad tests row or recipe argument) still raises: it is the dataset's fault, not the model's."""
+    try:
+        return fn(*args)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see above
+        CRASHES[type(exc).__name__] += 1
+        if CRASHES.total() <= 5:
+            print(f"code reward: {type(exc).__name__}: {str(exc)[:200]} while scoring a completion; scored 0 "
+                  f"(counted in rewards.code.CRASHES)", file=sys.stderr, flush=True)
+        return 0.0
+
+
+def _score_program(program: str, tests: dict, executor: Executor, mode: str) -> float:
+    return _aggregate(run_tests(program, tests, executor, mode), mode)
 
 
 def _check_mode(mode: str) -> None:
@@ -84,7 +130,8 @@ def run_tests(program: str, tests: dict, executor: Executor, mode: str = "fracti
     plan = plan_tests(tests, executor.limits.test_wall_s)
     results = executor.run(program, plan.runs, stop_on_timeout=(mode == "all"))
     passed = []
-    answers_by_run = {rid: read_answers(r.answers()) for rid, r in results.items()}
+    asked = {run["id"]: {op[1] for op in run.get("ops", []) if op[0] != "exec"} for run in plan.runs}
+    answers_by_run = {rid: read_answers(r.answers(), asked.get(rid, set())) for rid, r in results.items()}
     for test in plan.tests:
         r = results[test.run]
         passed.append(grade(test, r.completed, r.stdout, answers_by_run[test.run]))
@@ -119,7 +166,8 @@ def score(completion: str, tests: dict | str, *, mode: str = "fraction", extract
     if program is None:
         return 0.0
     executor = executor or _executor(_limits(timeout_s, memory_mb, output_kb), allow_unsandboxed)
-    return _aggregate(run_tests(program, parsed, executor, mode), mode)
+    plan_tests(parsed, executor.limits.test_wall_s)  # a bad row raises UserError here, outside the guard
+    return _guarded(_score_program, program, parsed, executor, mode)
 
 
 def code_reward(prompts: list[str], completions: list[str], tests: list[Any] | None = None, *,
@@ -139,7 +187,7 @@ def code_reward(prompts: list[str], completions: list[str], tests: list[Any] | N
         program = extract_program(completions[i], extract)
         if program is None:
             return 0.0
-        return _aggregate(run_tests(program, parsed[i], executor, mode), mode)
+        return _guarded(_score_program, program, parsed[i], executor, mode)
 
     return _pool(int(max_parallel)).map(one, range(len(completions)))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 
 _BOX_WORDS = ("\\boxed", "\\fbox")
+_TOKEN = re.compile(r"[^\s$]+")
 _MAX_ANSWER = 50_000  # a 60x60 matrix fits; longer "answers" are not answers; keeps later stages bounded
 
 # Phrase markers, most specific first; each finds where the answer text starts.
@@ -83,9 +84,10 @@ def box_spans(text: str) -> list[tuple[int, int, str | None]]:
             out.append((pos, end + 1, text[j + 1:end]))
             i = end + 1
         else:  # "\boxed 5": one token
-            m = re.match(r"[^\s$]+", text[j:j + _MAX_ANSWER])
-            out.append((pos, j + (m.end() if m else 0), m.group(0) if m else ""))
-            i = j + (m.end() if m else 0)
+            # pos/endpos, not a slice: copying 50 kB per box made a megabyte of "\boxed 1" cost a second.
+            m = _TOKEN.match(text, j, j + _MAX_ANSWER)
+            out.append((pos, m.end() if m else j, m.group(0) if m else ""))
+            i = m.end() if m else j
 
 
 # What may stand between two boxes of one answer ("\boxed{1}, \boxed{2} and \boxed{3}", "$x=\boxed{1}$ or
@@ -250,7 +252,7 @@ def final_answer(completion: str) -> tuple[list[str], bool] | None:
         c = _marked_answer(marked[1])
         return ([c], False) if c else None
     bare = text.strip()
-    if bare and "\n" not in bare and len(bare) <= 40 and len(bare.split()) <= 3 and not _MATH_BLOCK.search(bare):
+    if bare and "\n" not in bare and len(bare) <= 40 and len(bare.split()) <= 3 and not _math_blocks(bare):
         return ([clean(bare)], False) if clean(bare) else None
     last = _last_math_or_number(text)
     return ([last], False) if last else None
@@ -264,6 +266,66 @@ def extract_candidates(completion: str) -> list[str] | None:
 
 # Display math may span lines; inline $..$ and \(..\) may not.
 _MATH_BLOCK = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<![\\$])\$([^$\n]+?)(?<!\\)\$", re.S)
+
+class _Block:
+    """What _MATH_BLOCK.finditer yielded, for the callers: start(), end(), groups() (one body, the others None)."""
+
+    __slots__ = ("_start", "_end", "_alt", "_body")
+
+    def __init__(self, start: int, end: int, alt: int, body: str):
+        self._start, self._end, self._alt, self._body = start, end, alt, body
+
+    def start(self) -> int:
+        return self._start
+
+    def end(self) -> int:
+        return self._end
+
+    def groups(self) -> tuple:
+        return tuple(self._body if i == self._alt else None for i in range(4))
+
+
+_DELIM = re.compile(r"[$\\]")
+_CLOSE = {"$$": ("$$", 0), "\\[": ("\\]", 1), "\\(": ("\\)", 2)}
+
+
+def _math_blocks(text: str) -> list[_Block]:
+    """_MATH_BLOCK.finditer(text) in linear time. The regex looked for the closing delimiter again at every
+    opening one: 20 kB of unclosed "\\[" cost the trainer 3 s. Here each delimiter's next position is looked up
+    once and reused until the scan passes it."""
+    found: list[_Block] = []
+    nxt: dict[str, tuple[int, int]] = {}
+
+    def find(delim: str, at: int) -> int:
+        known = nxt.get(delim)
+        if known is None or known[0] > at or 0 <= known[1] < at:
+            known = (at, text.find(delim, at))
+            nxt[delim] = known
+        return known[1]
+
+    n = len(text)
+    m = _DELIM.search(text)
+    while m is not None:
+        i = m.start()
+        block = None
+        close = _CLOSE.get(text[i:i + 2])
+        if close is not None:
+            j = find(close[0], i + 3)  # the body is at least one character
+            if j >= 0:
+                block = _Block(i, j + 2, close[1], text[i + 2:j])
+        if block is None and text[i] == "$" and (i == 0 or text[i - 1] not in "\\$"):
+            dollar, newline = find("$", i + 1), find("\n", i + 1)
+            j = dollar if newline < 0 or 0 <= dollar < newline else -1
+            if j > i + 1 and text[j - 1] != "\\":
+                block = _Block(i, j + 1, 3, text[i + 1:j])
+        if block is None:
+            m = _DELIM.search(text, i + 1)
+            continue
+        found.append(block)
+        m = _DELIM.search(text, block.end()) if block.end() < n else None
+    return found
+
+
 _INLINE_MULTILINE = re.compile(r"(?<![\\$])\$((?=[^$]*[\\{^])[^$]{0,300}?\n[^$]{0,300}?)(?<!\\)\$")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
@@ -272,7 +334,7 @@ def _last_math_or_number(text: str) -> str | None:
     """Fallback for prose without a box or marker: its last math block (with the blocks joined to it by list
     words: "the solutions are $1$ and $2$" -> "1, 2"), else its last number."""
     tail = text[-20_000:]  # the answer is at the end; bounds the scan on huge outputs
-    blocks = list(_MATH_BLOCK.finditer(tail))
+    blocks = _math_blocks(tail)
     # Inline math broken over lines ("$\\frac{1}{\n2}$"), after the last one-line block; only LaTeX-looking
     # text counts, so "$5 and\nthen $6" stays two prices.
     split = _INLINE_MULTILINE.search(tail, blocks[-1].end() if blocks else 0)

@@ -12,9 +12,12 @@ Protocol: one JSON line per request {"p": pred, "g": gold, "tol": null | "0.005"
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import os
+import queue
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -25,14 +28,65 @@ _BOOT_S = 60.0  # the first worker's imports (seconds, once per process) on a bu
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+PR_SET_PDEATHSIG = 1
+_PARENT_ENV = "GRPO_MATHCHECK_PARENT"
+
+
+class _Spawner:
+    """Starts workers from one thread that lives as long as the process. PR_SET_PDEATHSIG fires when the thread
+    that forked the child ends, and checks run on short-lived reward threads (rewards/guard.py): a worker they
+    started would be killed with them. Started from here, it dies with the process, SIGKILL included."""
+
+    def __init__(self) -> None:
+        self.pid, self.jobs = None, None
+
+    def popen(self, *args, **kw) -> subprocess.Popen:
+        if self.pid != os.getpid():  # first use, or a forked child (threads do not survive a fork)
+            self.pid, self.jobs = os.getpid(), queue.Queue()
+            threading.Thread(target=self._serve, args=(self.jobs,), name="grpo-mathcheck-spawner", daemon=True).start()
+        box: list = []
+        done = threading.Event()
+        self.jobs.put((args, kw, box, done))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    @staticmethod
+    def _serve(jobs: queue.Queue) -> None:
+        while True:
+            args, kw, box, done = jobs.get()
+            try:
+                box.append(subprocess.Popen(*args, **kw))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+                box.append(exc)
+            done.set()
+
+
+_SPAWNER = _Spawner()
+
+
+def die_with_parent() -> None:
+    """In the worker: be SIGKILLed when the trainer dies, however it dies. If it died before the signal was armed
+    we would be re-parented already, so compare with the pid it told us and leave if they differ."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: nothing to arm; the parent check below still runs
+    expected = os.environ.get(_PARENT_ENV)
+    if expected and os.getppid() != int(expected):
+        os._exit(0)
+
+
 class _Proc:
     def __init__(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("OMP_NUM_THREADS", "1")
-        self.p = subprocess.Popen([sys.executable, "-u", "-c", "from rewards.mathcheck.worker import serve; serve()"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  env=env, close_fds=True)
+        env[_PARENT_ENV] = str(os.getpid())
+        self.p = _SPAWNER.popen([sys.executable, "-u", "-c", "from rewards.mathcheck.worker import serve; serve()"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env=env, close_fds=True)
         self.ready = False
         self.buf = b""
 
@@ -195,6 +249,7 @@ atexit.register(POOL.close)
 
 def serve() -> None:
     """Worker main loop (runs in the child interpreter)."""
+    die_with_parent()
     import sympy as sp
 
     from rewards.mathcheck.symbolic import latex_close, latex_equal

@@ -15,6 +15,9 @@ stdin. Three roles, one file, because each is a fork of the one before:
 Output: one JSON line per run on stdout, written by the keeper.
 """
 
+import _blake2
+import _operator
+import _socket
 import ctypes
 import re
 import json
@@ -62,7 +65,13 @@ def _write(path, text):
 # ---------------------------------------------------------------- launcher (host side)
 
 def launcher():
+    # Die with the trainer, even on its SIGKILL: the keeper and the namespace follow us (their PDEATHSIG). The
+    # trainer's thread that started us waits for us, so it cannot end first. If the trainer died before this was
+    # armed we have a new parent already: leave.
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     job = json.loads(sys.stdin.buffer.read())
+    if job.get("parent") not in (None, os.getppid()):
+        os._exit(1)
     iso = job["isolate"]
     for procs in job.get("cgroup_procs", []):  # join our cgroups first: all we fork is counted there
         _write(procs, str(os.getpid()))
@@ -80,6 +89,7 @@ def launcher():
             os.setresgid(NOBODY, NOBODY, NOBODY)
             os.setresuid(NOBODY, NOBODY, NOBODY)
             _prctl(PR_SET_DUMPABLE, 1)  # a uid change makes /proc/self root-owned; we must write our maps
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the uid change cleared it
         flags |= CLONE_NEWUSER
     if iso.get("ns"):
         flags |= CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
@@ -263,11 +273,66 @@ def _kill_rest(pid, pidns):
             break
 
 
+READY = b"ready\n"
+
+
+def _mac(secret, payload):
+    # Keyed BLAKE2 is a MAC by itself, and _blake2 loads in no time (hmac would pull in OpenSSL's hashlib).
+    return _blake2.blake2b(payload, key=secret, digest_size=16).hexdigest().encode()
+
+
+def _handshake(sock, pending, chan, pid, pidns):
+    """Hand the worker its secret when `pending` is exactly its request; False when it cannot be one. The genuine
+    worker sends the request alone and waits for the reply, so any other byte first was written by the program."""
+    if len(pending) < len(READY):
+        return READY.startswith(bytes(pending))
+    if bytes(pending) != READY:
+        chan["forged"] = True
+        return False
+    if pidns:  # nothing but the worker may be alive to race it for the secret
+        _kill_others(pid)
+    chan["secret"] = os.urandom(16)
+    try:
+        os.write(sock, chan["secret"].hex().encode() + b"\n")
+    except OSError:
+        pass
+    return True
+
+
+def _kill_others(pid):
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (1, pid):
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _verified(buf, chan):
+    """The answer lines whose MAC checks out. One bad line (a second request, a forgery, a cut line) voids the
+    whole attempt: it proves the program wrote on the channel, so none of its lines can be trusted."""
+    if chan["secret"] is None or chan["forged"]:
+        chan["forged"] = chan["forged"] or bool(buf)
+        return ""
+    out = []
+    for line in bytes(buf).split(b"\n")[:-1]:  # a cut last line (killed mid-write) is dropped, not trusted
+        mac, _, payload = line.partition(b" ")
+        if not _operator._compare_digest(mac, _mac(chan["secret"], payload)):
+            chan["forged"] = True
+            return ""
+        out.append(payload.decode("utf-8", "replace"))
+    return "".join(line + "\n" for line in out)
+
+
 def do_run(job, run, scratch, pidns):
     lim = job["limits"]
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    res_r, res_w = os.pipe()
+    # The answer channel: a socket the worker may use only after the program ran (see worker()); stdin runs get
+    # none. The keeper hands out a per-attempt secret once, on request, and keeps only lines that carry its MAC.
+    res_r, res_w = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)  # not `socket`: 50 ms of imports
+    res_r, res_w = res_r.detach(), res_w.detach()
+    chan = {"secret": None, "forged": False}
     stdin_fd = os.memfd_create("stdin")
     data = run.get("stdin", "").encode("utf-8", "replace")
     os.write(stdin_fd, data)
@@ -279,7 +344,8 @@ def do_run(job, run, scratch, pidns):
             os.dup2(stdin_fd, 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
-            os.dup2(res_w, 3)
+            if run.get("kind") != "stdin":
+                os.dup2(res_w, 3)
             os.closerange(4, 1 << 16)
             worker(job, run, scratch)
         finally:
@@ -298,6 +364,8 @@ def do_run(job, run, scratch, pidns):
     last_progress = start
     open_fds = [out_r, err_r, res_r]
     next_idle_check, since = start + IDLE_EVERY, (start, 0.0)
+    tree_mem = lim.get("tree_mem_bytes") if pidns else None
+    next_mem_check = start + MEM_EVERY if tree_mem else float("inf")
     while status is None:
         now = time.monotonic()
         deadline = start + wall
@@ -308,10 +376,17 @@ def do_run(job, run, scratch, pidns):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             break
+        if now >= next_mem_check:
+            next_mem_check = now + MEM_EVERY
+            if _tree_rss() > tree_mem:
+                why = "memory_limit"  # the whole tree past its budget: RLIMIT_AS bounds each process only
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
         if pidns and now >= next_idle_check:
             next_idle_check = now + IDLE_EVERY
             since = (now, _tree_cpu())
-        wait = max(0.0, min(deadline, next_idle_check) - now)
+        wait = max(0.0, min(deadline, next_idle_check, next_mem_check) - now)
         ready, _, _ = select.select(open_fds + ([pidfd] if pidfd is not None else []), [], [],
                                     wait if pidfd is not None else min(wait, 0.02))
         if pidfd is None:
@@ -329,6 +404,16 @@ def do_run(job, run, scratch, pidns):
                 continue
             if fd == res_r:
                 last_progress = time.monotonic()
+                if chan["secret"] is None:
+                    pending = bufs[res_r] + chunk
+                    if not _handshake(res_r, pending, chan, pid, pidns):
+                        why = "forged"  # the program wrote on the channel before the harness asked for it
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                        status = -1
+                        break
+                    bufs[res_r] = pending if chan["secret"] is None else bytearray()  # the request is no answer
+                    continue
             if len(bufs[fd]) + len(chunk) > caps[fd]:
                 bufs[fd] += chunk[: caps[fd] - len(bufs[fd])]
                 if fd != err_r:  # an output flood fails the run; a stderr flood is only truncated
@@ -357,7 +442,9 @@ def do_run(job, run, scratch, pidns):
         os.close(fd)
     result = {"id": run["id"], "wall": round(time.monotonic() - start, 3),
               "stdout": bufs[out_r].decode("utf-8", "replace"), "stderr": bufs[err_r].decode("utf-8", "replace")[-2000:],
-              "res": bufs[res_r].decode("utf-8", "replace")}
+              "res": _verified(bufs[res_r], chan)}
+    if chan["forged"]:
+        result["forged"] = True
     if why:
         result["end"] = why
     elif status is not None and status >= 0:
@@ -390,6 +477,25 @@ def _tree_cpu():
             except (OSError, IndexError, ValueError):
                 continue
     return total / _TICK
+
+
+# Without a cgroup (no root), the memory of a program's whole process tree is capped by this watchdog: every
+# MEM_EVERY seconds the keeper sums the resident memory of every process of the namespace and kills the run past
+# the budget. Shared (copy-on-write) pages count once per process: the sum errs on the strict side.
+MEM_EVERY = 0.05
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree_rss():
+    total = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit() and name != "1":
+            try:
+                with open(f"/proc/{name}/statm", "rb") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total * _PAGE
 
 
 def _idle(stalled_for, since):
@@ -507,8 +613,12 @@ def encode(x, depth=0):
     if isinstance(x, dict):
         return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in dict.items(x)]}
     name = type(x).__module__ + "." + type(x).__qualname__
-    if name in ("fractions.Fraction", "decimal.Decimal"):
-        return {"n": [name, str(x)]}
+    # By identity, never by name: a class of the program's may call itself fractions.Fraction.
+    if type(x) is getattr(sys.modules.get("fractions"), "Fraction", None):
+        num, den = int.__add__(x._numerator, 0), int.__add__(x._denominator, 0)
+        return {"n": ["fractions.Fraction", f"{num}/{den}"]}
+    if type(x) is getattr(sys.modules.get("decimal"), "Decimal", None):
+        return {"n": ["decimal.Decimal", type(x).__str__(x)]}
     if name == "collections.deque":
         return {"q": [encode(v, depth + 1) for v in x]}
     if hasattr(x, "__next__") or name in ("builtins.range", "builtins.dict_keys", "builtins.dict_values",
@@ -522,8 +632,8 @@ def encode(x, depth=0):
 
 
 def worker(job, run, scratch):
-    write = os.write
-    dumps = json.dumps
+    # Bound before the program runs, so that patching os, json or hmac later cannot change what these do.
+    write, read, listdir, dumps, mac = os.write, os.read, os.listdir, json.dumps, _mac
     os.setsid()
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
@@ -564,8 +674,22 @@ def worker(job, run, scratch):
     if run.get("kind") == "stdin":
         _finish_like_python(g)
         _flush_and_exit(code)
-    # Probes: each answer is one line on fd 3 that the parent decodes and grades. Start after the ones a previous
-    # worker already answered (the keeper restarts us after a probe that hung or killed the process).
+    # Probes: each answer is one line on fd 3 that the parent decodes and grades, under a MAC keyed with a secret
+    # the keeper hands out once, only now: lines the program wrote before, or a second request, void the attempt.
+    # No other thread may be alive to race us for it (the keeper kills every other process of the namespace).
+    _join_threads()
+    if len(listdir("/proc/self/task")) != 1:
+        _flush_and_exit(1)
+    write(3, READY)
+    secret = b""
+    while not secret.endswith(b"\n") and len(secret) < 2 * 16 + 1:
+        part = read(3, 64)
+        if not part:
+            _flush_and_exit(1)
+        secret += part
+    secret = bytes.fromhex(secret.decode().strip())
+    # Start after the probes a previous worker already answered (the keeper restarts us after a probe that hung
+    # or killed the process).
     start = run.get("start", 0)
     for i, op in enumerate(run["ops"]):
         kind, k = op[0], op[1]
@@ -590,8 +714,22 @@ def worker(job, run, scratch):
                 line = dumps({"k": k, "e": type(exc).__name__})
             except BaseException:  # noqa: BLE001
                 line = '{"k": %d, "e": "?"}' % k
-        write(3, (line + "\n").encode())
+        payload = line.encode()
+        write(3, mac(secret, payload) + b" " + payload + b"\n")
     _flush_and_exit(0)
+
+
+def _join_threads():
+    """An honest program may leave a thread to finish its work: wait for it as interpreter exit would."""
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return
+    try:
+        for t in threading.enumerate():
+            if t is not threading.main_thread() and not t.daemon:
+                t.join()
+    except BaseException:  # noqa: BLE001 - a broken threading module leaves the task count to decide
+        pass
 
 
 def _finish_like_python(g):

@@ -34,7 +34,8 @@ class RunResult:
         return last.get("end") == "exit" and last.get("code") == 0
 
     def answers(self) -> list[str]:
-        return [line for a in self.attempts for line in a.get("res", "").splitlines()]
+        """Answer lines the keeper verified; an attempt it caught forging contributes none."""
+        return [line for a in self.attempts if not a.get("forged") for line in str(a.get("res", "")).splitlines()]
 
 
 class Executor:
@@ -52,13 +53,14 @@ class Executor:
                 for r in (dict(r) for r in runs)]
         job = {"isolate": self.caps.isolate, "binds": bind_paths(), "limits": self.limits.as_job(),
                "program": program, "runs": runs, "stop_on_timeout": stop_on_timeout,
-               "seccomp": bool(self.caps.report.get("seccomp"))}
+               "seccomp": bool(self.caps.report.get("seccomp")), "parent": os.getpid()}
         group = None
         if self.caps.report.get("cgroups"):
             lim = self.limits
             try:
                 group = Cgroup(memory_bytes=(lim.memory_mb + 2 * lim.file_mb + 128) << 20, pids=lim.processes + 8)
                 job["cgroup_procs"] = group.procs_files
+                job["limits"]["tree_mem_bytes"] = 0  # the cgroup caps the tree: no need for the keeper's watchdog
             except OSError:
                 group = None  # a transient failure costs this job its cgroup, not its score
         try:

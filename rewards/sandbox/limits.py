@@ -33,7 +33,7 @@ class Limits:
     def as_job(self) -> dict:
         cpu = max(1, int(self.timeout_s + 0.999))
         return {"wall_s": self.test_wall_s, "cpu_s": cpu, "probe_wall_s": self.test_wall_s,
-                "mem_bytes": int(self.memory_mb) << 20, "file_bytes": int(self.file_mb) << 20,
+                "mem_bytes": int(self.memory_mb) << 20, "tree_mem_bytes": int(self.memory_mb) << 20, "file_bytes": int(self.file_mb) << 20,
                 "tmp_bytes": 2 * (int(self.file_mb) << 20), "nofile": int(self.open_files),
                 "nproc": int(self.processes), "out_bytes": int(self.output_kb) << 10,
                 "res_bytes": max(int(self.output_kb) << 10, 4 << 20)}
