@@ -36,3 +36,13 @@ def sums_file(tmp_path):
         for a in range(12):
             f.write(json.dumps({"question": f"{a}+{a}=", "answer": str(2 * a), "level": a % 3}) + "\n")
     return path
+
+
+@pytest.fixture
+def background(tmp_path):
+    """Processes the test starts in the background (tests/gate.py); any left running are killed at teardown."""
+    from gate import Background
+
+    procs = Background(tmp_path)
+    yield procs
+    procs.stop_all()

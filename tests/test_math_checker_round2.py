@@ -14,7 +14,16 @@ from rewards.math import extract_answer, score, warm_up
 
 @pytest.fixture(autouse=True, scope="module")
 def _warm_worker() -> None:
-    assert warm_up()
+    assert warm_up(timeout=600)  # two interpreters importing sympy: a minute is not enough on a loaded box
+
+
+@pytest.fixture
+def unhurried(monkeypatch) -> None:
+    """The verdict, not the speed: on a machine busy enough, sympy misses the checker's 0.8 s wall-clock budget and a
+    right answer scores 0. The budget has tests of its own (hostile input stays fast); here it is a minute."""
+    import rewards.math
+
+    monkeypatch.setattr(rewards.math, "_BUDGET_S", 60.0)
 
 
 # Each class: (completion, gold) pairs that must score 1.0, then pairs that must score 0.0.
@@ -300,7 +309,7 @@ WRONG = [(k, c, g) for k, (_, wrong) in CLASSES.items() for c, g in wrong]
 
 
 @pytest.mark.parametrize("cls,completion,gold", RIGHT)
-def test_right_answer_scores_one(cls: str, completion: str, gold: str) -> None:
+def test_right_answer_scores_one(cls: str, completion: str, gold: str, unhurried) -> None:
     assert score(completion, gold) == 1.0
 
 
@@ -319,9 +328,13 @@ def test_hostile_box_sprays_stay_fast() -> None:
              ("$1$ and " * 100_000, "1"), ("(p,q)=" * 20_000 + "(1,2)", "(1,2)"),
              ("\\boxed{" + "sqrt(" * 3000 + "2" + ")" * 3000 + "}", "2"), ("\\boxed{2**" * 2000 + "}" * 2000, "1")]
     for completion, gold in cases:
-        t = time.monotonic()
+        # The 1 s bound is on the work: this process's CPU time (extraction, parsing) is what a spray could blow
+        # up, and a loaded machine does not inflate it as it does the wall clock. The sympy worker's share is cut
+        # at its budget (wall clock) and the worker killed; a generous wall bound says that cut happened.
+        t, cpu = time.monotonic(), time.process_time()
         score(completion, gold)
-        assert time.monotonic() - t < 1.0, completion[:40]
+        assert time.process_time() - cpu < 1.0, completion[:40]
+        assert time.monotonic() - t < 15.0, completion[:40]
 
 
 def test_import_starts_no_worker_and_first_check_is_right() -> None:

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from gate import HOLD_SOURCE, REWARD_TIMEOUT_S, Gate, wait_for_text
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PLUGIN = """
-import os, sys, time
+PLUGIN = HOLD_SOURCE + """
+import sys
 
-def slow(prompts, completions, **kw):  # slow enough to signal mid-run; scores as vowels would
-    time.sleep(float(os.environ.get("SLOW_S", "0.4")))
+def held(prompts, completions, **kw):  # held mid-step while the test's gate says so (tests/gate.py); scores vowels
+    gate_hold()
     return [sum(ch in "aeiou" for ch in c) / max(len(c), 1) for c in completions]
 
 def always_raises(prompts, completions, **kw):
@@ -40,7 +41,9 @@ def plugin(tmp_path):
     sys.modules.pop("survive_rewards", None)
 
 
-def write_recipe(tmp_path, model_dir, data, reward="survive_rewards:slow", steps=6, out="run"):
+def write_recipe(tmp_path, model_dir, data, reward="survive_rewards:held", steps=6, out="run"):
+    # a held reward outlasts the default time limit: without a longer one the trainer would abandon it
+    limit = f", timeout_s: {REWARD_TIMEOUT_S}" if reward.endswith(":held") else ""
     path = tmp_path / f"{out}.yaml"
     path.write_text(textwrap.dedent(f"""
         name: survive
@@ -49,7 +52,7 @@ def write_recipe(tmp_path, model_dir, data, reward="survive_rewards:slow", steps
         model: {{path: {model_dir}}}
         data: {{path: {data}, prompt_template: "{{question}}"}}
         sampler: {{group_size: 4, max_new_tokens: 6}}
-        rewards: [{{name: "{reward}"}}]
+        rewards: [{{name: "{reward}"{limit}}}]
         train: {{steps: {steps}, prompts_per_step: 2, micro_batch_size: 4, lr: 1.0e-3}}
         checkpoint: {{every: 0, keep_last: 3}}
         logging: {{samples_every: 0, progress_bar: false, tensorboard: false}}
@@ -62,27 +65,17 @@ def env(plugin_dir, **extra):
             "PYTHONPATH": f"{plugin_dir}{os.pathsep}{ROOT}", **extra}
 
 
-def grpo(plugin_dir, *args, pre="", timeout=300, **extra):
+def grpo(plugin_dir, *args, pre="", timeout=900, **extra):
     """`python -m grpo ...`, or with `pre` run first in the same process (a fault injected into a real run)."""
     code = f"{pre}\nimport sys\nfrom grpo.cli import app\nsys.argv = ['grpo', *{list(map(str, args))!r}]\napp()"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
                           env=env(plugin_dir, **extra), cwd=ROOT)
 
 
-def start(plugin_dir, recipe, *args, **extra):
-    return subprocess.Popen([sys.executable, "-m", "grpo", "train", str(recipe), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env(plugin_dir, **extra), cwd=ROOT)
-
-
-def wait_for_steps(out: Path, n: int, proc, timeout=120):
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise AssertionError(f"ended early: {proc.communicate()}")
-        if (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError("no steps")
+def start(background, plugin_dir, recipe, gate, *args):
+    """`grpo train` in the background, held by `gate` (its stderr readable while it runs: proc.err_path)."""
+    return background.start([sys.executable, "-m", "grpo", "train", str(recipe), *args],
+                            env=env(plugin_dir, **gate.env()), cwd=ROOT)
 
 
 def steps(out):
@@ -95,58 +88,70 @@ def weights(ckpt):
 
 # ---------------------------------------------------------------------------------------------------- signals
 
-def test_sigterm_saves_and_resumes_to_the_straight_runs_weights(tmp_path, tiny_model_dir, sums_file, plugin):
+def test_sigterm_saves_and_resumes_to_the_straight_runs_weights(tmp_path, tiny_model_dir, sums_file, plugin,
+                                                                background):
     straight = write_recipe(tmp_path, tiny_model_dir, sums_file, out="straight")
-    done = grpo(plugin, "train", straight, SLOW_S="0")
+    done = grpo(plugin, "train", straight)
     assert done.returncode == 0, done.stderr[-2000:]
 
     recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, out="preempted")
     out = tmp_path / "preempted"
-    proc = start(plugin, recipe)
-    wait_for_steps(out, 2, proc)
+    gate = Gate(tmp_path / "gate", hold_from=3)
+    proc = start(background, plugin, recipe, gate)
+    gate.wait_held(proc)  # in step 3's reward, steps 1-2 logged
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    wait_for_text(proc.err_path, "SIGTERM received: finishing this step", proc)
+    gate.release()
+    _, err = background.finish(proc)
     assert proc.returncode == 143, err[-2000:]
     stopped = steps(out)[-1]
-    assert stopped < 6 and f"stopped by SIGTERM after step {stopped}; checkpoint: " in err
+    assert stopped == 3 and f"stopped by SIGTERM after step {stopped}; checkpoint: " in err
     assert f"resume with:\n  grpo train {recipe}" in err
     assert (out / "checkpoints" / f"step-{stopped:06d}" / "trainer_state.pt").is_file()
 
-    resumed = grpo(plugin, "train", recipe, SLOW_S="0")
+    resumed = grpo(plugin, "train", recipe)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert steps(out) == [1, 2, 3, 4, 5, 6]
     a, b = weights(tmp_path / "straight/checkpoints/step-000006"), weights(out / "checkpoints/step-000006")
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
 
 
-def test_a_second_trainer_is_refused_and_ctrl_c_saves(tmp_path, tiny_model_dir, sums_file, plugin):
+def test_a_second_trainer_is_refused_and_ctrl_c_saves(tmp_path, tiny_model_dir, sums_file, plugin, background):
     recipe = write_recipe(tmp_path, tiny_model_dir, sums_file)
     out = tmp_path / "run"
-    first = start(plugin, recipe)
-    wait_for_steps(out, 1, first)
-    second = grpo(plugin, "train", recipe, SLOW_S="0")
-    assert second.returncode == 2
+    gate = Gate(tmp_path / "gate", hold_from=2)
+    first = start(background, plugin, recipe, gate)
+    gate.wait_held(first)  # the first trainer stays in step 2 until the gate opens, however long this takes
+    second = grpo(plugin, "train", recipe)
+    assert second.returncode == 2, second.stderr[-2000:]
     assert f"is in use by another grpo train (pid {first.pid} on " in second.stderr
+    assert first.poll() is None and steps(out) == [1]  # refused while the first ran: no step of its own
     first.send_signal(signal.SIGINT)
-    _, err = first.communicate(timeout=120)
+    wait_for_text(first.err_path, "SIGINT received: finishing this step", first)
+    gate.release()
+    _, err = background.finish(first)
     assert first.returncode == 130, err[-2000:]
     assert "SIGINT received: finishing this step" in err and "resume with:" in err
-    assert steps(out) == sorted(set(steps(out)))  # one writer: no step twice
-    again = grpo(plugin, "train", recipe, SLOW_S="0")  # the lock went with its process
+    assert steps(out) == [1, 2]  # one writer: no step twice; the step under way finished, then it stopped
+    again = grpo(plugin, "train", recipe)  # the lock went with its process
     assert again.returncode == 0, again.stderr[-2000:]
 
 
-def test_a_second_signal_exits_at_once(tmp_path, tiny_model_dir, sums_file, plugin):
+def test_a_second_signal_exits_at_once(tmp_path, tiny_model_dir, sums_file, plugin, background):
     recipe = write_recipe(tmp_path, tiny_model_dir, sums_file)
-    proc = start(plugin, recipe, SLOW_S="3")
-    wait_for_steps(tmp_path / "run", 1, proc)
+    out = tmp_path / "run"
+    gate = Gate(tmp_path / "gate", hold_from=2)
+    proc = start(background, plugin, recipe, gate)
+    gate.wait_held(proc)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    t0 = time.time()
+    wait_for_text(proc.err_path, "SIGTERM received: finishing this step", proc)  # the first one was heard
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and time.time() - t0 < 2.5
+    # The gate stays shut, so step 2 cannot finish: a process that waited for the step to end would still be
+    # running at this deadline (its hold lasts gate.DEADLINE_S, far longer).
+    _, err = background.finish(proc, timeout=300)
+    assert proc.returncode == 143, err[-2000:]
     assert "SIGTERM again: exiting now, without a checkpoint" in err
+    assert gate.held() and steps(out) == [1] and not (out / "checkpoints").exists()
 
 
 # ---------------------------------------------------------------------------------------------------- disk
@@ -159,14 +164,14 @@ def test_enospc_in_a_checkpoint_write_says_so_and_leaves_no_temp(tmp_path, tiny_
               "    open(f, 'wb').write(b'x' * 100000)\n"
               "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
               "torch.save = full")
-    failed = grpo(plugin, "train", recipe, pre=inject, SLOW_S="0")
+    failed = grpo(plugin, "train", recipe, pre=inject)
     assert failed.returncode == 2
     assert "error: checkpoint step-000002: the disk filled while writing it to" in failed.stderr
     assert "the partial copy was removed" in failed.stderr and "Traceback" not in failed.stderr
     assert not [p for p in (out / "checkpoints").iterdir() if ".tmp-" in p.name]
     # after "freeing space" the same command starts over cleanly (nothing was saved): no stale state in the way
     (out / "metrics.jsonl").unlink()
-    again = grpo(plugin, "train", recipe, SLOW_S="0")
+    again = grpo(plugin, "train", recipe)
     assert again.returncode == 0, again.stderr[-2000:]
 
 
@@ -178,7 +183,7 @@ def test_a_small_disk_is_refused_before_writing(tmp_path, tiny_model_dir, sums_f
         pytest.skip("needs root to mount a tmpfs")
     try:
         recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, steps=1)
-        failed = grpo(plugin, "train", recipe, f"output_dir={small / 'run'}", SLOW_S="0")
+        failed = grpo(plugin, "train", recipe, f"output_dir={small / 'run'}")
         assert failed.returncode == 2, failed.stderr[-2000:]
         assert "error: checkpoint step-000001: needs about" in failed.stderr and "MB free" in failed.stderr
         assert not list((small / "run" / "checkpoints").glob("*.tmp-*"))
@@ -190,13 +195,13 @@ def test_a_torn_log_line_and_a_dead_runs_temp_folder_do_not_stop_a_resume(tmp_pa
                                                                           plugin):
     recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, steps=2)
     out = tmp_path / "run"
-    assert grpo(plugin, "train", recipe, SLOW_S="0").returncode == 0
+    assert grpo(plugin, "train", recipe).returncode == 0
     with (out / "metrics.jsonl").open("a") as f:
         f.write('{"step": 3, "reward/me')  # the disk filled mid-line
     stale = out / "checkpoints" / "step-000003.tmp-999999999"  # a save killed -9: its pid is gone
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
-    resumed = grpo(plugin, "train", recipe, "train.steps=3", SLOW_S="0")
+    resumed = grpo(plugin, "train", recipe, "train.steps=3")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "note: metrics.jsonl: dropped 1 unreadable line(s)" in resumed.stderr
     assert "note: removed 1 temporary file(s) left by a run that died" in resumed.stderr
@@ -221,12 +226,12 @@ def test_a_full_disk_during_a_metrics_append_leaves_no_torn_line(tmp_path, monke
 def test_resume_applies_safe_changes_and_refuses_unsafe_ones(tmp_path, tiny_model_dir, sums_file, plugin):
     recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, steps=2)
     out = tmp_path / "run"
-    assert grpo(plugin, "train", recipe, SLOW_S="0").returncode == 0
-    refused = grpo(plugin, "train", recipe, "train.steps=3", "seed=5", "sampler.group_size=2", SLOW_S="0")
+    assert grpo(plugin, "train", recipe).returncode == 0
+    refused = grpo(plugin, "train", recipe, "train.steps=3", "seed=5", "sampler.group_size=2")
     assert refused.returncode == 2
     assert "  - seed: 3 -> 5" in refused.stderr and "  - sampler.group_size: 4 -> 2" in refused.stderr
     assert "checkpoint.allow_changes=true" in refused.stderr and steps(out) == [1, 2]
-    resumed = grpo(plugin, "train", recipe, "train.steps=3", "train.lr=1e-2", SLOW_S="0")
+    resumed = grpo(plugin, "train", recipe, "train.steps=3", "train.lr=1e-2")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "note: train.lr 0.001 -> 0.01: the learning-rate schedule continues" in resumed.stdout
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
@@ -295,10 +300,11 @@ def test_a_hanging_reward_is_abandoned_at_its_time_limit(junk, capsys):
 
     t0 = time.time()
     s = score(build_rewards([Spec("hangs", timeout_s=0.5)]), ["p"] * 8, ["a"] * 8, {})
-    assert time.time() - t0 < 2 and s.errors["survive_rewards:hangs"] == 8
+    assert time.time() - t0 < 10 and s.errors["survive_rewards:hangs"] == 8  # not the 30 s the call takes
     t0 = time.time()
     s = score(build_rewards([Spec("slow_raise", timeout_s=1.0)]), ["p"] * 64, ["a"] * 64, {})
-    assert time.time() - t0 < 2 and s.errors["survive_rewards:slow_raise"] == 64  # retries share the limit
+    # retries share the limit: about 1 s, where 64 retries of 0.3 s, each with a limit of its own, take 19 s
+    assert time.time() - t0 < 10 and s.errors["survive_rewards:slow_raise"] == 64
     assert "no result after 0.5 s" in capsys.readouterr().err
 
 
@@ -352,7 +358,6 @@ def test_a_non_finite_update_stops_the_run(tmp_path, tiny_model_dir, sums_file, 
     from grpo.train.update import UpdateStats
 
     monkeypatch.syspath_prepend(str(plugin))
-    monkeypatch.setenv("SLOW_S", "0")
     recipe = write_recipe(tmp_path, tiny_model_dir, sums_file)
     monkeypatch.setattr(trainer, "policy_update", lambda *a, **k: UpdateStats(loss=float("nan"), grad_norm=float("inf")))
     with pytest.raises(UserError, match="was applied, so the weights can no longer be trusted"):
