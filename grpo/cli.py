@@ -37,15 +37,18 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
 
     world = launched_world()  # under torchrun: this rank; otherwise one process and nothing distributed
     cfg = None
+    together = False  # every rank ends here at the same point (done, or stopped by a signal after the same step)
     try:
         given = list(overrides or [])
         if profile and not any(o.startswith("logging.profile_step=") for o in given):
             given.append("logging.profile_step=3")
         cfg = validate_recipe(recipe, given)
         output_dir = run_training(cfg)
+        together = True
     except UserError as exc:
         _fail(exc, world.tag())
     except Stopped as exc:
+        together = True
         if world.is_main:
             typer.echo(f"{exc}\nresume with:\n  {resume_command(recipe, overrides or [], cfg, world.size)}", err=True)
         raise typer.Exit(code=exc.exit_code)
@@ -57,7 +60,7 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
             typer.echo(f"{world.tag()}failed: {type(exc).__name__}: {exc}", err=True)
         raise
     finally:
-        close_world(world)
+        close_world(world, together)
     if world.is_main:
         typer.echo(f"done: metrics in {output_dir / 'metrics.jsonl'}, checkpoints in {output_dir / 'checkpoints'}")
     if world.distributed:

@@ -103,12 +103,15 @@ def init_world(world: World, device: torch.device, timeout_s: float, group_of_on
                                          **({"device_id": device} if device.type == "cuda" else {}), **alone)
 
 
-def close_world(world: World) -> None:
-    """Leave the process group (a group of one too)."""
+def close_world(world: World, together: bool = True) -> None:
+    """Leave the process group (a group of one too). together: every rank is closing at the same point, so
+    they meet first; a rank that failed alone leaves at once (its peers would never come to the barrier, and it
+    would wait there for distributed.timeout_s before torchrun could stop the job)."""
     if torch.distributed.is_initialized():
-        # Every rank's last collective must be done everywhere before any rank tears its group down: gloo
-        # aborts a process ("terminate called without an active exception") whose peer left mid-transfer.
-        torch.distributed.barrier()
+        if together:
+            # Every rank's last collective must be done everywhere before any rank tears its group down: gloo
+            # aborts a process ("terminate called without an active exception") whose peer left mid-transfer.
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
