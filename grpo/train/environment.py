@@ -23,5 +23,5 @@ def environment(device: torch.device, world: World, strategy: str, packing: str,
     return {"grpo": grpo.__version__, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "platform": platform.platform(), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-            "world_size": world.size, "strategy": strategy, "packing": packing, **(precision or {}), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                        time.gmtime())}
+            "world_size": world.size, "strategy": strategy, "packing": packing, **(precision or {}),
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
