@@ -15,8 +15,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-DATA = "/work/shared/data/math500.jsonl"
+DATA = str(Path(__file__).resolve().parents[1] / "data" / "eval" / "math500.jsonl")
 
 _MV_SNIPPET = r"""
 import json, sys, time

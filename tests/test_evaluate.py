@@ -205,15 +205,16 @@ def test_shipped_eval_recipes_validate(name, monkeypatch):
     cfg, _ = load_eval_section(ROOT / "recipes" / "eval" / f"{name}.yaml")
     assert check_eval_config(cfg) == []
     assert cfg.grader == "math" and cfg.answer_column == "answer"
-    assert not Path(cfg.data).is_absolute() and cfg.data.startswith("../shared/data/")  # data file, no hub
-    expected = {"aime24_avg32": (32, 1.0), "math500_pass1x4": (4, 0.6), "gsm8k": (1, 0.0)}[name]
-    assert (cfg.k, cfg.temperature) == expected
+    assert cfg.data.startswith("data/eval/")  # shipped in the repo: nothing outside it, no hub
+    expected = {"aime24_avg32": (32, 1.0, 30), "math500_pass1x4": (4, 0.6, 500), "gsm8k": (1, 0.0, 1319)}[name]
+    assert (cfg.k, cfg.temperature) == expected[:2]
     row = {"problem": "P", "question": "Q"}
     assert "\\boxed{}" in cfg.prompt_template.format_map(row)
-    if (ROOT / cfg.data).is_file():  # the shared data is present on dev machines and CI
-        from grpo.eval.sets import load_eval_sets
+    from grpo.eval.sets import gold_answer, load_eval_sets
 
-        assert len(load_eval_sets(cfg)[0].rows) > 0
+    (evalset,) = load_eval_sets(cfg)  # checks the template's fields and the answer column against the rows
+    assert len(evalset.rows) == expected[2] and evalset.file_sha256 is not None
+    assert all(str(gold_answer(r, cfg, cfg.data, i)).strip() for i, r in enumerate(evalset.rows))
 
 
 def test_eval_recipe_with_a_typo_still_fails(tmp_path):
