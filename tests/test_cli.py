@@ -1,22 +1,12 @@
 """The command line as a user meets it: exit codes and messages."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from conftest import ROOT, grpo
 from typer.testing import CliRunner
 
 from grpo.cli import app
 from grpo.validate import validate_recipe
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def grpo(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "grpo.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
 
 
 @pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes").glob("*.yaml")))

@@ -93,6 +93,7 @@ def test_sft_trains_on_target_tokens_only_unless_asked():
     assert weights[0, 0] == 0 and weights[0, 1] == 0.5  # nothing predicts the first token
 
 
+@pytest.mark.slow
 def test_sft_lowers_the_loss_in_a_few_steps():
     tok = build_char_tokenizer()
     model = build_tiny_llama(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, layers=1)
@@ -181,6 +182,7 @@ def test_interrupted_build_leaves_no_cache_entry(tmp_path, monkeypatch):
     assert (resolve_demo_model("demo:tiny-arith", tmp_path) / "config.json").is_file() and len(calls) == 1
 
 
+@pytest.mark.slow
 def test_shipped_demo_model_sometimes_works_it_out_and_sometimes_guesses(monkeypatch):
     """What RL has to learn on the demo: the warm start shows its working on some samples (right most of the
     time) and guesses on the others (right about one time in ten), so groups have mixed rewards and the reward

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import eval_config
 from typer.testing import CliRunner
 
 from grpo.config import EvalConfig
@@ -49,9 +50,7 @@ def problems_file(tmp_path):
 
 
 def config(data, module, fn="first_char", **kw):
-    base = dict(data=str(data), prompt_template="{question}", grader=f"{module}:{fn}", k=3,
-                temperature=1.0, top_p=1.0, max_new_tokens=5, bootstrap=50, seed=0)
-    return EvalConfig(**{**base, **kw})
+    return eval_config(data, f"{module}:{fn}", **kw)
 
 
 def test_end_to_end_writes_consistent_files(tiny_model_dir, problems_file, grader_module, tmp_path, capsys):
@@ -93,6 +92,7 @@ def test_end_to_end_writes_consistent_files(tiny_model_dir, problems_file, grade
     assert "avg@3" in printed and "adds" in printed  # the console table
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_other_seed_other_samples(tiny_model_dir, problems_file, grader_module, tmp_path):
     from grpo.modeling import load_tokenizer
 

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each test runs bench/gpu_check.py (every section, real code) in a child process
 # eager stands in for flex_attention (the GPU default's second kernel), which compiles for a minute on a CPU: the
 # kernel loop is the same code either way.
 TINY = ["--shape", "tiny", "--tokens", "64,128", "--seq-len", "32", "--groups", "2", "--group-size", "2",

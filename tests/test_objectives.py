@@ -7,8 +7,9 @@ import threading
 
 import pytest
 import torch
+from conftest import recipe_config
 
-from grpo.config import RecipeConfig, RewardConfig
+from grpo.config import RewardConfig
 from grpo.objectives.advantages import (ADVANTAGES, compute_advantages, reinforce_pp_advantages,
                                         reinforce_pp_baseline_advantages)
 from grpo.objectives.correction import correction_weights, resolve_correction
@@ -234,11 +235,7 @@ def test_batch_level_advantages_use_the_global_batch_across_ranks():
 # ------------------------------------------------------------------------------------------------ rules
 
 def recipe(**train):
-    cfg = RecipeConfig()
-    cfg.data.path, cfg.rewards = "x.jsonl", [RewardConfig(name="math")]
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
-    return cfg
+    return recipe_config({"data.path": "x.jsonl", "rewards": [RewardConfig(name="math")]}, **train)
 
 
 @pytest.mark.parametrize("train, message", [

@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import recipe_config
 from typer.testing import CliRunner
 
 from grpo.cli import app
-from grpo.config import RecipeConfig
 from grpo.errors import UserError
 from grpo.plan import (GB, ModelShape, layer_activation_bytes, model_shape, plan_memory, plan_recipe,
                        plan_with_fixes, read_model_shape, with_overrides)
@@ -27,15 +27,14 @@ ROOT_UNIT = 2 * 1000 * 64 + 64  # embeddings + head (untied) + final norm: 128,0
 P = 2 * LAYER + ROOT_UNIT  # 202,304
 
 
-def small_recipe(**changes) -> RecipeConfig:
-    cfg = RecipeConfig()
-    cfg.model.dtype, cfg.model.master_dtype, cfg.model.gradient_checkpointing = "bfloat16", "float32", True
-    cfg.data.max_prompt_tokens, cfg.sampler.max_new_tokens = 100, 300  # sequences of 400
-    cfg.train.prompts_per_step, cfg.sampler.group_size, cfg.train.micro_batch_size = 4, 4, 2
-    cfg.train.beta, cfg.train.vocab_chunk_tokens = 0.1, 512
-    cfg.sampler.backend = "vllm"
-    cfg.sampler.vllm.gpu_memory_utilization, cfg.sampler.vllm.enable_sleep_mode = 0.5, True
-    return with_overrides(cfg, changes)
+# The small config (conftest.recipe_config(SMALL_RECIPE, changes)): sequences of 400, batches of 4 x 4 in micro-batches
+# of 2, bf16 compute on fp32 master weights, vLLM sleeping between generations.
+SMALL_RECIPE = {"model.dtype": "bfloat16", "model.master_dtype": "float32", "model.gradient_checkpointing": True,
+                "data.max_prompt_tokens": 100, "sampler.max_new_tokens": 300,
+                "train.prompts_per_step": 4, "sampler.group_size": 4, "train.micro_batch_size": 2,
+                "train.beta": 0.1, "train.vocab_chunk_tokens": 512,
+                "sampler.backend": "vllm",
+                "sampler.vllm.gpu_memory_utilization": 0.5, "sampler.vllm.enable_sleep_mode": True}
 
 
 def test_the_shape_and_parameter_count_of_a_small_config():
@@ -46,7 +45,7 @@ def test_the_shape_and_parameter_count_of_a_small_config():
 
 def test_every_item_of_a_small_plan_by_hand():
     """Two GPUs of 10 GB, FSDP2, bf16 compute over fp32 masters, a reference (beta > 0), vLLM asleep in the update."""
-    plan = plan_memory(small_recipe(), model_shape(SMALL), gpus=2, gpu_bytes=10 * GB)
+    plan = plan_memory(recipe_config(SMALL_RECIPE), model_shape(SMALL), gpus=2, gpu_bytes=10 * GB)
     got = {i.name: (i.generation, i.update) for i in plan.items}
     assert plan.strategy == "fsdp" and plan.tokens_per_micro_batch == 2 * 400  # 2 rows of 100 + 300
     assert got["master_weights"] == (P * 4 / 2, P * 4 / 2)
@@ -83,16 +82,17 @@ def test_every_item_of_a_small_plan_by_hand():
 
 def test_lora_ddp_and_the_transformers_sampler_by_hand():
     shape = model_shape(SMALL)
-    lora = plan_memory(small_recipe(**{"model.lora.enabled": True, "model.lora.r": 4,
-                                       "model.lora.target_modules": ["q_proj", "down_proj"]}), shape, 2, 10 * GB)
+    lora = plan_memory(recipe_config(SMALL_RECIPE, {"model.lora.enabled": True, "model.lora.r": 4,
+                                                    "model.lora.target_modules": ["q_proj", "down_proj"]}),
+                       shape, 2, 10 * GB)
     got = {i.name: (i.generation, i.update) for i in lora.items}
     adapters = 2 * (4 * (64 + 64) + 4 * (128 + 64))  # per layer r x (in + out) for q_proj and down_proj
     assert lora.strategy == "ddp" and got["parameters"] == (P * 2, P * 2)  # the frozen bf16 base, whole
     assert got["master_weights"] == (adapters * 4,) * 2 and got["optimizer"] == (2 * adapters * 4,) * 2
     assert got["gradients"] == (0, 2 * adapters * 4)  # and DDP's buckets
     assert got["reference"] == (0, 0)  # adapters off is the reference
-    ddp = plan_memory(small_recipe(**{"distributed.strategy": "ddp", "sampler.backend": "hf",
-                                      "sampler.generation_batch_size": 8}), shape, 2, 10 * GB)
+    ddp = plan_memory(recipe_config(SMALL_RECIPE, {"distributed.strategy": "ddp", "sampler.backend": "hf",
+                                                   "sampler.generation_batch_size": 8}), shape, 2, 10 * GB)
     got = {i.name: (i.generation, i.update) for i in ddp.items}
     assert got["master_weights"] == (P * 4,) * 2 and got["gradients"] == (0, 2 * P * 4)  # whole, and buckets
     assert got["parameters"] == (0, P * 2)  # autocast's bf16 copies
@@ -252,8 +252,7 @@ def test_the_demo_model_plans_from_its_shipped_config():
 def test_validate_warns_on_pure_bf16_with_a_tiny_lr():
     from grpo.validate import precision_warnings
 
-    cfg = with_overrides(RecipeConfig(), {"model.dtype": "bfloat16", "model.master_dtype": "bfloat16",
-                                          "train.lr": 1e-6})
+    cfg = recipe_config({"model.dtype": "bfloat16", "model.master_dtype": "bfloat16", "train.lr": 1e-6})
     (warning,) = precision_warnings(cfg)
     assert "model.master_dtype=bfloat16" in warning and "train.lr=1e-06" in warning
     assert "model.master_dtype=float32" in warning

@@ -97,6 +97,7 @@ def test_masters_narrower_than_the_compute_dtype_are_refused():
     assert precision_rules(cfg) == []  # pure bf16 is allowed (validate warns about the lr instead)
 
 
+@pytest.mark.slow
 def test_lora_keeps_a_bf16_base_and_fp32_adapters_under_autocast(tmp_path):
     pytest.importorskip("peft")
     run = trainer.setup(tiny(tmp_path / "lora", "train.steps=1", "model.lora.enabled=true",

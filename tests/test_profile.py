@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from grpo.train.profiling import StepProfiler, stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a real training run (3 steps) in a child process
 def test_profile_flag_profiles_step_three_of_a_real_run(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "grpo.cli", "train", "recipes/tiny.yaml", f"output_dir={out}",

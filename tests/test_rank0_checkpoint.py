@@ -6,8 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().parent / "distributed" / "rank0_state.py"
+pytestmark = pytest.mark.slow  # torchrun: 2 gloo ranks, FSDP2
 
 
 def test_rank_1_holds_nothing_and_rank_0_everything_whole_in_fp32(tiny_model_dir, tmp_path):

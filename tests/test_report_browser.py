@@ -4,31 +4,25 @@ the panels are in the rendered DOM, and the screenshot is a page of figures, not
 CI installs Chromium (.ci/run); elsewhere the test is skipped, saying so, when no browser is on PATH."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
+from conftest import grpo as run_grpo
 
 pytest.importorskip("matplotlib", reason="grpo report needs the report extra (matplotlib)")
 
-ROOT = Path(__file__).resolve().parents[1]
 BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(BROWSER is None, reason="no chromium, chromium-browser or google-chrome on PATH "
                                                          "(CI installs it: apt-get install chromium)")]
 
 
-def grpo(*args, cwd=ROOT):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-m", "grpo.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
+def grpo(*args):
+    """conftest.grpo, offline, for up to 10 minutes; it must exit 0."""
+    return run_grpo(*args, env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}, timeout=600, check=True)
 
 
 def chromium(*args, timeout=120):

@@ -151,6 +151,7 @@ POOL.equal("(x+1)^{3000}", "(x+2)^{3000}", deadline)  # seconds of sympy: busy w
 """
 
 
+@pytest.mark.slow
 def test_math_workers_die_within_half_a_second_of_a_sigkilled_parent():
     import os
     import signal

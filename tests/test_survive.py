@@ -7,16 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, write_recipe
+from conftest import grpo as run_grpo
 from gate import HOLD_SOURCE, REWARD_TIMEOUT_S, Gate, wait_for_text
 from safetensors.torch import load_file
-
-ROOT = Path(__file__).resolve().parents[1]
 
 PLUGIN = HOLD_SOURCE + """
 import sys
@@ -41,23 +39,13 @@ def plugin(tmp_path):
     sys.modules.pop("survive_rewards", None)
 
 
-def write_recipe(tmp_path, model_dir, data, reward="survive_rewards:held", steps=6, out="run"):
+def survive_recipe(tmp_path, model_dir, data, reward="survive_rewards:held", steps=6, out="run"):
+    """This file's recipe (conftest.write_recipe): no checkpoint but the last, no samples, written to out.yaml."""
     # a held reward outlasts the default time limit: without a longer one the trainer would abandon it
-    limit = f", timeout_s: {REWARD_TIMEOUT_S}" if reward.endswith(":held") else ""
-    path = tmp_path / f"{out}.yaml"
-    path.write_text(textwrap.dedent(f"""
-        name: survive
-        output_dir: {tmp_path / out}
-        seed: 3
-        model: {{path: {model_dir}}}
-        data: {{path: {data}, prompt_template: "{{question}}"}}
-        sampler: {{group_size: 4, max_new_tokens: 6}}
-        rewards: [{{name: "{reward}"{limit}}}]
-        train: {{steps: {steps}, prompts_per_step: 2, micro_batch_size: 4, lr: 1.0e-3}}
-        checkpoint: {{every: 0, keep_last: 3}}
-        logging: {{samples_every: 0, progress_bar: false, tensorboard: false}}
-    """))
-    return path
+    return write_recipe(tmp_path, model_dir, data, reward, name="survive", out=out, file=f"{out}.yaml", steps=steps,
+                        checkpoint="{every: 0, keep_last: 3}",
+                        logging="{samples_every: 0, progress_bar: false, tensorboard: false}",
+                        reward_timeout_s=REWARD_TIMEOUT_S if reward.endswith(":held") else None)
 
 
 def env(plugin_dir, **extra):
@@ -66,10 +54,8 @@ def env(plugin_dir, **extra):
 
 
 def grpo(plugin_dir, *args, pre="", timeout=900, **extra):
-    """`python -m grpo ...`, or with `pre` run first in the same process (a fault injected into a real run)."""
-    code = f"{pre}\nimport sys\nfrom grpo.cli import app\nsys.argv = ['grpo', *{list(map(str, args))!r}]\napp()"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env=env(plugin_dir, **extra), cwd=ROOT)
+    """conftest.grpo with this file's plugin on the path, in-process after `pre` (a fault injected into a real run)."""
+    return run_grpo(*args, pre=pre, timeout=timeout, env=env(plugin_dir, **extra), cwd=ROOT)
 
 
 def start(background, plugin_dir, recipe, gate, *args):
@@ -88,13 +74,14 @@ def weights(ckpt):
 
 # ---------------------------------------------------------------------------------------------------- signals
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resumes_to_the_straight_runs_weights(tmp_path, tiny_model_dir, sums_file, plugin,
                                                                 background):
-    straight = write_recipe(tmp_path, tiny_model_dir, sums_file, out="straight")
+    straight = survive_recipe(tmp_path, tiny_model_dir, sums_file, out="straight")
     done = grpo(plugin, "train", straight)
     assert done.returncode == 0, done.stderr[-2000:]
 
-    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, out="preempted")
+    recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file, out="preempted")
     out = tmp_path / "preempted"
     gate = Gate(tmp_path / "gate", hold_from=3)
     proc = start(background, plugin, recipe, gate)
@@ -116,8 +103,9 @@ def test_sigterm_saves_and_resumes_to_the_straight_runs_weights(tmp_path, tiny_m
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
 
 
+@pytest.mark.slow
 def test_a_second_trainer_is_refused_and_ctrl_c_saves(tmp_path, tiny_model_dir, sums_file, plugin, background):
-    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file)
+    recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file)
     out = tmp_path / "run"
     gate = Gate(tmp_path / "gate", hold_from=2)
     first = start(background, plugin, recipe, gate)
@@ -137,8 +125,9 @@ def test_a_second_trainer_is_refused_and_ctrl_c_saves(tmp_path, tiny_model_dir, 
     assert again.returncode == 0, again.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_second_signal_exits_at_once(tmp_path, tiny_model_dir, sums_file, plugin, background):
-    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file)
+    recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file)
     out = tmp_path / "run"
     gate = Gate(tmp_path / "gate", hold_from=2)
     proc = start(background, plugin, recipe, gate)
@@ -156,8 +145,9 @@ def test_a_second_signal_exits_at_once(tmp_path, tiny_model_dir, sums_file, plug
 
 # ---------------------------------------------------------------------------------------------------- disk
 
+@pytest.mark.slow
 def test_enospc_in_a_checkpoint_write_says_so_and_leaves_no_temp(tmp_path, tiny_model_dir, sums_file, plugin):
-    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, steps=2)
+    recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file, steps=2)
     out = tmp_path / "run"
     inject = ("import errno, torch\n"
               "def full(obj, f, *a, **k):\n"
@@ -175,6 +165,7 @@ def test_enospc_in_a_checkpoint_write_says_so_and_leaves_no_temp(tmp_path, tiny_
     assert again.returncode == 0, again.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_small_disk_is_refused_before_writing(tmp_path, tiny_model_dir, sums_file, plugin):
     small = tmp_path / "small"
     small.mkdir()
@@ -182,7 +173,7 @@ def test_a_small_disk_is_refused_before_writing(tmp_path, tiny_model_dir, sums_f
                                            capture_output=True).returncode:
         pytest.skip("needs root to mount a tmpfs")
     try:
-        recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, steps=1)
+        recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file, steps=1)
         failed = grpo(plugin, "train", recipe, f"output_dir={small / 'run'}")
         assert failed.returncode == 2, failed.stderr[-2000:]
         assert "error: checkpoint step-000001: needs about" in failed.stderr and "MB free" in failed.stderr
@@ -191,9 +182,10 @@ def test_a_small_disk_is_refused_before_writing(tmp_path, tiny_model_dir, sums_f
         subprocess.run(["umount", str(small)])
 
 
+@pytest.mark.slow
 def test_a_torn_log_line_and_a_dead_runs_temp_folder_do_not_stop_a_resume(tmp_path, tiny_model_dir, sums_file,
                                                                           plugin):
-    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, steps=2)
+    recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file, steps=2)
     out = tmp_path / "run"
     assert grpo(plugin, "train", recipe).returncode == 0
     with (out / "metrics.jsonl").open("a") as f:
@@ -223,8 +215,9 @@ def test_a_full_disk_during_a_metrics_append_leaves_no_torn_line(tmp_path, monke
 
 # ---------------------------------------------------------------------------------------------------- resume
 
+@pytest.mark.slow
 def test_resume_applies_safe_changes_and_refuses_unsafe_ones(tmp_path, tiny_model_dir, sums_file, plugin):
-    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, steps=2)
+    recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file, steps=2)
     out = tmp_path / "run"
     assert grpo(plugin, "train", recipe).returncode == 0
     refused = grpo(plugin, "train", recipe, "train.steps=3", "seed=5", "sampler.group_size=2")
@@ -243,8 +236,9 @@ def test_resume_applies_safe_changes_and_refuses_unsafe_ones(tmp_path, tiny_mode
 
 # ---------------------------------------------------------------------------------------------------- rewards
 
+@pytest.mark.slow
 def test_a_reward_that_always_raises_is_shown_then_stops_the_run(tmp_path, tiny_model_dir, sums_file, plugin):
-    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, reward="survive_rewards:always_raises")
+    recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file, reward="survive_rewards:always_raises")
     result = grpo(plugin, "train", recipe)
     assert result.returncode == 2
     assert result.stderr.count("warning: reward 'survive_rewards:always_raises' failed on") == 1
@@ -252,8 +246,9 @@ def test_a_reward_that_always_raises_is_shown_then_stops_the_run(tmp_path, tiny_
     assert "for 3 steps in a row" in result.stderr and steps(tmp_path / "run") == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_reward_calling_sys_exit_cannot_end_the_trainer_silently(tmp_path, tiny_model_dir, sums_file, plugin):
-    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, reward="survive_rewards:exits")
+    recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file, reward="survive_rewards:exits")
     result = grpo(plugin, "train", recipe)
     assert result.returncode == 2
     assert "called sys.exit(3); a reward must return scores" in result.stderr
@@ -319,7 +314,7 @@ def test_reward_signatures_are_checked(junk):
 
 
 def test_validate_names_unknown_reward_args_and_a_missing_model_dir(tmp_path, tiny_model_dir, sums_file, plugin):
-    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file)
+    recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file)
     result = grpo(plugin, "validate", recipe, "rewards=[{name: format, args: {stlye: answer}}]",
                   "model.path=recipes/no-such-model")
     assert result.returncode == 2
@@ -336,7 +331,7 @@ def test_bad_rows_are_found_before_training(tmp_path, tiny_model_dir, plugin):
     rows[40]["answer"] = ""  # no answer
     rows[99]["question"] = "   "  # an empty prompt
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = write_recipe(tmp_path, tiny_model_dir, data)
+    recipe = survive_recipe(tmp_path, tiny_model_dir, data)
     result = grpo(plugin, "validate", recipe)
     assert result.returncode == 0
     assert ("warning: data: 3 of 250 rows cannot train (row 17: no column question (used by prompt_template); "
@@ -351,6 +346,7 @@ def test_bad_rows_are_found_before_training(tmp_path, tiny_model_dir, plugin):
 
 # ---------------------------------------------------------------------------------------------------- numbers
 
+@pytest.mark.slow
 def test_a_non_finite_update_stops_the_run(tmp_path, tiny_model_dir, sums_file, plugin, monkeypatch):
     from grpo.errors import UserError
     from grpo.recipe import load_recipe
@@ -358,7 +354,7 @@ def test_a_non_finite_update_stops_the_run(tmp_path, tiny_model_dir, sums_file, 
     from grpo.train.update import UpdateStats
 
     monkeypatch.syspath_prepend(str(plugin))
-    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file)
+    recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file)
     monkeypatch.setattr(trainer, "policy_update", lambda *a, **k: UpdateStats(loss=float("nan"), grad_norm=float("inf")))
     with pytest.raises(UserError, match="was applied, so the weights can no longer be trusted"):
         trainer.train(load_recipe(recipe))  # today's update steps anyway: stop at once

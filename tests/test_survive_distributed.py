@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gate import HOLD_SOURCE, REWARD_TIMEOUT_S, Gate, wait_for_text
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a training run under torchrun (2 ranks), signalled mid-step
 SMALL = ["train.prompts_per_step=4", "sampler.group_size=4", "sampler.max_new_tokens=12", "train.micro_batch_size=4",
          "logging.progress_bar=false", "logging.samples_every=0", "checkpoint.every=0", "train.steps=8",
          f"rewards=[{{name: 'held_math:reward', timeout_s: {REWARD_TIMEOUT_S}}}]"]

@@ -9,6 +9,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from conftest import write_recipe
+
 from grpo.recipe import load_recipe
 from grpo.train.trainer import train
 
@@ -38,29 +40,13 @@ def reward_module(tmp_path, monkeypatch):
     return "toy_rewards"
 
 
-def recipe(tmp_path, model_dir, data, reward, extra=""):
-    path = tmp_path / "recipe.yaml"
-    path.write_text(textwrap.dedent(f"""
-        name: test
-        output_dir: {tmp_path / 'run'}
-        seed: 3
-        model: {{path: {model_dir}}}
-        data: {{path: {data}, prompt_template: "{{question}}"}}
-        sampler: {{group_size: 4, max_new_tokens: 6}}
-        rewards: [{{name: "{reward}"}}]
-        train: {{steps: 3, prompts_per_step: 2, micro_batch_size: 4, lr: 1.0e-3}}
-        checkpoint: {{every: 2, keep_last: 2}}
-        logging: {{samples_every: 1, num_samples: 2, progress_bar: false}}
-    """) + textwrap.dedent(extra))
-    return path
-
-
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_run_writes_metrics_samples_and_loadable_checkpoints(tmp_path, tiny_model_dir, sums_file, reward_module):
-    out = train(load_recipe(recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
+    out = train(load_recipe(write_recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3]
     for key in ("reward/mean", "reward/std", "reward/toy_rewards:vowels/mean", "reward/toy_rewards:vowels/errors",
@@ -78,11 +64,12 @@ def test_run_writes_metrics_samples_and_loadable_checkpoints(tmp_path, tiny_mode
     assert model.config.num_hidden_layers == 2
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, tiny_model_dir, sums_file, reward_module):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    straight = train(load_recipe(recipe(tmp_path / "a", tiny_model_dir, sums_file, "toy_rewards:vowels")))
-    path = recipe(tmp_path / "b", tiny_model_dir, sums_file, "toy_rewards:vowels")
+    straight = train(load_recipe(write_recipe(tmp_path / "a", tiny_model_dir, sums_file, "toy_rewards:vowels")))
+    path = write_recipe(tmp_path / "b", tiny_model_dir, sums_file, "toy_rewards:vowels")
     train(load_recipe(path, ["train.steps=2"]))
     resumed = train(load_recipe(path))  # finds step 2 in output_dir and goes on to step 3
     a = load_file(straight / "checkpoints/step-000003/model.safetensors")
@@ -92,13 +79,14 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir, sums_file, reward_mo
     assert [m["step"] for m in read_jsonl(resumed / "metrics.jsonl")] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_continues_exactly(tmp_path, tiny_model_dir, sums_file, reward_module):
     from grpo.train.signals import Stopped
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    straight = train(load_recipe(recipe(tmp_path / "a", tiny_model_dir, sums_file, "toy_rewards:vowels")))
-    path = recipe(tmp_path / "b", tiny_model_dir, sums_file, "toy_rewards:vowels_then_sigterm")
+    straight = train(load_recipe(write_recipe(tmp_path / "a", tiny_model_dir, sums_file, "toy_rewards:vowels")))
+    path = write_recipe(tmp_path / "b", tiny_model_dir, sums_file, "toy_rewards:vowels_then_sigterm")
     with pytest.raises(Stopped) as stopped:
         train(load_recipe(path, ["checkpoint.every=0"]))
     assert stopped.value.exit_code == 143 and stopped.value.step == 2
@@ -110,20 +98,21 @@ def test_resume_after_sigterm_continues_exactly(tmp_path, tiny_model_dir, sums_f
 
 
 def test_dynamic_sampling_drops_flat_groups_and_refills(tmp_path, tiny_model_dir, sums_file, reward_module):
-    path = recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:flat_for_even",
-                  "train: {steps: 2, prompts_per_step: 2, micro_batch_size: 4, dynamic_sampling: true, "
-                  "max_sampling_rounds: 6}\n")
+    path = write_recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:flat_for_even",
+                        extra="train: {steps: 2, prompts_per_step: 2, micro_batch_size: 4, dynamic_sampling: true, "
+                              "max_sampling_rounds: 6}\n")
     out = train(load_recipe(path))
     metrics = read_jsonl(out / "metrics.jsonl")
     assert sum(m["groups/dropped"] for m in metrics) > 0
     assert all(m["groups/trained"] == 2 for m in metrics)
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_and_saves_a_merged_model(tmp_path, tiny_model_dir, sums_file, reward_module):
     pytest.importorskip("peft")
-    path = recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels",
-                  "model: {lora: {enabled: true, r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}\n"
-                  "train: {steps: 2, prompts_per_step: 2, micro_batch_size: 4, lr: 1.0e-2, beta: 0.05}\n")
+    path = write_recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels",
+                        extra="model: {lora: {enabled: true, r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}\n"
+                              "train: {steps: 2, prompts_per_step: 2, micro_batch_size: 4, lr: 1.0e-2, beta: 0.05}\n")
     out = train(load_recipe(path, [f"model.path={tiny_model_dir}"]))
     ckpt = out / "checkpoints" / "step-000002"
     assert (ckpt / "adapter" / "adapter_model.safetensors").is_file()
@@ -144,7 +133,7 @@ def test_a_failed_weight_sync_is_an_error(tmp_path, tiny_model_dir, sums_file, r
 
     monkeypatch.setattr(hf.HFSampler, "_finish", stale)
     with pytest.raises(RuntimeError, match="sampler.max_logprob_gap"):
-        train(load_recipe(recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
+        train(load_recipe(write_recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
 
 
 def test_existing_run_without_checkpoint_is_not_overwritten(tmp_path, tiny_model_dir, sums_file, reward_module):
@@ -153,12 +142,12 @@ def test_existing_run_without_checkpoint_is_not_overwritten(tmp_path, tiny_model
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(UserError, match="holds a run"):
-        train(load_recipe(recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
+        train(load_recipe(write_recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
 
 
 def test_gradient_checkpointing_and_bf16_run(tmp_path, tiny_model_dir, sums_file, reward_module):
-    path = recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")
+    path = write_recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")
     out = train(load_recipe(path, ["train.steps=1", "model.gradient_checkpointing=true", "model.dtype=bfloat16",
                                    "sampler.max_logprob_gap=2.0"]))
     metrics = read_jsonl(out / "metrics.jsonl")
@@ -170,7 +159,7 @@ def test_gradient_checkpointing_and_bf16_run(tmp_path, tiny_model_dir, sums_file
 
 
 def test_lr_schedules():
-    from grpo.train.schedule import lr_factor
+    from grpo.schedule import lr_factor
 
     def f(done, kind="cosine"):
         return lr_factor(done, 10, 2, kind)
