@@ -161,7 +161,16 @@ def test_refuses_without_isolation_unless_opted_in(monkeypatch):
 
 def test_detect_reports_protections():
     caps = capabilities.detect()
-    assert caps.level in ("userns", "rootns", "none")
+    required = os.environ.get("GRPO_SANDBOX_LEVEL_REQUIRED")  # CI names the level its hosts reach (.ci/run)
+    if required:
+        assert required in capabilities.LEVELS, \
+            f"GRPO_SANDBOX_LEVEL_REQUIRED={required!r} is not a level (one of {', '.join(capabilities.LEVELS)})"
+        assert caps.level == required, (
+            f"GRPO_SANDBOX_LEVEL_REQUIRED={required}, but this machine's code sandbox reaches level {caps.level!r}; "
+            f"it lacks: {', '.join(caps.missing) or 'nothing listed'}; levels ruled out: "
+            + ("; ".join(f"{level}: {why}" for level, why in caps.why.items()) or "none"))
+    else:  # a developer's machine: whichever level it allows, as long as one works
+        assert caps.level in ("userns", "rootns", "none")
     assert "empty environment" in caps.applied
     assert caps.level in caps.describe()
 
