@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rewards.errors import UserError
-from rewards.sandbox.judge import BINOPS, CMPOPS, SAFE_CALLS, SAFE_NAMES, UNOPS
+from rewards.sandbox.operators import BINOPS, CMPOPS, SAFE_CALLS, SAFE_NAMES, UNOPS
 
 
 @dataclass
