@@ -47,8 +47,10 @@ from grpo.errors import UserError  # noqa: E402
 from grpo.parallel import World, close_world, init_world  # noqa: E402
 from grpo.plan import FRAGMENTATION, GB, model_shape, plan_memory, with_overrides  # noqa: E402
 from grpo.sampling.base import Completion  # noqa: E402
-from grpo.train.packing import choose_layout, make_micro_batch, plan_micro_batches  # noqa: E402
-from grpo.train.precision import resolve_precision, resolve_strategy  # noqa: E402
+from grpo.resolve import strategy as resolve_strategy  # noqa: E402
+from grpo.train.layout import choose_layout  # noqa: E402
+from grpo.train.packing import make_micro_batch, plan_micro_batches  # noqa: E402
+from grpo.train.precision import resolve_precision  # noqa: E402
 from grpo.train.rollouts import Rollout  # noqa: E402
 from grpo.train.sharding import wrap  # noqa: E402
 from grpo.train.update import completion_logprobs, policy_update  # noqa: E402
@@ -119,7 +121,7 @@ def build_policy(shape_name: str, cfg: RecipeConfig, device: torch.device, world
     resolves (FSDP2 with bf16 compute at world size 1), and fused AdamW."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    strategy = resolve_strategy(cfg.distributed, world, cfg.model)
+    strategy = resolve_strategy(cfg.distributed, world.size, cfg.model)
     init_world(world, device, 900, group_of_one=strategy == "fsdp")
     precision = resolve_precision(cfg.model, strategy, device, cfg.distributed.reduce_dtype)
     config = Qwen2Config(**{k: v for k, v in SHAPES[shape_name].items() if k != "torch_dtype"})

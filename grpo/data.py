@@ -13,6 +13,7 @@ from typing import Any
 
 from grpo.config import PromptConfig
 from grpo.errors import UserError
+from grpo.seeds import derive_seed
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -205,7 +206,7 @@ class PromptStream:
     def _order_for(self, epoch: int) -> list[int]:
         order = list(range(len(self.rows)))
         if self.shuffle:
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            random.Random(derive_seed(self.seed, epoch)).shuffle(order)
         return order
 
     def take(self, count: int) -> list[dict]:

@@ -10,9 +10,8 @@ from pathlib import Path
 import torch
 
 from grpo.config import ModelConfig
+from grpo.dtypes import torch_dtype
 from grpo.errors import UserError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,7 +73,7 @@ def load_policy(cfg: ModelConfig, path: Path | str, device: torch.device,
     meta device, no weights read (a rank other than 0, which receives rank 0's weights once they are sharded)."""
     kernel = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     try:
-        model = (_empty_model if empty else _loaded_model)(path, dtype or DTYPES[cfg.dtype], device, cfg, kernel)
+        model = (_empty_model if empty else _loaded_model)(path, dtype or torch_dtype(cfg.dtype), device, cfg, kernel)
     except (ValueError, ImportError) as exc:  # an unknown kernel name, or flash-attn not installed
         if not kernel or not any(word in str(exc).lower() for word in ("attn", "attention")):
             raise
@@ -133,7 +132,7 @@ def _wrap_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     model = get_peft_model(model, lora)
     for p in model.parameters():  # the adapters are what the optimizer steps: they live in the master dtype
         if p.requires_grad:
-            p.data = p.data.to(DTYPES[cfg.master_dtype])
+            p.data = p.data.to(torch_dtype(cfg.master_dtype))
     return model
 
 
@@ -142,7 +141,7 @@ def build_reference(policy: torch.nn.Module, cfg: ModelConfig):
     is the policy with adapters off (no second copy in memory)."""
     if cfg.lora.enabled:
         return None
-    reference = copy.deepcopy(policy).to(DTYPES[cfg.dtype])
+    reference = copy.deepcopy(policy).to(torch_dtype(cfg.dtype))
     reference.eval()
     for p in reference.parameters():
         p.requires_grad_(False)

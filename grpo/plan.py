@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from grpo.config import RecipeConfig
+from grpo import resolve
+from grpo.dtypes import DTYPES
 from grpo.errors import ConfigError, UserError
 
 GB = 1e9  # the plan speaks decimal GB throughout, as GPU vendors label cards ("80 GB")
@@ -87,7 +89,6 @@ VLLM_ASLEEP_BYTES = VLLM_GRAPHS_BYTES
 VLLM_DEFAULT_SEQS_CAP = 1024  # grpo.sampling.vllm.MAX_DEFAULT_SEQS
 VLLM_MIN_BATCHED_TOKENS = 8192  # grpo.sampling.vllm.MIN_BATCHED_TOKENS
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 LORA_DIMS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -365,13 +366,11 @@ class Plan:
 
 
 def resolve_layout(cfg: RecipeConfig, gpus: int) -> str:
-    """The strategy the trainer takes (grpo.train.precision.resolve_strategy): none | ddp | fsdp."""
-    m, strategy = cfg.model, cfg.distributed.strategy
-    if m.lora.enabled:
-        return "ddp" if gpus > 1 else "none"
-    if gpus > 1:
-        return "ddp" if strategy == "ddp" else "fsdp"
-    return "fsdp" if m.dtype != m.master_dtype and strategy != "ddp" else "none"
+    """The strategy the trainer takes (grpo.resolve.strategy): none | ddp | fsdp. LoRA on several GPUs is planned
+    as ddp, the strategy grpo.rules asks such a recipe for (adapters are not sharded)."""
+    if cfg.model.lora.enabled and gpus > 1:
+        return "ddp"
+    return resolve.strategy(cfg.distributed, gpus, cfg.model)
 
 
 def plan_memory(cfg: RecipeConfig, shape: ModelShape, gpus: int, gpu_bytes: float, host_bytes: float | None = None,
@@ -382,8 +381,8 @@ def plan_memory(cfg: RecipeConfig, shape: ModelShape, gpus: int, gpu_bytes: floa
     if gpu_bytes <= 0:
         raise UserError(f"--gpu-memory-gb: must be > 0, got {gpu_bytes / GB:g}")
     m, t, s = cfg.model, cfg.train, cfg.sampler
-    bc, bm = DTYPE_BYTES[m.dtype], DTYPE_BYTES[m.master_dtype]
-    br = DTYPE_BYTES[cfg.distributed.reduce_dtype or m.master_dtype]
+    bc, bm = DTYPES[m.dtype], DTYPES[m.master_dtype]
+    br = DTYPES[cfg.distributed.reduce_dtype or m.master_dtype]
     layout = resolve_layout(cfg, gpus)
     shard = gpus if layout == "fsdp" else 1
     P, root, layer = shape.parameters(), shape.root_parameters(), shape.layer_parameters()
@@ -444,7 +443,7 @@ def plan_memory(cfg: RecipeConfig, shape: ModelShape, gpus: int, gpu_bytes: floa
         v = s.vllm
         tp = max(1, v.tensor_parallel_size)
         weights = P * bc / tp
-        model_len = v.max_model_len or full
+        model_len = resolve.max_model_len(cfg.data, s)
         batched = v.max_num_batched_tokens or max(VLLM_MIN_BATCHED_TOKENS, model_len)
         seqs = v.max_num_seqs or min(rows, VLLM_DEFAULT_SEQS_CAP, batched)
         vact = vllm_activation_bytes(shape, bc, batched, seqs)
@@ -513,7 +512,7 @@ def _host(cfg: RecipeConfig, shape: ModelShape, gpus: int) -> dict[str, float]:
     """Host memory: rank 0 gathers the whole checkpoint to its CPU (every other rank sends shards and keeps
     nothing); vLLM's sleep level 1 keeps each engine's weights in host memory while it sleeps."""
     m = cfg.model
-    bc, bm = DTYPE_BYTES[m.dtype], DTYPE_BYTES[m.master_dtype]
+    bc, bm = DTYPES[m.dtype], DTYPES[m.master_dtype]
     P = shape.parameters()
     if m.lora.enabled:
         A = shape.lora_parameters(m.lora.r, m.lora.target_modules)

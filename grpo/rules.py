@@ -7,6 +7,8 @@ import math
 import re
 
 from grpo.config import EvalConfig, RecipeConfig
+from grpo import resolve
+from grpo.dtypes import DTYPES
 
 
 def recipe_rules(cfg: RecipeConfig) -> list[str]:
@@ -90,8 +92,7 @@ def precision_rules(cfg: RecipeConfig) -> list[str]:
     """model.dtype (compute) against model.master_dtype (stored weights and optimizer state)."""
     p: list[str] = []
     m = cfg.model
-    width = {"float32": 32, "bfloat16": 16, "float16": 16}
-    if width[m.master_dtype] < width[m.dtype]:
+    if DTYPES[m.master_dtype] < DTYPES[m.dtype]:
         p.append(f"model.master_dtype: {m.master_dtype} masters under {m.dtype} compute would store less than they "
                  f"compute; use master_dtype=float32 (or set model.dtype={m.master_dtype} too)")
     if m.lora.enabled and m.master_dtype != "float32" and m.dtype != m.master_dtype:
@@ -156,6 +157,23 @@ def objective_rules(cfg: RecipeConfig) -> list[str]:
     return p
 
 
+def guard_rules(cfg: RecipeConfig) -> list[str]:
+    """Value rules of the settings that stop a failing run (the reward limits, data.on_bad_row's companions)."""
+    p = []
+    for i, r in enumerate(cfg.rewards):
+        if r.timeout_s < 0:
+            p.append(f"rewards[{i}].timeout_s: must be >= 0 (0: no limit), got {r.timeout_s}")
+        if r.max_abs <= 0:
+            p.append(f"rewards[{i}].max_abs: must be > 0, got {r.max_abs}")
+        if not 0 <= r.max_error_fraction <= 1:
+            p.append(f"rewards[{i}].max_error_fraction: must be in [0, 1] (1: never stop), got {r.max_error_fraction}")
+        if r.max_error_steps < 1:
+            p.append(f"rewards[{i}].max_error_steps: must be >= 1, got {r.max_error_steps}")
+    if cfg.guard.max_nonfinite_updates < 1:
+        p.append(f"guard.max_nonfinite_updates: must be >= 1, got {cfg.guard.max_nonfinite_updates}")
+    return p
+
+
 def world_rules(cfg: RecipeConfig, world_size: int) -> list[str]:
     """What a launch on `world_size` ranks (torchrun) needs of the recipe."""
     if world_size <= 1:
@@ -173,7 +191,7 @@ def world_rules(cfg: RecipeConfig, world_size: int) -> list[str]:
             p.append(f"train.micro_batch_size: {t.micro_batch_size} does not divide a rank's batch of "
                      f"{per_rank} completions (prompts_per_step / {world_size} ranks x group_size); pick a divisor "
                      f"of {per_rank}")
-    strategy = "fsdp" if d.strategy == "auto" else d.strategy
+    strategy = resolve.strategy(d, world_size, cfg.model)
     if cfg.model.lora.enabled and strategy == "fsdp":
         p.append("model.lora.enabled: LoRA adapters are not sharded with FSDP here; set distributed.strategy=ddp "
                  "(the adapters are small, and the base weights stay frozen on every rank)")

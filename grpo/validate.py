@@ -15,7 +15,7 @@ from grpo.errors import ConfigError, UserError
 from grpo.modeling import looks_like_hub_id
 from grpo.parallel import launched_world
 from grpo.recipe import parse_recipe
-from grpo.rules import precision_warnings, world_rules
+from grpo.rules import guard_rules, precision_warnings, world_rules
 from rewards.registry import find_installed, load_reward, reward_signature_problems
 
 
@@ -25,7 +25,7 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
     recipe on a laptop. `warnings` collects what is not an error (bad rows that training will skip).
     world_size: check the recipe for a torchrun launch on that many ranks (default: this launch's)."""
     cfg, problems = parse_recipe(path, overrides)  # structural problems; checks below add to them
-    problems += _guard_rules(cfg)
+    problems += guard_rules(cfg)
     for i, reward in enumerate(cfg.rewards):
         if not reward.name:
             continue  # already reported as required
@@ -118,23 +118,6 @@ def _check_model_path(model: str) -> list[str]:
                 f"{', '.join(sorted(p.name for p in Path(org).iterdir())[:6]) or 'nothing'}): fix the path, "
                 f"or build the model first (e.g. `make smollm2`)"]
     return []
-
-
-def _guard_rules(cfg: RecipeConfig) -> list[str]:
-    """Value rules of the settings that stop a failing run (the reward limits, data.on_bad_row's companions)."""
-    p = []
-    for i, r in enumerate(cfg.rewards):
-        if r.timeout_s < 0:
-            p.append(f"rewards[{i}].timeout_s: must be >= 0 (0: no limit), got {r.timeout_s}")
-        if r.max_abs <= 0:
-            p.append(f"rewards[{i}].max_abs: must be > 0, got {r.max_abs}")
-        if not 0 <= r.max_error_fraction <= 1:
-            p.append(f"rewards[{i}].max_error_fraction: must be in [0, 1] (1: never stop), got {r.max_error_fraction}")
-        if r.max_error_steps < 1:
-            p.append(f"rewards[{i}].max_error_steps: must be >= 1, got {r.max_error_steps}")
-    if cfg.guard.max_nonfinite_updates < 1:
-        p.append(f"guard.max_nonfinite_updates: must be >= 1, got {cfg.guard.max_nonfinite_updates}")
-    return p
 
 
 def _check_rows(cfg: RecipeConfig, warnings: list[str]) -> list[str]:

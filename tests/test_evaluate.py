@@ -14,7 +14,8 @@ from grpo.errors import ConfigError, UserError
 from grpo.recipe import load_eval_section
 from grpo.eval.metrics import normalize_answer
 from grpo.config import VllmConfig
-from grpo.eval.run import evaluate_during_training, run_eval
+from grpo.eval.periodic import PeriodicEval
+from grpo.eval.run import run_eval
 from grpo.rules import eval_rules as check_eval_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +178,10 @@ def test_missing_column_is_named(tmp_path, problems_file, grader_module, tiny_mo
     assert "{problem}" in str(info.value) and "'solution'" in str(info.value)
 
 
-def test_evaluate_during_training_returns_flat_metrics(tiny_model_dir, problems_file, grader_module, tmp_path):
+def test_periodic_eval_returns_flat_metrics_and_reads_its_sets_once(tiny_model_dir, problems_file, grader_module,
+                                                                     tmp_path):
+    import dataclasses
+
     import torch
 
     from grpo.config import ModelConfig
@@ -185,8 +189,11 @@ def test_evaluate_during_training_returns_flat_metrics(tiny_model_dir, problems_
 
     tokenizer = load_tokenizer(tiny_model_dir)
     policy = load_policy(ModelConfig(path=str(tiny_model_dir)), tiny_model_dir, torch.device("cpu"))
+    evaluator = PeriodicEval(dataclasses.replace(config(problems_file, grader_module, k=4), every=7), "hf")
+    Path(problems_file).unlink()  # read at setup, never again
+    assert evaluator(policy, tokenizer, None, tmp_path, 6) == {}  # not a step eval.every names
     rng_before = torch.random.get_rng_state()
-    metrics = evaluate_during_training(policy, tokenizer, config(problems_file, grader_module, k=4), tmp_path, 7)
+    metrics = evaluator(policy, tokenizer, None, tmp_path, 7)
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # training's random stream is not moved
     assert policy.training  # left in train mode
     assert {"eval/avg@4", "eval/pass@1", "eval/pass@2", "eval/pass@4", "eval/maj@4", "eval/length_mean",

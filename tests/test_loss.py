@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from grpo.objectives.loss import aggregate, clipped_surrogate, kl_k3, logprobs_and_entropy
+from grpo.objectives.kl import kl_k3
+from grpo.objectives.loss import aggregate, clipped_surrogate, logprobs_and_entropy
 
 
 def test_token_logprobs_match_log_softmax_with_temperature():

@@ -9,10 +9,11 @@ import pytest
 import torch
 from conftest import recipe_config
 
-from grpo.config import RewardConfig
+from grpo.config import RewardConfig, TrainConfig
 from grpo.objectives.advantages import (ADVANTAGES, compute_advantages, reinforce_pp_advantages,
                                         reinforce_pp_baseline_advantages)
-from grpo.objectives.correction import correction_weights, resolve_correction
+from grpo import resolve
+from grpo.objectives.correction import correction_weights
 from grpo.objectives.kl import KL_ESTIMATORS, clamped, kl_reward_advantages
 from grpo.objectives.loss import aggregate, clipped_surrogate
 from grpo.objectives.surrogates import SURROGATES, cispo, gspo, gspo_token, sequence_log_ratio
@@ -180,11 +181,15 @@ def test_sequence_and_geometric_levels_by_hand():
 
 
 def test_auto_correction_is_tis_for_vllm_only():
-    assert resolve_correction("auto", "vllm", 1, "sampler") == "tis"
-    assert resolve_correction("auto", "hf", 1, "sampler") == "none"
-    assert resolve_correction("auto", "vllm", 2, "trainer") == "tis"
-    assert resolve_correction("auto", "vllm", 2, "sampler") == "none"  # the ratio already carries the gap
-    assert resolve_correction("mis", "hf", 1, "sampler") == "mis"
+    def correction(mode: str, backend: str, mu: int, old_logprobs: str) -> str:
+        return resolve.sampler_correction(TrainConfig(sampler_correction=mode, mu=mu, old_logprobs=old_logprobs),
+                                          backend)
+
+    assert correction("auto", "vllm", 1, "sampler") == "tis"
+    assert correction("auto", "hf", 1, "sampler") == "none"
+    assert correction("auto", "vllm", 2, "trainer") == "tis"
+    assert correction("auto", "vllm", 2, "sampler") == "none"  # the ratio already carries the gap
+    assert correction("mis", "hf", 1, "sampler") == "mis"
 
 
 # ------------------------------------------------------------------------------------------------ REINFORCE++

@@ -11,10 +11,11 @@ from transformers import AutoModelForCausalLM
 from grpo.config import TrainConfig
 from grpo.errors import UserError
 from grpo.sampling.base import Completion
-from grpo.train.packing import Layout, choose_layout, make_micro_batch, plan_micro_batches
+from grpo.train.layout import checked_layout, choose_layout
+from grpo.train.packing import Layout, make_micro_batch, plan_micro_batches
 from grpo.train.rollouts import Rollout
 from test_update import RecordingSGD
-from grpo.train.update import checked_layout, completion_logprobs, policy_update
+from grpo.train.update import completion_logprobs, policy_update
 
 CPU = torch.device("cpu")
 PAD = 0

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import grpo.train.trainer as trainer
+from grpo import resolve
 from grpo.modeling import resolve_model_path
 from grpo.parallel import World, close_world
 from grpo.recipe import load_recipe
@@ -61,7 +62,7 @@ def test_forwards_and_the_sampler_run_in_bf16_while_masters_stay_fp32(tmp_path, 
         return real_build(backend, **kwargs)
 
     monkeypatch.setattr(trainer, "build_sampler", recording_build)
-    run = trainer.setup(tiny(tmp_path / "run", "train.steps=1", "sampler.max_new_tokens=6"))
+    run = trainer.setup(tiny(tmp_path / "run", "train.steps=1", "sampler.max_new_tokens=6"), World.single())
     try:
         seen: list[torch.dtype] = []
         layer = trainer.unwrap(run.policy).model.layers[0]
@@ -84,8 +85,7 @@ def test_forwards_and_the_sampler_run_in_bf16_while_masters_stay_fp32(tmp_path, 
 
 def test_float32_runs_keep_the_bare_model():
     cfg = load_recipe(ROOT / "recipes" / "tiny.yaml")
-    world = World.single()
-    assert trainer.resolve_strategy(cfg.distributed, world, cfg.model) == "none"
+    assert resolve.strategy(cfg.distributed, 1, cfg.model) == "none"
     assert trainer.resolve_precision(cfg.model, "none", torch.device("cpu")).kind == "plain"
 
 
@@ -101,7 +101,7 @@ def test_masters_narrower_than_the_compute_dtype_are_refused():
 def test_lora_keeps_a_bf16_base_and_fp32_adapters_under_autocast(tmp_path):
     pytest.importorskip("peft")
     run = trainer.setup(tiny(tmp_path / "lora", "train.steps=1", "model.lora.enabled=true",
-                             "model.lora.target_modules=[q_proj,v_proj]", "train.lr=1e-3"))
+                             "model.lora.target_modules=[q_proj,v_proj]", "train.lr=1e-3"), World.single())
     try:
         trainable = {p.dtype for p in run.policy.parameters() if p.requires_grad}
         frozen = {p.dtype for p in run.policy.parameters() if not p.requires_grad}

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from grpo import resolve
 from grpo.objectives.loss import aggregate, clipped_surrogate
 from grpo.train.rollouts import Rollout
 from grpo.sampling.base import Completion
@@ -37,7 +38,7 @@ def settings(**kw):
 
 def update(model, reference, optimizer, rollouts, train, pad_id, device=torch.device("cpu"), temperature=1.0):
     return policy_update(model, reference, optimizer, rollouts, train, temperature=temperature, loss_constant=16,
-                         pad_id=pad_id, device=device)
+                         pad_id=pad_id, device=device, correction=resolve.sampler_correction(train, "hf"))
 
 
 def batch_logprobs(model, rollouts, pad_id):
@@ -172,9 +173,10 @@ def test_every_objective_is_exact_under_micro_batching(model_and_tok, name):
     for micro in (4, 1):
         m = copy.deepcopy(model)
         opt = RecordingSGD(m.parameters(), lr=0.5)
-        stats.append(policy_update(m, reference, opt, rollouts, settings(micro_batch_size=micro, **OBJECTIVES[name]),
-                                   temperature=1.0, loss_constant=16, pad_id=tok.pad_token_id,
-                                   device=torch.device("cpu")))
+        s = settings(micro_batch_size=micro, **OBJECTIVES[name])
+        stats.append(policy_update(m, reference, opt, rollouts, s, temperature=1.0, loss_constant=16,
+                                   pad_id=tok.pad_token_id, device=torch.device("cpu"),
+                                   correction=resolve.sampler_correction(s, "hf")))
         grads.append(opt.grads)
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6)
@@ -224,9 +226,10 @@ def test_auto_correction_follows_the_sampler_backend(model_and_tok):
     rollouts = fixed_batch(tok)
     for backend, expected in (("hf", "none"), ("vllm", "tis")):
         m = copy.deepcopy(model)
+        correction = resolve.sampler_correction(settings(), backend)  # once per run, at setup
         stats = policy_update(m, None, torch.optim.SGD(m.parameters(), lr=0.0), rollouts,
                               settings(), temperature=1.0, loss_constant=16, pad_id=tok.pad_token_id,
-                              device=torch.device("cpu"), sampler_backend=backend)
+                              device=torch.device("cpu"), correction=correction)
         assert stats.correction == expected
 
 

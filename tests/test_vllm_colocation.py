@@ -265,10 +265,12 @@ def test_sleep_mode_problems_rules():
 
 # ---------------------------------------------------------------------------------------------- data parallel
 
-def launch_as(monkeypatch, rank: int, world: int):
+def launch_as(monkeypatch, rank: int, world: int) -> dict:
+    """torchrun's environment for vLLM's external launcher, and the sampler's own arguments for the same place."""
     monkeypatch.setenv("WORLD_SIZE", str(world))
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setenv("LOCAL_RANK", str(rank))
+    return {"world_size": world, "rank": rank}
 
 
 @pytest.mark.parametrize("mode, moe, lockstep", [
@@ -277,8 +279,8 @@ def launch_as(monkeypatch, rank: int, world: int):
 ])
 def test_replicas_and_lockstep_engine_args(fake_vllm, tiny_model_dir, moe_model_dir, monkeypatch, mode, moe,
                                            lockstep):
-    launch_as(monkeypatch, rank=1, world=4)
-    sampler = make_sampler(moe_model_dir if moe else tiny_model_dir, data_parallel=mode)
+    place = launch_as(monkeypatch, rank=1, world=4)
+    sampler = make_sampler(moe_model_dir if moe else tiny_model_dir, data_parallel=mode, **place)
     args = fake_vllm.engine_args
     assert args["distributed_executor_backend"] == "external_launcher"
     if lockstep:
@@ -311,8 +313,8 @@ def test_bad_choices_are_user_errors(fake_vllm, tiny_model_dir):
 # ---------------------------------------------------------------------------------------------- seeds
 
 def test_engine_seed_mode_seeds_the_engine_per_rank_and_no_request(fake_vllm, tiny_model_dir, monkeypatch):
-    launch_as(monkeypatch, rank=3, world=4)
-    sampler = make_sampler(tiny_model_dir, seed=5)
+    place = launch_as(monkeypatch, rank=3, world=4)
+    sampler = make_sampler(tiny_model_dir, seed=5, **place)
     assert fake_vllm.engine_args["seed"] == 5 + 3 * 7_919_111
     sampler.generate([[5], [6, 7]], SamplingSettings(n=2, seed=11))
     assert all("seed" not in p for p in fake_vllm.params)
@@ -383,8 +385,8 @@ def test_build_sampler_passes_the_step_and_the_engine_options(fake_vllm, tiny_mo
 # ---------------------------------------------------------------------------------------------- start-up log
 
 def test_start_logs_the_kv_cache_once_per_engine(fake_vllm, tiny_model_dir, monkeypatch, capsys):
-    launch_as(monkeypatch, rank=2, world=4)
-    make_sampler(tiny_model_dir, rows_per_step=48)
+    place = launch_as(monkeypatch, rank=2, world=4)
+    make_sampler(tiny_model_dir, rows_per_step=48, **place)
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("[rank 2] vllm engine (replicas, seed_mode engine)")
     # 100 blocks of 16 tokens; a 200-token sequence takes 13 of them

@@ -15,7 +15,9 @@ from typing import List, Optional
 import typer
 
 from grpo.config import EvalConfig, VllmConfig
+from grpo.dtypes import DTYPES
 from grpo.errors import UserError
+from grpo.rundir import latest_checkpoint
 
 # Without a recipe the engine has the GPU to itself (no trainer beside it), so it may take most of it.
 STANDALONE_ENGINE = VllmConfig(gpu_memory_utilization=0.85)
@@ -25,8 +27,6 @@ def resolve_eval_model(path: str) -> str:
     """A model directory, a checkpoint, or a training run directory (its latest checkpoint)."""
     local = Path(path).expanduser()
     if local.is_dir() and not (local / "config.json").is_file():
-        from grpo.train.checkpoint import latest_checkpoint
-
         latest = latest_checkpoint(local) if (local / "checkpoints").is_dir() else None
         if latest is not None:
             return str(latest)
@@ -81,12 +81,16 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
 ):
     """Evaluate a model: avg@k, unbiased pass@k, maj@k, lengths and truncation, with 95% bootstrap intervals."""
+    options = dict(locals())  # first: every parameter, nothing else
+    from grpo.parallel import launched_world
+
+    world = launched_world()  # `torchrun -m grpo eval ...`: each rank evaluates a share, rank 0 writes
     try:
-        _run(**locals())
+        _run(world, **options)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: leave before teardown (see grpo.cli train)
+    if world.distributed:  # under torchrun: leave before teardown (see grpo.cli train)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
@@ -96,28 +100,25 @@ def eval_command(
 NOT_FIELDS = ("model", "recipe", "engine", "output_dir", "dtype", "device")
 
 
-def _run(model: str, recipe: str | None, engine: list[str] | None, output_dir: str | None, dtype: str, device: str,
-         **fields) -> dict:
+def _run(world, model: str, recipe: str | None, engine: list[str] | None, output_dir: str | None, dtype: str,
+         device: str, **fields) -> dict:
     from grpo.eval.run import run_eval
     from grpo.modeling import resolve_device
-    from grpo.parallel import close_world, init_world, launched_world, rank_device
+    from grpo.parallel import close_world, init_world, rank_device
     from grpo.recipe import load_eval_section
 
     if fields.get("data"):
         fields["data"] = ",".join(fields["data"])
     if fields.get("stop") == []:
         fields["stop"] = None  # typer gives [] for an option not given; the recipe's value stays
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise UserError(f"--dtype: {dtype!r} is not one of auto, float32, bfloat16, float16")
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UserError(f"--dtype: {dtype!r} is not one of auto, {', '.join(DTYPES)}")
     cfg, full = load_eval_section(recipe, values={f"eval.{name}": value for name, value in fields.items()},
                                   overrides=[f"sampler.vllm.{item}" for item in engine or []])
-    if cfg.sampler not in ("hf", "vllm"):
-        cfg.sampler = "hf"  # "same" (training's backend) has no meaning outside training
     if not cfg.data:
         raise UserError("--data: required (a local .jsonl/.json/.parquet/.csv file or a datasets hub name), "
                         "unless --recipe has eval.data")
     out = Path(output_dir) if output_dir else default_output_dir(model, cfg)
-    world = launched_world()  # `torchrun -m grpo eval ...`: each rank evaluates a share, rank 0 writes
     if world.distributed:
         rank_dev = rank_device(resolve_device(device), world)
         init_world(world, rank_dev, timeout_s=full.distributed.timeout_s)

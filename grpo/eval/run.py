@@ -23,14 +23,15 @@ from grpo.data import PromptRenderer
 from grpo.errors import ConfigError, UserError
 from grpo.eval.metrics import ProblemResult, majority_vote, normalize_answer
 from grpo.eval.sets import EvalSet, gold_answer, load_eval_sets
-from grpo.eval.summary import build_summary, flat_metrics, write_eval_files
+from grpo.eval.summary import build_summary, write_eval_files
 from grpo.parallel import World
 from grpo.rules import eval_rules
+from grpo.resolve import eval_sampler
 from grpo.sampling.base import Group, Sampler, SamplingSettings
+from grpo.seeds import derive_seed
 from rewards.scoring import NamedReward, reward_columns, score
 
 VLLM_ROWS_PER_CALL = 2048  # completions per vLLM generate call
-SEED_STRIDE = 1_000_003  # chunk seed = seed * SEED_STRIDE + first problem index: distinct for any realistic size
 
 
 @dataclass
@@ -72,19 +73,18 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
     sets = load_eval_sets(cfg)  # before the model: a bad path fails in a second
     grader = load_grader(cfg.grader)
     # A sharded model (FSDP, during training) decodes in lockstep over the ranks.
-    loaded = _load_model(cfg, model, tokenizer, model_path, sampler, dtype, device, engine, synced=world.distributed)
+    loaded = load_model(cfg, model, tokenizer, model_path, sampler, dtype, device, engine, world)
     try:
-        return _sample_grade_report(cfg, sets, grader, loaded, output_dir, step, progress, console, world)
+        items = render_items(sets, PromptRenderer(loaded.tokenizer, cfg), cfg)
+        return sample_grade_report(cfg, sets, items, grader, loaded, output_dir, step, progress, console, world)
     finally:
         if sampler is None:  # ours to close (an engine under torchrun must go before the process group)
             loaded.sampler.close()
 
 
-def _sample_grade_report(cfg: EvalConfig, sets: list[EvalSet], grader: NamedReward, loaded: "Loaded",
-                         output_dir: Path | str, step: int | None, progress: bool, console: bool,
-                         world: World) -> dict:
-    items = render_items(sets, PromptRenderer(loaded.tokenizer, cfg), cfg)
-
+def sample_grade_report(cfg: EvalConfig, sets: list[EvalSet], items: list[Item], grader: NamedReward,
+                        loaded: "Loaded", output_dir: Path | str, step: int | None, progress: bool, console: bool,
+                        world: World) -> dict:
     started = time.perf_counter()
     graded = Graded()
     chunk = problems_per_call(cfg, loaded.sampler.backend)
@@ -93,7 +93,7 @@ def _sample_grade_report(cfg: EvalConfig, sets: list[EvalSet], grader: NamedRewa
     try:
         for start in range(0, len(mine), chunk):
             part = mine[start:start + chunk]
-            settings = SamplingSettings.of(cfg, n=cfg.k, seed=cfg.seed * SEED_STRIDE + part[0].order)
+            settings = SamplingSettings.of(cfg, n=cfg.k, seed=derive_seed(cfg.seed, part[0].order))
             groups = loaded.sampler.generate([it.prompt_ids for it in part], settings)
             real = [it for it in part if not it.padding]
             grade(real, groups[:len(real)], grader, cfg, graded)
@@ -157,8 +157,10 @@ class Loaded:
     dtype: str
 
 
-def _load_model(cfg: EvalConfig, model, tokenizer, model_path, sampler, dtype: str, device: str,
-                engine: VllmConfig | None, synced: bool = False) -> Loaded:
+def load_model(cfg: EvalConfig, model, tokenizer, model_path, sampler, dtype: str, device: str,
+               engine: VllmConfig | None, world: World = World.single(), backend: str | None = None) -> Loaded:
+    """The model, tokenizer and sampler to evaluate with: those given, the rest loaded. `backend` overrides
+    the sampler cfg.sampler names (periodic eval: hf, when it cannot reuse training's)."""
     import transformers
 
     from grpo.modeling import load_policy, load_tokenizer, resolve_device, resolve_model_path
@@ -175,12 +177,13 @@ def _load_model(cfg: EvalConfig, model, tokenizer, model_path, sampler, dtype: s
             raise UserError("eval: no model given. Pass --model DIR (a Hugging Face directory or a checkpoint).")
         tokenizer = load_tokenizer(path)
     if sampler is None:
-        backend = "vllm" if cfg.sampler == "vllm" else "hf"
+        backend = backend or eval_sampler(cfg.sampler)
         if model is None and backend == "hf":
             model = load_policy(ModelConfig(path=str(path), dtype=dtype), path, torch_device)
         sampler = build_sampler(backend, model=model, tokenizer=tokenizer, model_path=path,
                                 generation_batch_size=cfg.generation_batch_size, engine=engine or VllmConfig(),
-                                seed=cfg.seed, dtype=dtype, synced=synced)
+                                seed=cfg.seed, dtype=dtype, synced=world.distributed, world=world,
+                                max_model_len=(engine or VllmConfig()).max_model_len)
     return Loaded(model, tokenizer, sampler, path, torch_device, dtype)
 
 
@@ -251,28 +254,3 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="eval", unit="problem", dynamic_ncols=True, file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------------------------------- in training
-
-
-def evaluate_during_training(policy: Any, tokenizer: Any, cfg: EvalConfig, output_dir: Path | str, step: int,
-                             sampler: Sampler | None = None, world: World = World.single()) -> dict[str, float]:
-    """Evaluate the live policy; files go to OUTPUT_DIR/eval/step_NNNNNN/. Returns flat metrics for the training
-    log: eval/avg@k, eval/pass@j (j = 1, 2, 4, ..., k), eval/maj@k, eval/length_mean, eval/truncation_rate, and the
-    same under eval/<dataset>/ when several datasets are evaluated. Pass the trainer's `sampler` to reuse it (its
-    weights must be synced); without one the policy generates through the transformers sampler."""
-    import torch
-
-    device = next(policy.parameters()).device
-    if sampler is None and cfg.sampler == "vllm":
-        cfg = replace(cfg, sampler="hf")  # a second vLLM engine beside training's would not fit; the policy generates
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        summary = run_eval(cfg, model=policy, tokenizer=tokenizer, sampler=sampler,
-                           output_dir=Path(output_dir) / "eval" / f"step_{step:06d}", step=step,
-                           device=device.type, progress=False, console=False, world=world)
-    finally:
-        if cuda_states is not None:  # the sampler reseeds every device; training's own draws must not move
-            torch.cuda.set_rng_state_all(cuda_states)
-    return flat_metrics(summary)

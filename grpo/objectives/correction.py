@@ -64,17 +64,6 @@ LEVELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "token": token_level, "sequence": sequence_level, "geometric": geometric_level}
 
 
-def resolve_correction(mode: str, backend: str, mu: int, old_logprobs: str) -> str:
-    """`auto` -> tis with the vLLM sampler, none with transformers' (whose log-probs match the trainer's to
-    ~1e-7). With mu > 1 and old_logprobs=sampler the ratio pi / pi_sampler already carries the mismatch, so auto
-    gives none there (an explicit tis/mis is refused by grpo.rules)."""
-    if mode != "auto":
-        return mode
-    if backend != "vllm" or (mu > 1 and old_logprobs == "sampler"):
-        return "none"
-    return "tis"
-
-
 def correction_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, mode: str,
                        level: str, cap: float) -> Weights:
     """The weights of one micro-batch. old_logp, sampler_logp, mask [N, T] -> Weights [N, T] (zero on padding)."""

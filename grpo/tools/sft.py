@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from grpo.errors import UserError
-from grpo.train.schedule import lr_factor
+from grpo.schedule import lr_factor
 
 SCHEDULES = ("cosine", "constant")
 

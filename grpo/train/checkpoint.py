@@ -15,16 +15,12 @@ import torch
 from grpo.errors import UserError
 from grpo.io import atomic_dir, temp_path, write_text
 from grpo.modeling import save_merged
+from grpo.rundir import STATE_FILE, checkpoint_dir, latest_checkpoint
 from grpo.train.disk import SLACK, DiskFull, check_free_space, free_bytes, is_disk_full, mb
 
-STATE_FILE = "trainer_state.pt"
 # The optimizer's moments, in a file of their own: only rank 0 reads it on resume (and broadcasts), while every
 # rank reads the small trainer state.
 OPTIMIZER_FILE = "optimizer.pt"
-
-
-def checkpoint_dir(output_dir: Path, step: int) -> Path:
-    return output_dir / "checkpoints" / f"step-{step:06d}"
 
 
 def save_checkpoint(output_dir: Path, step: int, policy, tokenizer, trainer_state: dict[str, Any],
@@ -79,16 +75,6 @@ def _tensor_bytes(obj: Any) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(_tensor_bytes(v) for v in obj)
     return 0
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    pointer = output_dir / "checkpoints" / "latest"
-    if pointer.is_file():
-        candidate = output_dir / "checkpoints" / pointer.read_text().strip()
-        if (candidate / STATE_FILE).is_file():
-            return candidate
-    complete = sorted(p for p in (output_dir / "checkpoints").glob("step-??????") if (p / STATE_FILE).is_file())
-    return complete[-1] if complete else None
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:

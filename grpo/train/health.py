@@ -11,18 +11,20 @@ from pathlib import Path
 from grpo.config import RecipeConfig
 from grpo.errors import UserError
 from grpo.parallel import World
+from grpo.rundir import latest_checkpoint
 from grpo.train.rollouts import Experience
 from grpo.train.update import UpdateStats
 from rewards.scoring import NamedReward
 
 
 class Health:
-    def __init__(self, cfg: RecipeConfig, rewards: list[NamedReward], world: World):
+    def __init__(self, cfg: RecipeConfig, rewards: list[NamedReward], world: World, output_dir: Path):
         self.cfg, self.rewards, self.world = cfg, rewards, world
+        self.output_dir = output_dir  # its latest checkpoint is looked up only to word an error
         self.failing = [0] * len(rewards)  # steps in a row over the reward's error fraction
         self.nonfinite = 0  # updates in a row with a NaN/inf loss or gradient
 
-    def check_rewards(self, exp: Experience, step: int, checkpoint: Path | None) -> None:
+    def check_rewards(self, exp: Experience, step: int) -> None:
         counts = []
         for r in self.rewards:
             counts += [exp.reward_errors.get(r.name, 0), len(exp.reward_values.get(r.name, []))]
@@ -31,6 +33,7 @@ class Health:
             errors, n = counts[2 * i], counts[2 * i + 1]
             self.failing[i] = self.failing[i] + 1 if n and errors / n > spec.max_error_fraction else 0
             if self.failing[i] >= spec.max_error_steps:
+                checkpoint = latest_checkpoint(self.output_dir)
                 where = f"; the same command resumes from {checkpoint}" if checkpoint else ""
                 raise UserError(
                     f"reward '{reward.name}' failed on {int(errors)} of {int(n)} completions at step {step}, and on more "
@@ -45,13 +48,14 @@ class Health:
             return {}
         return {"update/nonfinite": 1.0, "update/skipped": float(bool(getattr(update, "skipped", False)))}
 
-    def check_update(self, update: UpdateStats | None, step: int, checkpoint: Path | None) -> None:
+    def check_update(self, update: UpdateStats | None, step: int) -> None:
         if update is None or _finite(update):
             self.nonfinite = 0
             return
         self.nonfinite += 1
         limit = self.cfg.guard.max_nonfinite_updates
         what = f"loss = {update.loss}, grad_norm = {update.grad_norm}"
+        checkpoint = latest_checkpoint(self.output_dir)
         back = f"resume from {checkpoint} (the same command)" if checkpoint else "start again"
         if not getattr(update, "skipped", False):
             # The optimizer stepped with that gradient: the weights may now hold NaN, and every later step with them.

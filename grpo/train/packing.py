@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 
-from grpo.errors import UserError
 from grpo.train.rollouts import Rollout
 
 LAYOUTS = ("padded", "sequences", "shared_prompt")
@@ -250,32 +249,3 @@ def _shared_prompt_mask(group: torch.Tensor, part: torch.Tensor, dtype: torch.dt
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask.unsqueeze(1)  # [R, 1, L, L]
 
-
-def choose_layout(packing: str, micro_batch_size: int, max_tokens: int, model, device: torch.device) -> Layout:
-    """train.packing resolved against the model's attention kernel, once per run.
-
-    shared_prompt needs a 4D mask, so an sdpa or eager kernel and no sliding window (a custom mask replaces the
-    window). auto takes it on CPU, where the prompt's G-fold forward is most of the cost and rows are short; on
-    GPUs the long completions of reasoning runs make its dense mask cost more than it saves, and varlen
-    flash-attention kernels pack sequences for free."""
-    config = model.config
-    kernel = getattr(config, "_attn_implementation", None) or "eager"
-    varlen = "flash" in kernel
-    masks_ok = kernel in ("sdpa", "eager") and not _windowed(config)
-    kind = packing
-    if kind == "auto":
-        kind = "shared_prompt" if device.type == "cpu" and masks_ok else "sequences"
-    if kind == "shared_prompt" and not masks_ok:
-        why = f"the {kernel} attention kernel" if kernel not in ("sdpa", "eager") else "its sliding-window layers"
-        raise UserError(f"train.packing: shared_prompt needs a 4D attention mask, which this model cannot take "
-                        f"({why}); use train.packing=sequences or padded")
-    row_tokens = None if kind == "sequences" and varlen else 0
-    return Layout(kind, micro_batch_size, max_tokens, row_tokens,
-                  mask_dtype=torch.bool if kernel == "sdpa" else torch.float32)
-
-
-def _windowed(config) -> bool:
-    kinds = getattr(config, "layer_types", None) or []
-    if any("sliding" in str(k) for k in kinds):
-        return True
-    return bool(getattr(config, "sliding_window", None)) and bool(getattr(config, "use_sliding_window", True))

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from grpo.config import DistributedConfig, ModelConfig
-from grpo.modeling import DTYPES
-from grpo.parallel import World
+from grpo.config import ModelConfig
+from grpo.dtypes import dtype_name, torch_dtype
 
 
 @dataclass(frozen=True)
@@ -49,24 +48,13 @@ class Precision:
         return MixedPrecisionPolicy(param_dtype=self.compute, reduce_dtype=self.reduce or self.master)
 
     def names(self) -> dict[str, str]:
-        name = {v: k for k, v in DTYPES.items()}
-        return {"compute_dtype": name[self.compute], "master_dtype": name[self.master], "precision": self.kind}
-
-
-def resolve_strategy(cfg: DistributedConfig, world: World, model: ModelConfig | None = None) -> str:
-    """none | ddp | fsdp. Under torchrun: auto means fsdp (it fits any model; ddp is faster for models that fit
-    whole). One process: fsdp when full fine-tuning computes in another dtype than it stores (FSDP's mixed
-    precision is the one cast path), else none: there is nothing to shard or cast."""
-    if world.distributed:
-        return "fsdp" if cfg.strategy == "auto" else cfg.strategy
-    if model is not None and not model.lora.enabled and model.dtype != model.master_dtype and cfg.strategy != "ddp":
-        return "fsdp"
-    return "none"
+        return {"compute_dtype": dtype_name(self.compute), "master_dtype": dtype_name(self.master),
+                "precision": self.kind}
 
 
 def resolve_precision(model: ModelConfig, strategy: str, device: torch.device,
                       reduce_dtype: str | None = None) -> Precision:
-    compute, master = DTYPES[model.dtype], DTYPES[model.master_dtype]
+    compute, master = torch_dtype(model.dtype), torch_dtype(model.master_dtype)
     lora = model.lora.enabled
     if strategy == "fsdp" and not lora:
         kind = "fsdp"
@@ -75,4 +63,4 @@ def resolve_precision(model: ModelConfig, strategy: str, device: torch.device,
     else:
         kind = "plain"
     return Precision(compute=compute, master=master, kind=kind, device_type=device.type,
-                     reduce=DTYPES[reduce_dtype] if reduce_dtype else None, lora=lora)
+                     reduce=torch_dtype(reduce_dtype) if reduce_dtype else None, lora=lora)

@@ -18,9 +18,27 @@ from grpo import io
 STAGES = ("grpo/generate", "grpo/score", "grpo/train", "grpo/sync")  # record_function labels in the step
 
 
-def stage(name: str):
-    """A labelled range in the torch profiler's trace (a few microseconds when no profiler runs)."""
-    return torch.profiler.record_function(name)
+class stage:
+    """One stage of a step: a labelled range in the torch profiler's trace (a few microseconds when no profiler
+    runs) and its wall-clock seconds, for the step's time/* metrics.
+
+        with stage("grpo/train") as timed:
+            ...
+        timed.seconds
+    """
+
+    def __init__(self, name: str):
+        self._range = torch.profiler.record_function(name)
+        self.seconds = 0.0
+
+    def __enter__(self) -> "stage":
+        self._range.__enter__()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._started
+        self._range.__exit__(*exc)
 
 
 class StepProfiler:

@@ -3,7 +3,6 @@ groups that teach nothing and sample more prompts to refill the batch)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +13,7 @@ from grpo.errors import UserError
 from grpo.parallel import World
 from grpo.objectives.advantages import AdvantageFn, compute_advantages, zero_variance_groups
 from grpo.sampling.base import Completion, Sampler, SamplingSettings
+from grpo.seeds import derive_seed
 from grpo.train.profiling import stage
 from rewards.scoring import NamedReward, reward_columns, score
 
@@ -61,18 +61,17 @@ def collect_experience(settings: SamplingSettings, *, stream: PromptStream, rend
         rows, texts, ids = _next_prompts(stream, renderer, per_rank * world.size, data.max_prompt_tokens, exp)
         mine = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
         rows, texts, ids = rows[mine], texts[mine], ids[mine]
-        t0 = time.perf_counter()
-        round_settings = SamplingSettings(**{**settings.__dict__, "seed": settings.seed + 7919 * round_index})
-        with stage("grpo/generate"):
+        round_seed = derive_seed(settings.seed, round=round_index)
+        round_settings = SamplingSettings(**{**settings.__dict__, "seed": round_seed})
+        with stage("grpo/generate") as timed:
             groups = sampler.generate(ids, round_settings)
-        exp.generate_s += time.perf_counter() - t0
+        exp.generate_s += timed.seconds
         rollouts = [Rollout(texts[g], ids[g], c, rows[g]) for g, group in enumerate(groups) for c in group.completions]
         exp.generated_tokens += sum(len(r.completion.token_ids) for r in rollouts)
 
-        t0 = time.perf_counter()
-        with stage("grpo/score"):
+        with stage("grpo/score") as timed:
             _score(rollouts, rewards, data.answer_column, settings.max_new_tokens, exp)
-        exp.score_s += time.perf_counter() - t0
+        exp.score_s += timed.seconds
 
         totals = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)  # [b*G]
         flat = zero_variance_groups(totals, G)  # [b]

@@ -17,7 +17,7 @@ import torch
 
 from grpo.config import DistributedConfig
 from grpo.parallel import World
-from grpo.train.precision import Precision, resolve_strategy  # noqa: F401 - resolve_strategy: bench/gpu_check
+from grpo.train.precision import Precision
 
 
 

@@ -6,49 +6,56 @@ import contextlib
 import random
 import statistics
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from grpo import io
+from grpo import io, resolve
 from grpo.config import RecipeConfig
 from grpo.data import PromptRenderer, PromptStream, load_rows, usable_rows
 from grpo.errors import UserError
 from grpo.modeling import build_reference, load_policy, load_tokenizer, resolve_device, resolve_model_path
 from grpo.objectives.advantages import ADVANTAGES, AdvantageFn
+from grpo.parallel import World, close_world, init_world, launched_world, rank_device
 from grpo.recipe import to_dict
 from grpo.rules import precision_warnings
+from grpo.rundir import checkpoint_dir, latest_checkpoint
 from grpo.sampling.base import Sampler, SamplingSettings
 from grpo.sampling.factory import build_sampler
-from grpo.parallel import World, close_world, init_world, launched_world, rank_device
-from grpo.train.checkpoint import (checkpoint_dir, latest_checkpoint, load_optimizer_state, load_trainer_state,
-                                   restore_policy_weights, restore_rng, rng_state, save_checkpoint)
+from grpo.schedule import lr_factor
+from grpo.seeds import derive_seed
+from grpo.train.checkpoint import (load_optimizer_state, load_trainer_state, restore_policy_weights, restore_rng,
+                                   rng_state, save_checkpoint)
 from grpo.train.disk import sweep_stale_temps
 from grpo.train.environment import environment
 from grpo.train.health import Health
+from grpo.train.layout import training_layout
 from grpo.train.lock import RunLock
 from grpo.train.metrics import MetricsLog, SilentLog
+from grpo.train.packing import Layout
+from grpo.train.precision import Precision, resolve_precision
 from grpo.train.profiling import StepProfiler, stage
 from grpo.train.progress import Progress
 from grpo.train.resume import check_resume, rows_fingerprint
 from grpo.train.rollouts import Experience, collect_experience, merge_experience
-from grpo.train.precision import Precision, resolve_precision, resolve_strategy
 from grpo.train.sharding import (full_model_state, full_optimizer_state, gathered, load_full_optimizer_state,
                                  reshard_all, unwrap, wrap_from_rank0)
-from grpo.train.schedule import lr_factor
 from grpo.train.signals import StopFlag, Stopped
 from grpo.train.summary import closing_summary, read_metrics
-from grpo.train.packing import Layout, choose_layout
-from grpo.train.update import UpdateStats, checked_layout, policy_update
+from grpo.train.update import UpdateStats, policy_update
 from rewards.scoring import NamedReward, build_rewards
 
 
-RANK_SEED_STRIDE = 7_919_111  # rank r samples with seed + r * this (rank 0, and one process, are unchanged)
+class PeriodicEvaluator(Protocol):
+    """Evaluation during training (grpo.eval.periodic.PeriodicEval, built by the command that starts training):
+    the trainer only calls it, so train/ never imports eval/."""
+
+    def __call__(self, policy: torch.nn.Module, tokenizer: Any, sampler: Sampler, output_dir: Path, step: int,
+                 world: World) -> dict[str, float]: ...
 
 
 @dataclass
@@ -73,17 +80,24 @@ class Run:
     world: World = field(default_factory=World.single)
     data_fingerprint: str = ""
     layout: Layout | None = None  # the training pass's micro-batches (train.packing resolved)
-    strategy: str = "none"  # none | ddp | fsdp (grpo/train/precision.py resolve_strategy)
+    strategy: str = "none"  # none | ddp | fsdp (grpo.resolve.strategy)
     precision: Precision | None = None  # compute and master dtypes, and how the forward casts between them
+    correction: str = "none"  # train.sampler_correction, resolved (grpo.resolve.sampler_correction)
+    loss_constant: int = 0  # the normaliser of loss_aggregation=constant, resolved (grpo.resolve.loss_constant)
+    evaluator: PeriodicEvaluator | None = None  # eval.every's evaluation; None: no periodic eval
 
 
-def train(cfg: RecipeConfig) -> Path:
+def train(cfg: RecipeConfig, world: World | None = None, evaluator: PeriodicEvaluator | None = None) -> Path:
     """The run, holding output_dir's lock (rank 0) throughout, and the signal handlers once training starts (a
-    Ctrl-C during the model load just interrupts it: there is nothing to save yet)."""
-    world = launched_world()
+    Ctrl-C during the model load just interrupts it: there is nothing to save yet). `world`: this process's place
+    in the launch (default: what torchrun's environment says); `evaluator`: required when eval.every is set."""
+    world = world or launched_world()
+    if cfg.eval.every and evaluator is None:
+        raise ValueError("eval.every is set but no evaluator was given: pass "
+                         "grpo.eval.periodic.PeriodicEval(cfg.eval, cfg.sampler.backend), as `grpo train` does")
     lock = RunLock(Path(cfg.output_dir)).acquire() if world.is_main else None
     try:
-        run = setup(cfg)
+        run = setup(cfg, world, evaluator)
         with StopFlag(announce=world.is_main) as stop:
             return _train(run, stop)
     finally:
@@ -95,33 +109,29 @@ def train(cfg: RecipeConfig) -> Path:
 
 def _train(run: Run, stop: StopFlag) -> Path:
     cfg = run.cfg
-    health = Health(cfg, run.rewards, run.world)
+    health = Health(cfg, run.rewards, run.world, run.output_dir)
     progress = Progress(cfg.train.steps, run.start_step, enabled=cfg.logging.progress_bar and run.world.is_main)
     profiler = StepProfiler(cfg.logging.profile_step, cfg.logging.profiler, run.output_dir, run.world.is_main)
     profiler.warn_if_outside(run.start_step + 1, cfg.train.steps)
     try:
         for step in range(run.start_step + 1, cfg.train.steps + 1):
             profiler.begin(step)
-            t_step = time.perf_counter()
-            exp = sample_and_score(run, step)  # this rank's share of the step's groups
-            health.check_rewards(exp, step, latest_checkpoint(run.output_dir))
-            t0 = time.perf_counter()
-            with stage("grpo/train"):
-                update = update_policy(run, exp)
-            train_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            with stage("grpo/sync"):
-                run.sampler.sync_weights(unwrap(run.policy))
-            sync_s = time.perf_counter() - t0
-            check_sampler_matches_policy(run, update, step)
-            parts = run.world.gather_to_main(exp)  # every rank sends its share; rank 0 logs the global step
-            step_exp = merge_experience(parts) if run.world.distributed and parts else exp
-            metrics = step_metrics(run, step_exp, update, train_s, sync_s, time.perf_counter() - t_step)
+            with stage("grpo/step") as whole:
+                exp = sample_and_score(run, step)  # this rank's share of the step's groups
+                health.check_rewards(exp, step)
+                with stage("grpo/train") as training:
+                    update = update_policy(run, exp)
+                with stage("grpo/sync") as syncing:
+                    run.sampler.sync_weights(unwrap(run.policy))
+                check_sampler_matches_policy(run, update, step)
+                parts = run.world.gather_to_main(exp)  # every rank sends its share; rank 0 logs the global step
+                step_exp = merge_experience(parts) if run.world.distributed and parts else exp
+            metrics = step_metrics(run, step_exp, update, training.seconds, syncing.seconds, whole.seconds)
             metrics.update(health.update_metrics(update))
             metrics.update(periodic_eval(run, step))
             run.log.log(step, metrics)
             write_samples(run, step_exp, step)
-            health.check_update(update, step, latest_checkpoint(run.output_dir))  # after its line is logged
+            health.check_update(update, step)  # after its line is logged
             saved = save_if_due(run, step)
             progress.update(step, metrics)
             profiler.end(step)
@@ -142,22 +152,34 @@ def _train(run: Run, stop: StopFlag) -> Path:
 
 # ---------------------------------------------------------------------------------------------------- setup
 
-def setup(cfg: RecipeConfig) -> Run:
+@dataclass
+class Resume:
+    """Where a resumed run starts: the checkpoint directory and its trainer state (the optimizer's is read later,
+    by rank 0 alone when the policy is sharded)."""
+
+    path: Path
+    state: dict
+
+
+@dataclass
+class Model:
+    path: str
+    tokenizer: Any
+    policy: torch.nn.Module
+    reference: torch.nn.Module | None
+
+
+def setup(cfg: RecipeConfig, world: World, evaluator: PeriodicEvaluator | None = None) -> Run:
+    """Five builders, in the order their failures are cheapest: the resume point and the data (seconds), the
+    model and its wrapping, the layout probe, the optimizer and schedule, the sampler and the logs."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # per-shard bars drown the step lines
     output_dir = Path(cfg.output_dir)
-    world = launched_world()
-    if world.is_main:  # under the lock: no live trainer writes here, so temp files of dead ones can go
-        swept = sweep_stale_temps(output_dir, output_dir / "checkpoints")
-        if swept:
-            print(f"note: removed {len(swept)} temporary file(s) left by a run that died while writing: "
-                  f"{', '.join(p.name for p in swept[:4])}", file=sys.stderr)
-    resume_from = _resume_point(cfg, output_dir)
-    state = load_trainer_state(resume_from) if resume_from is not None else None
+    resume = resume_point(cfg, output_dir, world)
     _seed_everything(cfg.seed)
     device = rank_device(resolve_device(cfg.device), world)
-    strategy = resolve_strategy(cfg.distributed, world, cfg.model)
+    strategy = resolve.strategy(cfg.distributed, world.size, cfg.model)
     init_world(world, device, cfg.distributed.timeout_s, group_of_one=strategy == "fsdp")
     precision = resolve_precision(cfg.model, strategy, device, cfg.distributed.reduce_dtype)
     if world.is_main:
@@ -165,63 +187,123 @@ def setup(cfg: RecipeConfig) -> Run:
             print(f"warning: {warning}", file=sys.stderr)
 
     rewards = build_rewards(cfg.rewards)  # fail on a bad reward name before any model loads
+    rows, fingerprint = load_training_rows(cfg, resume, output_dir, world)
+    model = build_model(cfg, world, device, strategy, precision, resume)
+    layout = probe_layout(cfg, model, device, precision)
+    optimizer, scheduler = build_optimizer(cfg, model.policy, device, resume, strategy, world)
+    stream = PromptStream(rows, cfg.seed, cfg.data.shuffle)
+    start_step = 0
+    if resume is not None:
+        stream.load_state_dict(resume.state["data"])
+        restore_rng(resume.state, world.rank, world.size)
+        start_step = int(resume.state["step"])
+        if world.is_main:
+            print(f"resuming from {resume.path} (step {start_step})")
+    sampler, log = build_sampler_and_logs(cfg, model, world, strategy, precision, start_step, device, layout)
+    return Run(cfg=cfg, output_dir=output_dir, device=device, tokenizer=model.tokenizer, policy=model.policy,
+               reference=model.reference, sampler=sampler, rewards=rewards,
+               advantage_fn=ADVANTAGES[cfg.train.advantage], optimizer=optimizer, scheduler=scheduler, stream=stream,
+               renderer=PromptRenderer(model.tokenizer, cfg.data), log=log, start_step=start_step, world=world,
+               data_fingerprint=fingerprint, layout=layout, strategy=strategy, precision=precision,
+               correction=resolve.sampler_correction(cfg.train, cfg.sampler.backend),
+               loss_constant=resolve.loss_constant(cfg.train, cfg.sampler), evaluator=evaluator)
+
+
+def resume_point(cfg: RecipeConfig, output_dir: Path, world: World) -> Resume | None:
+    """checkpoint.resume resolved: auto (output_dir's latest checkpoint, if any), never, or a directory."""
+    if world.is_main:  # under the lock: no live trainer writes here, so temp files of dead ones can go
+        swept = sweep_stale_temps(output_dir, output_dir / "checkpoints")
+        if swept:
+            print(f"note: removed {len(swept)} temporary file(s) left by a run that died while writing: "
+                  f"{', '.join(p.name for p in swept[:4])}", file=sys.stderr)
+    path = _resume_path(cfg, output_dir)
+    return Resume(path, load_trainer_state(path)) if path is not None else None
+
+
+def load_training_rows(cfg: RecipeConfig, resume: Resume | None, output_dir: Path,
+                       world: World) -> tuple[list[dict], str]:
+    """The usable rows and the fingerprint of all of them; a resume whose recipe or data changed fails here,
+    before any model loads."""
     all_rows = load_rows(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.limit)
     fingerprint = rows_fingerprint(all_rows)
-    if state is not None and "config" in state:  # before any model loads: a changed recipe fails fast
-        saved_fp = state.get("data_fingerprint")
+    if resume is not None and "config" in resume.state:
+        saved_fp = resume.state.get("data_fingerprint")
         changed = f"the rows of {cfg.data.path} differ" if saved_fp and saved_fp != fingerprint else None
-        check_resume(state["config"], cfg, changed, resume_from, output_dir, write=world.is_main)
+        check_resume(resume.state["config"], cfg, changed, resume.path, output_dir, write=world.is_main)
     rows = usable_rows(all_rows, cfg.data.prompt_template, cfg.data.answer_column, cfg.data.on_bad_row)
-    model_path = resolve_model_path(cfg.model.path)
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    renderer = PromptRenderer(tokenizer, cfg.data)
+    return rows, fingerprint
+
+
+def build_model(cfg: RecipeConfig, world: World, device: torch.device, strategy: str, precision: Precision,
+                resume: Resume | None) -> Model:
+    """Tokenizer, policy (resumed weights in, then wrapped for the strategy) and the frozen reference."""
+    path = resolve_model_path(cfg.model.path)
+    tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
     # Under torchrun only rank 0 reads the weights; the others build the model on the meta device and receive
     # theirs from rank 0 as it is sharded (wrap_from_rank0).
     empty = world.distributed and not world.is_main
-    policy = load_policy(cfg.model, model_path, device, precision.load_dtype, empty=empty)
+    policy = load_policy(cfg.model, path, device, precision.load_dtype, empty=empty)
     reference = build_reference(policy, cfg.model) if cfg.train.beta > 0 else None  # the start, not the resume
-    if state is not None and not empty:
-        restore_policy_weights(policy, resume_from)  # whole weights into the whole model, before any sharding
+    if resume is not None and not empty:
+        restore_policy_weights(policy, resume.path)  # whole weights into the whole model, before any sharding
     policy = wrap_from_rank0(policy, strategy, cfg.distributed, device, world, precision=precision)
     if reference is not None:
         reference = wrap_from_rank0(reference, strategy, cfg.distributed, device, world, trainable=False,
                                     precision=precision)
+    return Model(path, tokenizer, policy, reference)
+
+
+def probe_layout(cfg: RecipeConfig, model: Model, device: torch.device, precision: Precision) -> Layout:
+    """train.packing for this model, proven on a probe batch. Its forward leaves FSDP's root gathered: resharded
+    here, so the optimizer (built next) holds the shards."""
     t = cfg.train
-    # Before any forward: a no-grad forward leaves FSDP's root gathered, and the optimizer must hold the shards.
-    # fused: one kernel over all parameters (7x faster than the per-tensor loop for a 135M model on CPU)
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.train.lr,
-                                  betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay,
+    layout = training_layout(t.packing, t.micro_batch_size, t.max_tokens_per_micro_batch, model.policy,
+                             model.tokenizer.pad_token_id, device, precision.compute, precision.autocast)
+    reshard_all(model.policy)
+    return layout
+
+
+def build_optimizer(cfg: RecipeConfig, policy: torch.nn.Module, device: torch.device, resume: Resume | None,
+                    strategy: str, world: World) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable parameters (fused: one kernel over all of them, 7x faster than the per-tensor loop
+    for a 135M model on CPU) and the lr schedule, both resumed when there is a checkpoint."""
+    t = cfg.train
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=t.lr,
+                                  betas=tuple(t.adam_betas), weight_decay=t.weight_decay,
                                   fused=device.type in ("cpu", "cuda"))
-    layout = checked_layout(choose_layout(t.packing, t.micro_batch_size, t.max_tokens_per_micro_batch, unwrap(policy),
-                                          device), policy, tokenizer.pad_token_id, device, t.packing != "auto",
-                            precision.compute, precision.autocast)
-    reshard_all(policy)  # the probe's gathered root copies are not kept through setup
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda done: lr_factor(done, t.steps, t.warmup_steps, t.lr_schedule))
-    stream = PromptStream(rows, cfg.seed, cfg.data.shuffle)
-    sampler = build_sampler(cfg.sampler.backend, model=unwrap(policy), tokenizer=tokenizer, model_path=model_path,
-                            generation_batch_size=cfg.sampler.generation_batch_size, engine=cfg.sampler.vllm,
-                            seed=cfg.seed, dtype=cfg.model.dtype,
-                            max_model_len=cfg.data.max_prompt_tokens + cfg.sampler.max_new_tokens,
-                            synced=strategy == "fsdp" and world.distributed,
+    factor = lambda done: lr_factor(done, t.steps, t.warmup_steps, t.lr_schedule)  # noqa: E731
+    if resume is None:
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    sharded = strategy != "none"  # then rank 0 alone reads the optimizer's file, and broadcasts it
+    saved = load_optimizer_state(resume.path, resume.state) if world.is_main or not sharded else None
+    load_full_optimizer_state(policy, optimizer, saved, sharded)
+    if resume.state.get("config", {}).get("train") == to_dict(t):
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler.load_state_dict(resume.state["scheduler"])
+        return optimizer, scheduler
+    # train.lr or train.steps changed: the new ones rule from the next step on, as recipe.resolved.json says.
+    # A scheduler built at the saved step from the new base lr (the constructor takes one step: hence - 1).
+    for group in optimizer.param_groups:
+        group["initial_lr"] = t.lr
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor,
+                                                        last_epoch=resume.state["scheduler"]["last_epoch"] - 1)
+
+
+def build_sampler_and_logs(cfg: RecipeConfig, model: Model, world: World, strategy: str, precision: Precision,
+                           start_step: int, device: torch.device,
+                           layout: Layout) -> tuple[Sampler, MetricsLog | SilentLog]:
+    """The sampler, holding the policy's current weights, and (rank 0) the metrics log and the run's records."""
+    policy = model.policy
+    sampler = build_sampler(cfg.sampler.backend, model=unwrap(policy), tokenizer=model.tokenizer,
+                            model_path=model.path, generation_batch_size=cfg.sampler.generation_batch_size,
+                            engine=cfg.sampler.vllm, seed=cfg.seed, dtype=cfg.model.dtype,
+                            max_model_len=resolve.max_model_len(cfg.data, cfg.sampler),
+                            synced=strategy == "fsdp" and world.distributed, world=world,
                             rows_per_step=-(-cfg.train.prompts_per_step // world.size) * cfg.sampler.group_size,
                             decode_context=lambda: _decoding(policy, precision, cfg.distributed.reshard_after_forward))
-    start_step = 0
-    if state is not None:
-        sharded = strategy != "none"  # then rank 0 alone reads the optimizer's file, and broadcasts it
-        saved = load_optimizer_state(resume_from, state) if world.is_main or not sharded else None
-        load_full_optimizer_state(policy, optimizer, saved, sharded)
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("config", {}).get("train") != to_dict(cfg.train):  # lr or steps changed: the new ones rule
-            _apply_schedule(optimizer, scheduler, cfg)
-        stream.load_state_dict(state["data"])
-        restore_rng(state, world.rank, world.size)
-        start_step = int(state["step"])
-        if world.is_main:
-            print(f"resuming from {resume_from} (step {start_step})")
     sampler.sync_weights(unwrap(policy))  # a resumed or LoRA-wrapped policy differs from the weights on disk
-
     log: MetricsLog | SilentLog = SilentLog()  # only rank 0 writes files
+    output_dir = Path(cfg.output_dir)
     if world.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         log = MetricsLog(output_dir, cfg.name, cfg.logging.tensorboard, cfg.logging.wandb,
@@ -231,11 +313,7 @@ def setup(cfg: RecipeConfig) -> Run:
         io.write_json(output_dir / "environment.json",
                       environment(device, world, strategy, layout.kind, precision.names()))
     world.barrier()
-    return Run(cfg=cfg, output_dir=output_dir, device=device, tokenizer=tokenizer, policy=policy,
-               reference=reference, sampler=sampler, rewards=rewards, advantage_fn=ADVANTAGES[cfg.train.advantage],
-               optimizer=optimizer, scheduler=scheduler, stream=stream, renderer=renderer, log=log,
-               start_step=start_step, world=world, data_fingerprint=fingerprint, layout=layout, strategy=strategy,
-               precision=precision)
+    return sampler, log
 
 
 @contextlib.contextmanager
@@ -246,18 +324,7 @@ def _decoding(policy: torch.nn.Module, precision: Precision, reshard_after_forwa
         yield
 
 
-def _apply_schedule(optimizer, scheduler, cfg: RecipeConfig) -> None:
-    """A resumed scheduler restores the old base lr; a changed train.lr (or train.steps, which stretches a
-    decaying schedule) must win, from the next step on, as recipe.resolved.json says."""
-    t = cfg.train
-    scheduler.base_lrs = [t.lr for _ in optimizer.param_groups]
-    for group in optimizer.param_groups:
-        group["initial_lr"] = t.lr
-        group["lr"] = t.lr * lr_factor(scheduler.last_epoch, t.steps, t.warmup_steps, t.lr_schedule)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-
-
-def _resume_point(cfg: RecipeConfig, output_dir: Path) -> Path | None:
+def _resume_path(cfg: RecipeConfig, output_dir: Path) -> Path | None:
     mode = cfg.checkpoint.resume
     if mode == "auto":
         found = latest_checkpoint(output_dir) if output_dir.exists() else None
@@ -287,7 +354,7 @@ def _seed_everything(seed: int) -> None:
 def sample_and_score(run: Run, step: int) -> Experience:
     c = run.cfg
     # A seed per rank too: ranks draw for different prompts, and must not share their random numbers.
-    seed = c.seed * 1_000_003 + step + RANK_SEED_STRIDE * run.world.rank
+    seed = derive_seed(c.seed, step, rank=run.world.rank)
     settings = SamplingSettings.of(c.sampler, n=c.sampler.group_size, seed=seed)
     run.sampler.wake()
     exp = collect_experience(settings, stream=run.stream, renderer=run.renderer, sampler=run.sampler,
@@ -303,10 +370,9 @@ def update_policy(run: Run, exp: Experience) -> UpdateStats | None:
         return None
     c = run.cfg
     stats = policy_update(run.policy, run.reference, run.optimizer, exp.rollouts, c.train,
-                          temperature=c.sampler.temperature,
-                          loss_constant=c.train.loss_constant or c.sampler.max_new_tokens,
+                          temperature=c.sampler.temperature, loss_constant=run.loss_constant,
                           pad_id=run.tokenizer.pad_token_id, device=run.device, world=run.world,
-                          sampler_backend=c.sampler.backend, layout=run.layout, autocast=run.precision.autocast)
+                          correction=run.correction, layout=run.layout, autocast=run.precision.autocast)
     run.scheduler.step()
     return stats
 
@@ -376,15 +442,9 @@ def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s:
 
 
 def periodic_eval(run: Run, step: int) -> dict[str, float]:
-    every = run.cfg.eval.every
-    if not every or step % every:
+    if run.evaluator is None:
         return {}
-    from grpo.eval.run import evaluate_during_training
-
-    # Reuse the training sampler (its weights were synced this step) unless eval asks for another backend.
-    same = run.cfg.eval.sampler in ("same", run.cfg.sampler.backend)
-    return evaluate_during_training(unwrap(run.policy), run.tokenizer, run.cfg.eval, run.output_dir, step,
-                                    sampler=run.sampler if same else None, world=run.world)
+    return run.evaluator(unwrap(run.policy), run.tokenizer, run.sampler, run.output_dir, step, run.world)
 
 
 def write_samples(run: Run, exp: Experience, step: int) -> None:

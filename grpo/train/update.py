@@ -8,20 +8,17 @@ import contextlib
 import functools
 import inspect
 import math
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from grpo.config import TrainConfig
-from grpo.errors import UserError
-from grpo.objectives.correction import Weights, correction_weights, resolve_correction
+from grpo.objectives.correction import Weights, correction_weights
 from grpo.objectives.kl import KL_ESTIMATORS, KlEstimator, clamped, kl_reward_advantages
 from grpo.objectives.loss import SurrogateOut, aggregate, chunked_logprobs_and_entropy, logprobs_and_entropy
 from grpo.objectives.surrogates import SURROGATES
 from grpo.parallel import World
-from grpo.sampling.base import Completion
 from grpo.train.head import head_bypassed, head_of
 from grpo.train.packing import Layout, MicroBatch, make_micro_batch, plan_micro_batches
 from grpo.train.rollouts import Rollout
@@ -59,12 +56,13 @@ class Objective:
     old_from_trainer: bool  # mu > 1: the ratio's old policy is the trainer's pre-update log-probs
 
 
-def build_objective(s: TrainConfig, sampler_backend: str = "hf") -> Objective:
+def build_objective(s: TrainConfig, correction: str = "none") -> Objective:
+    """`correction`: train.sampler_correction as grpo.resolve.sampler_correction resolved it for the run."""
     surrogate = functools.partial(SURROGATES[s.loss], clip_low=s.clip_low, clip_high=s.clip_high,
                                   clip_ratio_c=s.clip_ratio_c)
     kl = clamped(KL_ESTIMATORS[s.kl_estimator], s.kl_clamp) if s.beta > 0 else None
     return Objective(surrogate=surrogate, kl=kl, kl_in_reward=kl is not None and s.kl_in == "reward",
-                     correction=resolve_correction(s.sampler_correction, sampler_backend, s.mu, s.old_logprobs),
+                     correction=correction,
                      old_from_trainer=s.old_logprobs == "trainer")
 
 
@@ -124,17 +122,18 @@ def _logits_to_keep(model) -> str:
 
 def policy_update(policy, reference, optimizer, rollouts: list[Rollout], s: TrainConfig, *, temperature: float,
                   loss_constant: int, pad_id: int, device: torch.device, world: World = World.single(),
-                  sampler_backend: str = "hf", layout: Layout | None = None,
+                  correction: str = "none", layout: Layout | None = None,
                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> UpdateStats:
     """mu optimizer steps on the batch. `temperature` is the sampler's (log-probs are of the tempered
-    distribution it drew from); `loss_constant` the normaliser of loss_aggregation=constant; `sampler_backend`
-    resolves train.sampler_correction=auto; `layout` how micro-batches are cut and laid out (default: padded
-    rows of train.micro_batch_size sequences); `autocast` the precision's forward context.
+    distribution it drew from); `loss_constant` the normaliser of loss_aggregation=constant and `correction`
+    the sampler correction, both as grpo.resolve resolved them at setup; `layout` how micro-batches are cut and
+    laid out (default: padded rows of train.micro_batch_size sequences); `autocast` the precision's forward
+    context.
 
     On several ranks `rollouts` is this rank's share: the loss is normalised by the global batch's sequence and
     token counts, and scaled by the world size because DDP and FSDP average gradients over ranks, so the summed
     gradient is exactly that of the global batch's loss on one process."""
-    objective = build_objective(s, sampler_backend)
+    objective = build_objective(s, correction)
     layout = layout or Layout("padded", s.micro_batch_size, 0)
     batch_sequences, batch_tokens = (int(n) for n in world.sum(
         [len(rollouts), sum(len(r.completion.token_ids) for r in rollouts)]))
@@ -252,41 +251,3 @@ def _reference_logprobs(forward, policy, reference, mb: MicroBatch, temperature:
         with unwrap(policy).disable_adapter():
             return forward(policy, mb, temperature)[0]  # [n, C]
     return forward(reference, mb, temperature)[0]  # [n, C]
-
-
-@torch.no_grad()
-def checked_layout(layout: Layout, policy, pad_id: int, device: torch.device, explicit: bool,
-                   compute_dtype: torch.dtype | None = None,
-                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Layout:
-    """`layout` if it gives this model the padded layout's log-probs on a small probe batch (two groups of
-    random tokens, ragged), else padded with a warning (train.packing=auto) or an error (asked for by name):
-    a model whose attention ignores position ids or custom masks would otherwise train on wrong log-probs."""
-    if layout.kind == "padded":
-        return layout
-    gen = torch.Generator().manual_seed(0)
-    vocab = unwrap(policy).config.vocab_size
-    ids = lambda n: torch.randint(0, vocab, (n,), generator=gen).tolist()  # noqa: E731
-    # Two groups of three, and a long pair that makes rows wide enough for `sequences` to put two pairs in one:
-    # every layout must then keep attention inside each sequence (and each completion) by itself.
-    probe = [Rollout("", prompt, Completion(ids(c), [0.0] * c, "", "stop"), {})
-             for prompt, lengths in ((ids(5), (4, 2, 6)), (ids(3), (4, 2, 6)), (ids(4), (14,))) for c in lengths]
-    padded = make_micro_batch(probe, Layout("padded", len(probe), 0), pad_id, device)
-    was_training = policy.training
-    policy.eval()  # no dropout: both layouts must see the same function
-    try:
-        want = completion_logprobs(policy, padded, 1.0, autocast=autocast)[0]  # [7, 14]
-        got = completion_logprobs(policy, make_micro_batch(probe, layout, pad_id, device), 1.0,
-                                  autocast=autocast)[0]  # [7, 14]
-    finally:
-        policy.train(was_training)
-    gap = float(((want - got).abs() * padded.mask).max())
-    dtype = compute_dtype or next(policy.parameters()).dtype  # mixed precision computes in model.dtype
-    tolerance = 1e-3 if dtype == torch.float32 else 5e-2  # bf16 rounds differently per layout
-    if gap <= tolerance:
-        return layout
-    if explicit:
-        raise UserError(f"train.packing: {layout.kind} changes this model's log-probs (largest gap {gap:.3g} on a "
-                        f"probe batch): its attention does not follow the packed layout. Use train.packing=padded.")
-    print(f"note: train.packing=auto: {layout.kind} changes this model's log-probs (gap {gap:.3g}); training with "
-          f"padded rows", file=sys.stderr)
-    return Layout("padded", layout.micro_batch_size, layout.max_tokens)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from grpo import resolve
 from grpo.config import DistributedConfig, TrainConfig
 from grpo.parallel import close_world, init_world, launched_world
 from grpo.sampling.base import Completion
@@ -100,7 +101,8 @@ def main(model_dir: str, out_dir: str) -> None:
         train = TrainConfig(**{**dict(clip_low=0.2, clip_high=0.28, beta=beta, mu=mu, micro_batch_size=2,
                                       loss_aggregation=aggregation, max_grad_norm=0.5), **more})
         stats = policy_update(model, reference, optimizer, rollouts, train, temperature=0.9, loss_constant=12,
-                              pad_id=tok.pad_token_id, device=device, world=world)
+                              pad_id=tok.pad_token_id, device=device, world=world,
+                              correction=resolve.sampler_correction(train, "hf"))
         weights = full_model_state(model)
         advantages = [a for part in world.gather([r.advantage for r in rollouts]) for a in part]
         if world.is_main:
