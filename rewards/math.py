@@ -1,8 +1,8 @@
 """Math answer reward: 1.0 when a completion's final answer equals the reference answer, else 0.0.
 
 Public API:
-  score(completion, gold) -> float      one completion against one reference answer
-  extract_answer(completion) -> str | None   the final answer a completion commits to
+  score(completion, gold, finish_reason=None) -> float   one completion against one reference answer
+  extract_answer(completion, finish_reason=None) -> str | None   the final answer a completion commits to
   math_reward(prompts, completions, answer, **kwargs)   the reward the trainer calls
   warm_up()                             start the sympy worker ahead of the first check (optional)
 """
@@ -28,8 +28,10 @@ def warm_up(timeout: float = 60.0) -> bool:
     return POOL.warm(timeout=timeout, standby=True)
 
 
-def score(completion: str, gold: str) -> float:
-    """1.0 when the completion's final answer is equivalent to ``gold``, else 0.0 (never raises on bad output)."""
+def score(completion: str, gold: str, finish_reason: str | None = None) -> float:
+    """1.0 when the completion's final answer is equivalent to ``gold``, else 0.0 (never raises on bad output).
+    finish_reason ("stop" / "length", where the sampler says): a completion cut by the length limit gets no
+    fallback answer from its last number (extract.final_answer)."""
     if isinstance(gold, (int, float)) and not isinstance(gold, bool):
         gold = str(gold)  # AIME-style integer columns
     if not isinstance(completion, str) or not isinstance(gold, str):
@@ -37,7 +39,7 @@ def score(completion: str, gold: str) -> float:
     POOL.kick()  # lazy start: most checks never need sympy, and the worker's imports run meanwhile
     start = time.monotonic()  # the 1 s bound covers extraction too
     refs = gold_items(gold)
-    found = final_answer(completion)
+    found = final_answer(completion, finish_reason if isinstance(finish_reason, str) else None)
     if not refs or not found or len(found[0]) > _MAX_ITEMS:
         return 0.0
     items, hedge = found
@@ -49,12 +51,15 @@ def math_reward(prompts: list[str], completions: list[str], answer: list | None 
                 **kwargs) -> list[float | None]:
     """Reward contract (rewards/__init__.py): None where the row has no reference answer."""
     answers = answer if answer is not None else [None] * len(completions)
+    reasons = kwargs.get("finish_reasons")  # the trainer's and eval's reward_columns pass the sampler's
+    if not isinstance(reasons, (list, tuple)) or len(reasons) != len(completions):
+        reasons = [None] * len(completions)
     out: list[float | None] = []
-    for completion, gold in zip(completions, answers):
+    for completion, gold, reason in zip(completions, answers, reasons):
         if gold is None or (isinstance(gold, str) and not gold.strip()):
             out.append(None)
             continue
-        out.append(score(completion or "", gold if isinstance(gold, str) else str(gold)))
+        out.append(score(completion or "", gold if isinstance(gold, str) else str(gold), reason))
     return out
 
 

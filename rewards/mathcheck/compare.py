@@ -25,7 +25,7 @@ from fractions import Fraction
 from rewards.mathcheck.lists import (as_list, enclosed, is_label, is_tuple, match_unordered, set_items, split_label,
                                      split_top)
 from rewards.mathcheck.normalize import normalize, strip_degrees, strip_units, unwrap_text
-from rewards.mathcheck.numbers import decimal_comma, num_equal, parse_number
+from rewards.mathcheck.numbers import Indeterminate, Num, decimal_comma, exact_value, num_equal, parse_number
 from rewards.mathcheck.shapes import as_interval, matrix
 from rewards.mathcheck.worker import POOL
 
@@ -41,6 +41,9 @@ _WORDS = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
 _BASE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")
 _INT_STR = re.compile(r"-?\d+")
 _REL = re.compile(r"\\leq|\\geq|\\neq|<|>|\\ne\b|\\approx|\\lt|\\gt")
+_UNDEFINED = re.compile(r"(?<![\d.])0\^\{?0\}?(?![\d.])|\\frac\{0\}\{0\}|(?<![\d.])0/0(?![\d.])|\\infty-\\infty|"
+                        r"\\frac\{\\infty\}\{\\infty\}|\\infty/\\infty|(?<![\d.])0(?:\\cdot|\\times)?\\infty|"
+                        r"\\infty(?:\\cdot|\\times)0(?![\d.])|(?<![\d.])1\^\{?\\infty\}?|\\infty\^\{?0\}?(?![\d.])")
 _WORD_SEP = re.compile(r"\\text\{\s*(?:or|and)\s*\}|\b(?:or|and)\b|;")
 
 
@@ -117,9 +120,20 @@ def scalar_equal(pred: str, gold: str) -> bool:
         digits = gb.group(1) if gb else pb.group(1)
         other = p if gb else g
         return other.lower() == digits.lower()
+    if _UNDEFINED.search(p) and not _UNDEFINED.search(g):
+        return False  # 0^0, 0/0, \\infty-\\infty: an undefined form equals nothing (sympy would call 0^0 one)
     pn, gn = parse_number(p), parse_number(g)
     if pn is not None and gn is not None:
         return num_equal(pn, gn, p_pct, g_pct)
+    if pn is None or gn is None:
+        # Arithmetic on plain numbers, exactly at any size ("2^{2023}-1", "5+5+1"): no float tolerance.
+        try:
+            pe = pn.value if pn is not None else exact_value(p)
+            ge = gn.value if gn is not None else exact_value(g)
+        except Indeterminate:
+            return False
+        if pe is not None and ge is not None:
+            return num_equal(pn or Num(pe), gn or Num(ge), p_pct, g_pct)
     if _INT_STR.fullmatch(p) and _INT_STR.fullmatch(g):
         return p.lstrip("-").lstrip("0") == g.lstrip("-").lstrip("0") and p.startswith("-") == g.startswith("-")
     if gn is not None and pn is None and re.fullmatch(r"[\d.,+\-\s]*", p):
@@ -169,6 +183,101 @@ def _decimal_comma_equal(p: str, g: str) -> bool | None:
     return None
 
 
+_SEMI_TUPLE = re.compile(r"([(\[])([^()\[\]{};,]*(?:;[^()\[\]{};,]*)+)([)\]])")
+
+
+def _semicolons(s: str) -> str:
+    """'(1;2)' is the tuple (1,2); 'p=5,q=2; p=7,q=2' (solutions, each a list of assignments with the same labels
+    in the same order) is the list of tuples (5,2), (7,2)."""
+    s = _SEMI_TUPLE.sub(lambda m: m.group(1) + m.group(2).replace(";", ",") + m.group(3), s)
+    parts = split_top(s, (";",))
+    if len(parts) < 2:
+        return s
+    labels, tuples = None, []
+    for part in parts:
+        items = [split_top(x, ("=",)) for x in split_top(part, (",",))]
+        if len(items) < 2 or any(len(x) != 2 or not x[1] or not is_label(x[0]) for x in items):
+            return s
+        names = [x[0] for x in items]
+        if labels is not None and names != labels:
+            return s
+        labels = names
+        tuples.append("(" + ",".join(x[1] for x in items) + ")")
+    return ",".join(tuples)
+
+
+_MATRIX_BLOCK = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?.*?\\end\{\1\}", re.S)
+
+
+def matrix_expr(s: str) -> list[list[str]] | None:
+    """The cells of a sum/difference/product of matrices with optional scalar factors, written out unevaluated
+    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}+\\begin{pmatrix}3\\\\4\\end{pmatrix}"); None for anything else.
+    Cells are exact numbers where they all are, else expression strings the comparison hands to sympy."""
+    if len(s) > 4000:
+        return None
+    terms: list[tuple[str, str]] = []
+    for plus in split_top(s, ("+",)):
+        for k, piece in enumerate(split_top(plus, ("-",))):
+            if piece or k:
+                terms.append(("-" if k else "", piece))
+    total: list[list[str]] | None = None
+    for sign, term in terms:
+        mats, pos, scalar = [], 0, None
+        for m in _MATRIX_BLOCK.finditer(term):
+            between = term[pos:m.start()].strip()
+            if not mats:
+                scalar = re.sub(r"(?:\\cdot|\\times)$", "", between).strip() or None
+            elif between not in ("", "\\cdot", "\\times"):
+                return None
+            cells = matrix(m.group(0))
+            if cells is None or any(len(r) != len(cells[0]) for r in cells):
+                return None
+            mats.append(cells)
+            pos = m.end()
+        if not mats or term[pos:].strip():
+            return None
+        acc = mats[0]
+        for b in mats[1:]:
+            if len(acc[0]) != len(b):
+                return None
+            acc = [[_cell_sum([_cell_mul(acc[i][k], b[k][j]) for k in range(len(b))]) for j in range(len(b[0]))]
+                   for i in range(len(acc))]
+        if scalar or sign:
+            factor = (sign + "1") if not scalar else (sign + "(" + scalar + ")" if sign else scalar)
+            acc = [[_cell_mul(factor, c) for c in row] for row in acc]
+        if total is None:
+            total = acc
+        elif len(total) != len(acc) or len(total[0]) != len(acc[0]):
+            return None
+        else:
+            total = [[_cell_sum([a, b]) for a, b in zip(ra, rb)] for ra, rb in zip(total, acc)]
+    return total
+
+
+def _cell_value(c: str) -> Fraction | None:
+    n = parse_number(c)
+    return n.value if n is not None else None
+
+
+def _render(v: Fraction) -> str:
+    return str(v.numerator) if v.denominator == 1 else "\\frac{%d}{%d}" % (v.numerator, v.denominator) \
+        if v >= 0 else "-\\frac{%d}{%d}" % (-v.numerator, v.denominator)
+
+
+def _cell_mul(a: str, b: str) -> str:
+    va, vb = _cell_value(a), _cell_value(b)
+    if va is not None and vb is not None:
+        return _render(va * vb)
+    return "(%s)\\cdot(%s)" % (a, b)
+
+
+def _cell_sum(cells: list[str]) -> str:
+    vals = [_cell_value(c) for c in cells]
+    if all(v is not None for v in vals):
+        return _render(sum(vals, Fraction(0)))
+    return "+".join("(%s)" % c for c in cells)
+
+
 def _matrix_equal(p: str, g: str, pm_: list[list[str]] | None, gm_: list[list[str]] | None) -> bool:
     if gm_ is None or pm_ is None:
         other, mat = (p, gm_) if gm_ is not None else (g, pm_)
@@ -202,6 +311,8 @@ def equal(pred: str, gold: str) -> bool:
     if _deadline_passed():
         return False
     p, g = _ungroup(normalize(pred)), _ungroup(normalize(gold))
+    if ";" in p or ";" in g:
+        p, g = _semicolons(p), _semicolons(g)
     if "\\approx" in p and "\\approx" not in g:
         return _approx_equal(p, g)
     if _REL.search(p) and _REL.search(g):
@@ -222,7 +333,9 @@ def equal(pred: str, gold: str) -> bool:
     dc = _decimal_comma_equal(p, g)
     if dc is not None:
         return dc
-    pm_, gm_ = matrix(p), matrix(g)
+    gm_ = matrix(g)
+    pm_ = matrix_expr(p) if gm_ is not None and p.count("\\begin") > 1 else None  # unevaluated matrix sum/product
+    pm_ = pm_ if pm_ is not None else matrix(p)
     if gm_ is not None or pm_ is not None:
         return _matrix_equal(p, g, pm_, gm_)
     # A list gold ("1, 2", "x=1, y=2", "1 \\pm \\sqrt{2}"): same items in any order; "1,000" stays a number.
@@ -295,14 +408,37 @@ def equal(pred: str, gold: str) -> bool:
     return scalar_equal(p, g)
 
 
+_CHOICE_VALUE_GOLD = re.compile(r"\(([A-E])\)\s*(\S.*)", re.S)
+_NEGATED_CHOICE = re.compile(r"(?:\bnot|\brather than|\binstead of|\bexcept)\s+(?:option\s+|choice\s+)?\(?[A-E]\)?(?![A-Za-z])")
+_CHOICE_WORD = re.compile(r"^(?:the\s+)?(?:option|choice|answer)\s*:?\s*", re.I)
+
+
+def _choice_value(pred: str, gold: str) -> bool | None:
+    """An AMC-style gold holding both the letter and the value ("\\textbf{(D) }18", "(D) Alina"): the letter, the
+    value, or both together answer it. None when the gold is not of that form."""
+    m = _CHOICE_VALUE_GOLD.fullmatch(unwrap_text(gold).strip())
+    if not m:
+        return None
+    want, value = m.group(1), m.group(2).strip()
+    p = _CHOICE_WORD.sub("", unwrap_text(pred).strip())
+    lone = re.fullmatch(r"\(?([A-Ea-e])\)?[.:]?", p)
+    if lone:
+        return lone.group(1).upper() == want
+    pm_ = re.fullmatch(r"\(([A-E])\)\s*(.*)|([A-E])[.):]\s*(.*)", p, re.S)
+    if pm_:
+        letter, rest = (pm_.group(1), pm_.group(2)) if pm_.group(1) else (pm_.group(3), pm_.group(4))
+        return letter == want and (not rest.strip() or _equivalent(rest.strip(), value))
+    return _equivalent(pred, value)
+
+
 def _choice(pred: str, gold: str) -> bool | None:
     """Multiple choice: a gold that is one option letter. None when the gold is not one (or is a lower-case
     letter the prediction answers as math: e, the number)."""
     g = unwrap_text(gold).strip()
     m = _CHOICE_GOLD.fullmatch(g)
     if not m:
-        return None
-    pred = unwrap_text(pred).strip()
+        return _choice_value(pred, gold)
+    pred = _CHOICE_WORD.sub("", unwrap_text(pred).strip())
     if re.fullmatch(r"\(?[a-e]\)?", pred):
         pred = pred.upper()  # a lone (b) is option B
     pm_ = _CHOICE_PRED.fullmatch(pred)
@@ -312,7 +448,8 @@ def _choice(pred: str, gold: str) -> bool | None:
     if pm_.group(1) != want:
         return False
     # "(C) or (D)", "C, D": two options offered is a hedge.
-    others = {x for hit in _OTHER_CHOICE.finditer(pm_.group(2) or "") for x in hit.groups() if x}
+    rest = _NEGATED_CHOICE.sub(" ", pm_.group(2) or "")  # "(B), not (A)": A is ruled out, not offered
+    others = {x for hit in _OTHER_CHOICE.finditer(rest) for x in hit.groups() if x}
     return not (others - {want})
 
 

@@ -118,7 +118,22 @@ def _gap_kind(gap: str) -> str:
     return "prose"
 
 
-def final_boxes(text: str) -> tuple[list[str | None], bool]:
+# A box that a statement of the final answer introduces ("The final answer is \\boxed{18}"), and the words that
+# retract an earlier answer. Two stated final answers with no retraction between them are a hedge.
+_STATED = re.compile(r"final answer|the answer is|answer\**\s*[:：]|答案|r[ée]ponse|respuesta|antwort|ответ", re.I)
+_RETRACT = re.compile(r"(?<![a-z])(?:wait|actually|mistakes?|mistaken|errors?|erroneous|wrong|incorrect|correct(?:ion|ed|ing)|"
+                      r"re-?check\w*|re-?comput\w*|re-?calculat\w*|re-?do\w*|re-?examin\w*|re-?evaluat\w*|"
+                      r"re-?consider\w*|revis\w*|instead|oops|hmm+|however|but|double-check\w*|fix\w*|let me|"
+                      r"no,|not right|invalid|doesn't work|does not work|contradict\w*)(?![a-z])", re.I)
+
+
+def _stated(text: str, start: int) -> bool:
+    """The box at `start` is introduced as the final answer on its own line."""
+    line_start = text.rfind("\n", max(0, start - 120), start) + 1
+    return bool(_STATED.search(text, max(line_start, start - 120), start))
+
+
+def final_boxes(text: str, stated: bool = False) -> tuple[list[str | None], bool]:
     """The boxes that state the final answer, and whether an alternative was offered among them.
 
     Rule: the last box counts, with the boxes joined to it by list words (",", ";", "and", "or", "\\ldots",
@@ -138,6 +153,15 @@ def final_boxes(text: str) -> tuple[list[str | None], bool]:
         if kind == "ellipsis":
             group.insert(0, "\\ldots")
         group.insert(0, content)
+    if stated:
+        # "Final answer: \boxed{18}. ... Final answer: \boxed{20}.": an earlier box stated as the final answer and
+        # never retracted is a second final answer, so the two are a hedge (right only when both restate the gold).
+        first = len(spans) - sum(1 for g in group if g != "\\ldots")
+        for k in range(first - 1, max(-1, first - 51), -1):
+            if _stated(text, spans[k][0]):
+                if spans[k][2] is not None and not _RETRACT.search(text, spans[k][1], spans[first][0]):
+                    return [spans[k][2]] + group, True
+                break
     return group, hedge
 
 
@@ -174,7 +198,7 @@ def _marker(text: str, strong_only: bool = False) -> tuple[int, str] | None:
 
 
 def _answer_text(rest: str) -> str:
-    rest = rest.lstrip(" \t*:：")
+    rest = _strip_bold(rest)
     rest = rest.lstrip("\n").lstrip(" \t*:：") if rest.startswith("\n") else rest
     # Display math may span lines: take the whole $$..$$ / \[..\] block.
     for a, b in (("$$", "$$"), ("\\[", "\\]")):
@@ -182,7 +206,7 @@ def _answer_text(rest: str) -> str:
             end = rest.find(b, len(a))
             if end > 0:
                 return rest[:end + len(b)]
-    line = rest.split("\n", 1)[0]
+    line = _strip_bold(rest.split("\n", 1)[0])
     # Inline math broken over lines ("$\frac{1}{\n2}$"): a line with an open $ or \( runs to its closing.
     if line.count("$") - line.count("\\$") == 1 or line.count("\\(") > line.count("\\)"):
         close = "$" if line.count("\\(") <= line.count("\\)") else "\\)"
@@ -198,6 +222,18 @@ def _answer_text(rest: str) -> str:
             if not (line[k - 1].isdigit() and k + 1 < len(line) and line[k + 1].isdigit()):
                 return line[:k]
     return line
+
+
+def _strip_bold(line: str) -> str:
+    """'**Answer: 18**' / '**The answer is $2$.**': markdown emphasis around an answer line is not the answer."""
+    line = line.lstrip(" \t*_:：")
+    if line.startswith("\n"):
+        line = line.lstrip("\n").lstrip(" \t*_:：")
+    head = line.split("\n", 1)
+    first = head[0].rstrip()
+    if first.endswith(("**", "__")):
+        first = first.rstrip("*_ ").rstrip()
+    return first + ("\n" + head[1] if len(head) > 1 else "")
 
 
 _IS_TAIL = re.compile(r"^[A-Za-z][^=]*\b(?:is|are|equals|was)\s+(.+)$")
@@ -217,21 +253,128 @@ def _after_is(found: str) -> str:
     return m.group(1) if m else found
 
 
+# A completion that runs on into the chat template's next turn: everything from the first turn marker on is not
+# the model's answer (it is a hallucinated user turn, or the next sample).
+_TURN = re.compile(r"<\|im_start\|>|<\|im_end\|>|<\|eot_id\|>|<\|start_header_id\|>|<\|endoftext\|>|<\|end\|>|"
+                   r"<\|user\|>|<\|assistant\|>|<end_of_turn>|<start_of_turn>|</s>|<｜end▁of▁sentence｜>|<｜User｜>")
+
+
+def cut_turn(text: str) -> str:
+    """The completion up to the chat template's first turn marker (<|im_start|>user, <|eot_id|>, ...)."""
+    if "<" not in text:
+        return text
+    m = _TURN.search(text)
+    return text[:m.start()] if m else text
+
+
 def answer_region(text: str) -> str:
     """The part of a completion that may hold the final answer (after the last </think>, if any)."""
+    text = cut_turn(text)
     cut = text.rfind("</think>")
     if cut < 0 and "<think>" in text:
         return ""  # still thinking (cut off by the length limit): no final answer yet
     return text[cut + len("</think>"):] if cut >= 0 else text
 
 
-def final_answer(completion: str) -> tuple[list[str], bool] | None:
+_OUTPUT_INFO = re.compile(r"(?:output|stdout|result|console|text output|execution output)\s*", re.I)
+_QUOTED = re.compile(r'"[^"\n]*"|“[^”\n]*”|`[^`\n]+`')
+# Python-style comparisons only: "=", \\equiv and \\neq around a box are mathematics ("7!\\times 2!=\\boxed{..}").
+_CLAIM_AFTER = re.compile(r"[\s$]*(?:==|!=)")
+_CLAIM_BEFORE = re.compile(r"(?<![!\d}])(?:==|!=)[\s$]*$")
+_CLAIM_TRUTH = re.compile(r"(?:\bis|\bare|==|returns|evaluates to|->|→|gives)\s*\**\s*(?:True|False)\b")
+
+
+def prose(text: str) -> str:
+    """The text with what is not prose blanked out (same length, newlines kept), so no box or marker in it is read
+    as the answer: ``` code blocks (an unclosed one runs to the end), HTML comments, quoted strings and inline
+    code holding a box, and boxes inside claims ("\\boxed{18} == \\boxed{20} is True"). With tool use (a
+    ```output block), the answer is what is stated after the last tool output: everything before it goes too."""
+    spans: list[tuple[int, int]] = []
+    if "```" in text:
+        at, n = text.find("```"), len(text)
+        while at >= 0:
+            eol = text.find("\n", at)
+            info = text[at + 3:eol if eol >= 0 else n]
+            close = text.find("```", (eol if eol >= 0 else n))
+            if close < 0:
+                spans.append((at, n))
+                break
+            spans.append((at, close + 3))
+            if _OUTPUT_INFO.fullmatch(info.strip()):
+                spans.append((0, close + 3))  # tool output: the answer comes after it
+            at = text.find("```", close + 3)
+    if "<!--" in text:
+        at = text.find("<!--")
+        while at >= 0:
+            close = text.find("-->", at + 4)
+            end = close + 3 if close >= 0 else len(text)
+            spans.append((at, end))
+            at = text.find("<!--", end)
+    has_box = "\\boxed" in text or "\\fbox" in text
+    if has_box and ('"' in text or "`" in text or "“" in text):
+        spans.extend(m.span() for m in _QUOTED.finditer(text) if "\\boxed" in m.group() or "\\fbox" in m.group())
+    if has_box and ("==" in text or "!=" in text or "True" in text or "False" in text):
+        for start, end, _ in box_spans(text):
+            line_end = text.find("\n", end)
+            rest = text[end:line_end if 0 <= line_end < end + 300 else end + 300]
+            if (_CLAIM_AFTER.match(rest) or _CLAIM_BEFORE.search(text, max(0, start - 12), start)
+                    or _CLAIM_TRUTH.search(rest)):
+                spans.append((start, end))
+    if not spans:
+        return text
+    spans.sort()
+    out, pos = [], 0
+    for a, b in spans:
+        a = max(a, pos)
+        if b <= a:
+            continue
+        out.append(text[pos:a])
+        seg = text[a:b]
+        out.append(" " * len(seg) if "\n" not in seg else re.sub(r"[^\n]", " ", seg))
+        pos = b
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# Where a text stops mid-sentence: a word no sentence ends on, a comma or an operator at its very end ("... so the
+# total is 3 more than the", "3 + 4 =") means it did not finish; "3,500 apples in all", a period, a bracket, $ or a
+# digit does not.
+_UNFINISHED_END = re.compile(
+    r"(?:(?<![A-Za-z])(?:the|a|an|of|to|and|or|is|are|was|were|be|by|with|for|from|than|then|so|that|which|we|get|"
+    r"gets|gives|equals|into|onto|on|at|as|our|its|their|this|these|if|because|since|but|thus|hence|therefore|"
+    r"plus|minus|times|over|divided|multiplied|let|where|when|while|has|have|had|can|will|would|must|should)|"
+    r"[,;:+\-*/=^_({\[&]|\\[A-Za-z]*)\s*$", re.I)
+
+
+_FUNCTION_WORD = re.compile(r"(?<![A-Za-z])(?:and|then|so|but|which|that|we|if|because|since|to)(?![A-Za-z])", re.I)
+
+
+def _unfinished(text: str) -> bool:
+    tail = text[-200:].rstrip()
+    if not tail:
+        return False
+    if _UNFINISHED_END.search(tail):
+        return True
+    # A sentence that went on past its last number ("12 times 3 is 36, and then we subtract") and stopped on a
+    # word: cut. A number followed only by what it counts ("3,500 apples in all") is a finished answer.
+    if tail[-1].isalpha():
+        after = re.split(r"\d", tail)[-1]
+        return len(after) < len(tail) and ("," in after or bool(_FUNCTION_WORD.search(after)))
+    return False
+
+
+def final_answer(completion: str, finish_reason: str | None = None) -> tuple[list[str], bool] | None:
     """(the items of the final answer, hedged?) or None when the completion commits to no answer. Usually one
-    item; several when several boxes together state it (final_boxes)."""
+    item; several when several boxes together state it (final_boxes).
+
+    finish_reason: the sampler's ("stop" / "length"), where known. A completion cut by the length limit never
+    falls back to its last number or math block, and its marked answer counts only if the text went on after it;
+    with no finish_reason, text that stops mid-sentence ("... and then the") is read as cut too."""
     if not isinstance(completion, str):
         return None
-    text = answer_region(completion)
-    boxes, hedge = final_boxes(text)
+    text = prose(answer_region(completion))
+    truncated = finish_reason == "length"
+    boxes, hedge = final_boxes(text, stated=True)
     last_box = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     final = _marker(text, strong_only=True) if boxes else None
     if final is not None and final[0] > last_box and re.search(r"[\d$\\]", final[1]):
@@ -249,18 +392,47 @@ def final_answer(completion: str) -> tuple[list[str], bool] | None:
         return cands, hedge
     marked = _marker(text)
     if marked is not None:
+        if truncated and not text[marked[0]:].rstrip().endswith((".", "!", "。", "$", "}", "\\]", "\\)", "*")) \
+                and "\n" not in text[marked[0]:].strip():
+            return None  # "The answer is 1" cut by the length limit may have been "The answer is 150"
         c = _marked_answer(marked[1])
         return ([c], False) if c else None
+    if truncated or (finish_reason is None and _unfinished(text)):
+        return None  # no final-answer fallback into text that did not finish
     bare = text.strip()
     if bare and "\n" not in bare and len(bare) <= 40 and len(bare.split()) <= 3 and not _math_blocks(bare):
         return ([clean(bare)], False) if clean(bare) else None
+    letter = _prose_letter(text)
+    if letter:
+        return [letter], False
     last = _last_math_or_number(text)
     return ([last], False) if last else None
 
 
-def extract_candidates(completion: str) -> list[str] | None:
+# A choice letter stated in prose ("The correct option is (B).", "..., therefore B."): in the last sentence, not
+# negated ("not A"), and only when that sentence holds no number (a number there is the answer).
+_LETTER = re.compile(r"(?<![A-Za-z\\])(not\s+(?:option\s+|choice\s+)?)?(?:\(([A-E])\)|(?:option|choice)\s+\(?([A-E])\)?(?![A-Za-z])|"
+                     r"(?:therefore|thus|hence|so|is|choose|select|pick|answer)[:,]?\s+\(?([A-E])\)?(?=\s*[.!]?\s*$|[.,;!]\s))",
+                     re.I)
+
+
+def _prose_letter(text: str) -> str | None:
+    tail = text[-400:].rstrip()
+    cut = max(tail.rfind(". ", 0, len(tail) - 2), tail.rfind("\n", 0, len(tail) - 2))
+    sentence = tail[cut + 1:] if cut >= 0 else tail
+    if re.search(r"\d", sentence):
+        return None
+    found = None
+    for m in _LETTER.finditer(sentence):
+        letter = m.group(2) or m.group(3) or m.group(4)
+        if letter and not m.group(1) and letter.isupper():
+            found = letter
+    return found
+
+
+def extract_candidates(completion: str, finish_reason: str | None = None) -> list[str] | None:
     """The items of the completion's final answer (usually one), cleaned; None when it commits to none."""
-    found = final_answer(completion)
+    found = final_answer(completion, finish_reason)
     return found[0] if found else None
 
 
@@ -362,10 +534,10 @@ def _last_math_or_number(text: str) -> str | None:
     return nums[-1].rstrip(",") if nums else None
 
 
-def extract_answer(completion: str) -> str | None:
+def extract_answer(completion: str, finish_reason: str | None = None) -> str | None:
     """The final answer of a completion (its final box(es) or marked answer), or None when it gives none;
     several boxes that together state the answer come back as one list "a, b"."""
-    cands = extract_candidates(completion)
+    cands = extract_candidates(completion, finish_reason)
     return ", ".join(cands) if cands else None
 
 

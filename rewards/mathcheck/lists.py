@@ -155,7 +155,8 @@ _NAME = (r"(?:(?:\\(?:angle|measuredangle|triangle|overline|overrightarrow|vec|b
          r"(?:[A-Za-z]|\\(?:alpha|beta|gamma|delta|theta|phi|varphi|psi|omega|lambda|mu|sigma|rho|tau|epsilon|"
          r"varepsilon|eta|kappa|xi|zeta|nu|chi|Delta|Omega|Theta|Phi))(?![a-zA-Z]{5})[A-Za-z]{0,3}\}?"
          r"(?:_\{?[\w,]+\}?)?'*(?:\^\{?-?\w+\}?)?(?:\([^()=]*\))?)")
-_STRICT_LABEL = re.compile(rf"{_NAME}|\|{_NAME}\||\({_NAME}(?:,{_NAME})+\)|{_NAME}(?::{_NAME})+")
+_STRICT_LABEL = re.compile(rf"{_NAME}|\|{_NAME}\||\({_NAME}(?:,{_NAME})+\)|{_NAME}(?::{_NAME})+|{_NAME}/{_NAME}|"
+                           rf"\\frac\{{{_NAME}\}}\{{{_NAME}\}}")
 
 
 def is_label(s: str, loose: bool = False) -> bool:

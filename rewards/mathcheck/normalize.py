@@ -33,6 +33,7 @@ _SQRT_SHORT = re.compile(r"\\sqrt\s*(\d|[a-zA-Z](?![a-zA-Z]))")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|texttt|textsf|textup|textnormal|mathrm|mathbf|mathit|"
                        r"mathsf|mathtt|mathcal|mathscr|mathfrak|mathnormal|mbox|operatorname|boldsymbol|bm)\s*\{")
 _SPACES = re.compile(r"\s+")
+_BRACED_COMMA = re.compile(r"(?<=\d)\{,\}(?=(\d+))")
 
 
 def unwrap_text(s: str) -> str:
@@ -73,6 +74,8 @@ def normalize(s: str) -> str:
         s = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", s)  # '\\frac' from a doubly escaped string is \frac
     if len(s) <= _PY_MAX and _PY_HINT.search(s):
         s = python_to_latex(s)
+    if "{,}" in s:  # 3{,}75 is LaTeX's decimal comma (3.75); 1{,}000 a thousands group (1000)
+        s = _BRACED_COMMA.sub(lambda m: "" if len(m.group(1)) == 3 else ".", s)
     s = s.replace("\\\\", "\0")  # keep matrix row breaks away from the "\\," style drops
     s = s.replace("\\ ", " ")
     for a in _DROP:
@@ -155,8 +158,18 @@ _NOT_UNITS = {"or", "and", "not", "no", "more", "less", "fewer", "least", "most"
               "correct", "wrong", "right", "true", "false", "answer", "grader", "mark", "is", "are", "each", "per"}
 
 
+# Any word after a plain number in an answer sentence ("40 cookies", "12 red marbles") names what was counted.
+_NUM_WORDS = re.compile(r"^([+-]?\d[\d,]*(?:\.\d+)?(?:/\d+)?|\\frac\{\d+\}\{\d+\})\s*(?:\\text\{\s*)?"
+                        r"([A-Za-z]{3,}(?:\s+[A-Za-z]{3,})?)\s*\}?$")
+_MATH_WORDS = {"pi", "sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "mod", "pmod", "choose",
+               "factorial", "infty", "infinity", "cdot", "times", "frac", "dfrac", "text", "mbox", "circ", "deg"}
+
+
 def strip_units(s: str) -> str:
     """'5\\text{ cm}^2' -> '5'; the tail must be unit words (letters only, no hedge or qualifier word)."""
+    m = _NUM_WORDS.match(s) if len(s) < 80 else None
+    if m and not any(w.lower() in _NOT_UNITS or w.lower() in _MATH_WORDS for w in m.group(2).split()):
+        return m.group(1)
     m = _TEXT_TAIL.match(s)
     if m:
         words = re.findall(r"[A-Za-z]+", m.group(2))

@@ -117,10 +117,134 @@ def num_equal(pn: Num, gn: Num, p_pct: bool, g_pct: bool) -> bool:
     prediction that is a rounded decimal (4.67, 0.33) never equals an exact gold (14/3, 1/3): a rounded value
     is right only where the problem asks for one, and then the gold is written rounded too."""
     pv, gv = pn.value, gn.value
-    p_alts = {pv, pv / 100} if p_pct else {pv}
-    g_alts = {gv, gv / 100} if g_pct else {gv}
-    if p_alts & g_alts:
+    # x% may be read as x or as x/100, never as 100x; a plain integer gold above 1 is a count or the percent
+    # number itself, never the fraction a percent expresses (4000% is not 40; 25% is 0.25 and 25; 100% is 1).
+    if p_pct and g_pct:
+        return pv == gv
+    if g_pct and pv in (gv, gv / 100):
+        return True
+    if p_pct and (gv == pv or (gv == pv / 100 and (gv.denominator != 1 or abs(gv) <= 1))):
+        return True
+    if not p_pct and not g_pct and pv == gv:
         return True
     if gn.decimals and pn.decimals is None and not p_pct and not g_pct:
         return abs(pv - gv) <= Fraction(1, 10 ** gn.decimals) / 2
     return False
+
+
+# Exact arithmetic on plain numbers ("5+5+1", "2^{2023}-1", "(3\\cdot 4)^2", "\\frac{7}{2}-1"): Fractions with a digit
+# cap, so huge integers compare exactly (never with a float tolerance) in bounded time.
+_MAX_BITS = 40_000   # about 12,000 digits per intermediate value; larger goes to sympy's structural comparison
+_TOKEN = re.compile(r"\s*(\d+(?:\.\d+)?|\\frac|\\cdot|\\times|\\div|[-+*/^(){}])")
+
+
+class Indeterminate(ValueError):
+    """0^0, 0/0: an undefined form equals nothing."""
+
+
+def exact_value(s: str) -> Fraction | None:
+    """The exact value of an arithmetic expression of plain numbers, None when s is anything else (or too big).
+    Raises Indeterminate for 0^0 and 0/0."""
+    if len(s) > 300 or not s or not re.fullmatch(r"[\d.\s+\-*/^(){}\\fractimesdiv]+", s):
+        return None
+    toks, pos = [], 0
+    while pos < len(s):
+        m = _TOKEN.match(s, pos)
+        if not m:
+            return None
+        toks.append(m.group(1))
+        pos = m.end()
+        if pos < len(s) and not s[pos:].strip():
+            break
+    if not toks or all(t in "+-" for t in toks) or not any(t[0].isdigit() for t in toks):
+        return None
+    try:
+        val, k = _expr(toks, 0)
+    except Indeterminate:
+        raise
+    except (ValueError, ZeroDivisionError, OverflowError, IndexError, RecursionError):
+        return None
+    return val if k == len(toks) else None
+
+
+def _expr(t: list[str], k: int) -> tuple[Fraction, int]:
+    v, k = _term(t, k)
+    while k < len(t) and t[k] in "+-":
+        w, k2 = _term(t, k + 1)
+        v, k = (v + w if t[k] == "+" else v - w), k2
+    return v, k
+
+
+def _term(t: list[str], k: int) -> tuple[Fraction, int]:
+    v, k = _unary(t, k)
+    while k < len(t) and (t[k] in ("*", "/", "\\cdot", "\\times", "\\div") or t[k] == "("):
+        op = t[k] if t[k] != "(" else "*"  # 2(3+4); "3\\frac12" is a mixed number, not a product: left alone
+        w, k = _unary(t, k + (1 if t[k] != "(" else 0))
+        if op in ("/", "\\div"):
+            if w == 0:
+                if v == 0:
+                    raise Indeterminate("0/0")
+                raise ZeroDivisionError
+            v = v / w
+        else:
+            v = v * w
+        _check(v)
+    return v, k
+
+
+def _unary(t: list[str], k: int) -> tuple[Fraction, int]:
+    if t[k] in "+-":
+        v, k2 = _unary(t, k + 1)
+        return (-v if t[k] == "-" else v), k2
+    return _power(t, k)
+
+
+def _power(t: list[str], k: int) -> tuple[Fraction, int]:
+    base, k = _atom(t, k)
+    if k < len(t) and t[k] == "^":
+        if t[k + 1] in ("{", "("):
+            e, k = _atom(t, k + 1)
+        else:  # ^2 (one digit in LaTeX: ^12 is ^1 then 2)
+            if not t[k + 1][0].isdigit():
+                raise ValueError
+            e, k = Fraction(int(t[k + 1][0])), k + 2
+            if len(t[k - 1]) > 1:
+                raise ValueError  # 2^12 written bare: ambiguous, leave it to sympy
+        if e.denominator != 1:
+            raise ValueError
+        if base == 0 and e == 0:
+            raise Indeterminate("0^0")
+        bits = max(abs(base.numerator).bit_length(), abs(base.denominator).bit_length())
+        if abs(e) * bits > _MAX_BITS:
+            raise OverflowError
+        if base == 0 and e < 0:
+            raise ZeroDivisionError
+        return base ** int(e), k
+    return base, k
+
+
+def _atom(t: list[str], k: int) -> tuple[Fraction, int]:
+    tok = t[k]
+    if tok in ("(", "{"):
+        v, k = _expr(t, k + 1)
+        if t[k] != (")" if tok == "(" else "}"):
+            raise ValueError
+        return v, k + 1
+    if tok == "\\frac":
+        a, k = _atom(t, k + 1)
+        b, k = _atom(t, k)
+        if b == 0:
+            if a == 0:
+                raise Indeterminate("0/0")
+            raise ZeroDivisionError
+        return a / b, k
+    if tok[0].isdigit():
+        if len(tok) > _MAX_DIGITS:
+            raise OverflowError
+        return Fraction(tok), k + 1
+    raise ValueError
+
+
+def _check(v: Fraction) -> None:
+    if v.numerator.bit_length() > _MAX_BITS or v.denominator.bit_length() > _MAX_BITS:
+        raise OverflowError

@@ -114,11 +114,13 @@ def expr_equal(a: sp.Basic, b: sp.Basic) -> bool:
         return False
     syms = a.free_symbols | b.free_symbols
     if not syms:
+        if a.is_Rational and b.is_Rational:
+            return False  # exact values that differ (2^{2023}+1 is not 2^{2023}-1: no tolerance on integers)
         close = _num_close(a, b, 40)
         if close is False and not (a.is_zero or b.is_zero):
             return False  # (a value against an exact 0 falls through to simplify: evalf noise is not a value)
         if close and _num_close(a, b, 120):
-            return True
+            return _close_at_scale(a, b)
         try:
             return sp.simplify(a - b) == 0
         except (TypeError, ValueError, ArithmeticError):
@@ -146,6 +148,27 @@ def expr_equal(a: sp.Basic, b: sp.Basic) -> bool:
         return True
     try:
         return sp.simplify(d) == 0
+    except (TypeError, ValueError, ArithmeticError):
+        return False
+
+
+_MAX_SCALE_DIGITS = 5000
+
+
+def _close_at_scale(a: sp.Expr, b: sp.Expr) -> bool:
+    """Values that agree to 120 significant digits: for a huge value (2^{2023}+\\sqrt2 against 2^{2023}) that is
+    not equality; compare again with digits enough to see the units place (up to 5000 digits, else simplify)."""
+    try:
+        mag = abs(sp.N(a, 15))
+        if not (mag.is_number and mag.is_finite) or mag < sp.Float("1e100"):
+            return True
+        digits = int(sp.log(mag, 10)) + 40
+    except (TypeError, ValueError, ArithmeticError):
+        return False
+    if digits <= _MAX_SCALE_DIGITS:
+        return bool(_num_close(a, b, digits))
+    try:
+        return sp.simplify(a - b) == 0
     except (TypeError, ValueError, ArithmeticError):
         return False
 
