@@ -402,7 +402,7 @@ def equal(pred: str, gold: str) -> bool:
                 return len(pi) == len(gi) and all(equal(a, b) for a, b in zip(pi, gi))
     if as_list(p) is not None:
         # A gold that is one number: "1,000" may be thousands; any other list is a hedge or a spray.
-        return parse_number(p) is not None and scalar_equal(p, g)
+        return parse_number(strip_units(p)) is not None and scalar_equal(p, g)  # "10,080 meters" too
     if is_tuple(p) or enclosed(p, "\\{", "\\}"):
         return False
     return scalar_equal(p, g)

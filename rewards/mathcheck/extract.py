@@ -392,7 +392,7 @@ def final_answer(completion: str, finish_reason: str | None = None) -> tuple[lis
         return cands, hedge
     marked = _marker(text)
     if marked is not None:
-        if truncated and not text[marked[0]:].rstrip().endswith((".", "!", "。", "$", "}", "\\]", "\\)", "*")) \
+        if truncated and not text[marked[0]:].rstrip().endswith((".", "!", "。", "$", "\\]", "\\)")) \
                 and "\n" not in text[marked[0]:].strip():
             return None  # "The answer is 1" cut by the length limit may have been "The answer is 150"
         c = _marked_answer(marked[1])
