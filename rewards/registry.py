@@ -61,6 +61,26 @@ def load_reward(name: str) -> RewardFn:
     return _import_target(source.target, f"reward '{name}' ({source.origin})")
 
 
+# The package whose rewards are grpo's own (math, code, format, length, ...: the entry points of pyproject.toml).
+# They run in the trainer's process: proven safe there (math checks in its own sympy worker, code in its sandbox).
+# Every other reward is a user's plugin and runs in a worker process (rewards/plugin_pool.py).
+BUILTIN_PACKAGE = "rewards"
+
+
+def reward_target(name: str) -> tuple[str, str]:
+    """("module:function", how to name it in a message) for a recipe's reward name, without importing it."""
+    if ":" in name:
+        return name, f"reward '{name}'"
+    source = find_installed(name)
+    return source.target, f"reward '{name}' ({source.origin})"
+
+
+def is_builtin(target: str) -> bool:
+    """A "module:function" of grpo's own rewards package (see BUILTIN_PACKAGE)."""
+    module = target.partition(":")[0]
+    return module == BUILTIN_PACKAGE or module.startswith(BUILTIN_PACKAGE + ".")
+
+
 def find_installed(name: str) -> RewardSource:
     """Where an installed reward comes from, without importing it (some rewards start workers on import)."""
     known, clashes = _scan()  # a clash on another name is not this reward's problem

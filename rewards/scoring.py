@@ -6,6 +6,12 @@ each completion whose call still fails scores 0 and is counted as an error in th
 its retries share one time limit (rewards/guard.py); completions left when it runs out count as errors too.
 The first failure of each reward is printed with its exception text; the trainer stops a run whose reward
 keeps failing (rewards[].max_error_fraction, max_error_steps).
+
+A user's plugin (any reward outside grpo's own `rewards` package) runs in a worker process of its own
+(rewards/plugin_pool.py, rewards/plugin_worker.py): an os._exit, a crash, a leak past its memory cap or a hang
+past its time limit costs that worker, which is replaced; the batch scores 0 and counts as errors, with a message
+that says what happened. GRPO_REWARDS_IN_PROCESS=1 keeps every reward in the trainer's process (for debugging).
+`close_rewards` ends the workers at the end of a run (atexit does too, and they die with the trainer).
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from rewards.guard import Deadline, RewardTimeout, call_with_limit
-from rewards.registry import check_reward_signature, load_reward
+from rewards.errors import UserError
+from rewards.registry import check_reward_signature, is_builtin, load_reward, reward_target
 
 
 RESERVED = {"prompts", "completions"}  # positional arguments of the reward contract, never column names
+IN_PROCESS_ENV = "GRPO_REWARDS_IN_PROCESS"  # "1": every reward runs in the trainer's process (debugging)
 
 
 @dataclass
@@ -64,21 +72,60 @@ class Scores:
 
 
 def build_rewards(specs: list[Any]) -> list[NamedReward]:
-    """specs: RewardConfig-like objects with name, weight, args."""
-    built = []
+    """specs: RewardConfig-like objects with name, weight, args (and timeout_s, max_abs; memory_mb, if a spec has
+    one, caps a plugin's worker, else $GRPO_REWARD_MEMORY_MB, else 2048 MB).
+
+    grpo's own rewards are imported here; a user's plugin gets a worker process, started now (all of them at
+    once), which imports it and reports what it declares. Either way a bad name, an import error or a signature
+    that cannot work raises UserError before any model loads. Call close_rewards() when done."""
+    built: list[NamedReward] = []
     names_seen: dict[str, int] = {}
-    for spec in specs:
-        fn = load_reward(spec.name)
-        check_reward_signature(fn, spec.name, spec.args)  # unknown args, or no **kwargs: an error, not zeros
-        # Two uses of one reward (say with different args) get distinct metric names.
-        count = names_seen.get(spec.name, 0)
-        names_seen[spec.name] = count + 1
-        label = spec.name if count == 0 else f"{spec.name}#{count + 1}"
-        reward = named(label, fn, spec.weight, spec.args)
-        reward.timeout_s = getattr(spec, "timeout_s", None) or None  # 0: no limit
-        reward.max_abs = getattr(spec, "max_abs", math.inf)
-        built.append(reward)
+    in_process = os.environ.get(IN_PROCESS_ENV, "").strip() not in ("", "0")
+    try:
+        pending = []
+        for spec in specs:
+            # Two uses of one reward (say with different args) get distinct metric names.
+            count = names_seen.get(spec.name, 0)
+            names_seen[spec.name] = count + 1
+            label = spec.name if count == 0 else f"{spec.name}#{count + 1}"
+            target, what = reward_target(spec.name)
+            if in_process or is_builtin(target):
+                fn = load_reward(spec.name)
+                check_reward_signature(fn, spec.name, spec.args)  # unknown args, or no **kwargs: an error, not zeros
+                reward = named(label, fn, spec.weight, spec.args)
+            else:
+                from rewards import plugin_pool
+
+                memory_mb = plugin_pool.memory_cap_mb(getattr(spec, "memory_mb", None))
+                reward = NamedReward(label, plugin_pool.start(spec.name, target, what, spec.args, memory_mb),
+                                     spec.weight)
+                pending.append(reward)
+            reward.timeout_s = getattr(spec, "timeout_s", None) or None  # 0: no limit
+            reward.max_abs = getattr(spec, "max_abs", math.inf)
+            built.append(reward)
+        for reward in pending:  # the workers import their plugins in parallel; now read what each declares
+            from rewards.plugin_pool import ExtractAnswer
+
+            problems = reward.fn.probe()
+            if problems:
+                raise UserError("; ".join(problems))
+            reward.measures_correctness = reward.fn.measures_correctness
+            if reward.fn.has_extract_answer:  # called in the worker too: the plugin is never imported here
+                reward.extract_answer = ExtractAnswer(reward.fn, reward.timeout_s or 30.0)
+    except BaseException:
+        close_rewards(built)
+        raise
     return built
+
+
+def close_rewards(rewards: list[NamedReward]) -> None:
+    """End the worker processes of the plugin rewards among `rewards` (idempotent; in-process rewards are left
+    as they are). The trainer calls it at the end of a run; atexit does it anyway."""
+    from rewards.plugin_pool import PluginReward
+
+    for reward in rewards:
+        if isinstance(reward.fn, PluginReward):
+            reward.fn.close()
 
 
 def named(label: str, fn: Callable[..., list], weight: float = 1.0, args: dict | None = None) -> NamedReward:
@@ -118,15 +165,29 @@ def score(rewards: list[NamedReward], prompts: list[str], completions: list[str]
     return Scores(total, per_reward, errors)
 
 
+def _invoke(reward: NamedReward, args: tuple, kwargs: dict, deadline: Deadline) -> Any:
+    """One call of the reward within the deadline: in its worker for a plugin, in a thread (guard) otherwise."""
+    from rewards.plugin_pool import PluginReward
+
+    if isinstance(reward.fn, PluginReward):
+        return reward.fn.call(args, kwargs, deadline, reward.max_abs, reward.timeout_s)
+    return call_with_limit(reward.fn, args, kwargs, deadline.left())
+
+
 def _call_safely(reward: NamedReward, prompts, completions, columns, n) -> tuple[list[float | None], int]:
+    from rewards.plugin_pool import WorkerLost
+
     deadline = Deadline(reward.timeout_s)
     try:
-        values = _checked(call_with_limit(reward.fn, (prompts, completions), columns, deadline.left()), n,
-                          reward.max_abs)
+        values = _checked(_invoke(reward, (prompts, completions), columns, deadline), n, reward.max_abs)
         return values, 0
-    except RewardTimeout:  # no retries: one at a time would only take longer
-        reward.failures.record(reward.name, f"no result after {reward.timeout_s:g} s (rewards[].timeout_s); the call "
-                               f"was abandoned", f"a batch of {n}")
+    except RewardTimeout as exc:  # no retries: one at a time would only take longer
+        how = str(exc) if "worker" in str(exc) else "the call was abandoned"
+        reward.failures.record(reward.name, f"no result after {reward.timeout_s:g} s (rewards[].timeout_s); {how}",
+                               f"a batch of {n}")
+        return [0.0] * n, n
+    except WorkerLost as exc:  # no retries: each could cost a worker; the next batch gets a fresh one
+        reward.failures.record(reward.name, f"{exc}; a fresh worker takes the next batch", f"a batch of {n}")
         return [0.0] * n, n
     except Exception as exc:  # noqa: BLE001 - a reward's bug must not stop training; isolate it per completion below
         batch_error = _describe(exc)
@@ -140,8 +201,8 @@ def _call_safely(reward: NamedReward, prompts, completions, columns, n) -> tuple
             return values, failed + n - i
         one_columns = {k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
         try:
-            values.extend(_checked(call_with_limit(reward.fn, ([prompts[i]], [completions[i]]), one_columns,
-                                                   deadline.left()), 1, reward.max_abs))
+            values.extend(_checked(_invoke(reward, ([prompts[i]], [completions[i]]), one_columns, deadline), 1,
+                                   reward.max_abs))
         except Exception as exc:  # noqa: BLE001 - score this completion 0 and count it
             values.append(0.0)
             failed += 1
@@ -150,6 +211,10 @@ def _call_safely(reward: NamedReward, prompts, completions, columns, n) -> tuple
 
 
 def _describe(exc: BaseException) -> str:
+    from rewards.plugin_pool import PluginError, WorkerLost
+
+    if isinstance(exc, (PluginError, WorkerLost)):  # the worker's text, already described
+        return str(exc)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
 
