@@ -4,6 +4,7 @@ the model's chat template), served in a seeded order that a checkpoint can resum
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import string
@@ -39,32 +40,50 @@ def _load_local(path: Path) -> list[dict]:
     suffix = path.suffix
     if suffix == ".jsonl":
         rows = []
-        with path.open() as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"dataset {path}, line {lineno}: not valid JSON ({exc.msg}). "
-                                    f"Each line of a .jsonl file must be one JSON object.") from exc
+        for lineno, line in enumerate(read_text(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"dataset {path}, line {lineno}: not valid JSON ({exc.msg}). "
+                                f"Each line of a .jsonl file must be one JSON object.") from exc
         _check_objects(rows, path)
         return rows
     if suffix == ".json":
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(read_text(path))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"dataset {path}, line {exc.lineno}: not valid JSON ({exc.msg}). A .json data file "
+                            f"holds one JSON list of objects (or {{\"data\": [...]}}).") from exc
         rows = data if isinstance(data, list) else data.get("data") if isinstance(data, dict) else None
         if not isinstance(rows, list):
             raise UserError(f"dataset {path}: expected a JSON list of objects (or {{\"data\": [...]}}).")
         _check_objects(rows, path)
         return rows
     if suffix == ".csv":
-        with path.open(newline="") as f:
-            return list(csv.DictReader(f))
+        return list(csv.DictReader(io.StringIO(read_text(path), newline="")))
     if suffix == ".parquet":
         import pyarrow.parquet as pq  # installed with `datasets`
 
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for one cause: an unreadable file
+            raise UserError(f"dataset {path}: not a readable Parquet file ({type(exc).__name__}: {exc}). Check "
+                            f"that it was written completely, or convert it to .jsonl.") from exc
     raise UserError(f"dataset {path}: unsupported file type '{suffix}'. Use one of {', '.join(LOCAL_SUFFIXES)}.")
+
+
+def read_text(path: Path) -> str:
+    """A data file's text: UTF-8, with or without a byte-order mark. Anything else names the line and the byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UserError(f"dataset {path}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                        f"{exc.start}). Save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > "
+                        f"{path.stem}.utf8{path.suffix}`.") from None
 
 
 def _check_objects(rows: list, path: Path) -> None:
@@ -93,11 +112,12 @@ def template_fields(template: str) -> list[str]:
 
 
 def check_template(template: str, rows: list[dict], where: str, source: str) -> list[str]:
-    """Problems (as messages) if the template names a column the data lacks."""
+    """Problems (as messages) if the template names a column that no row has. A column only some rows lack is
+    those rows' problem (check_rows, data.on_bad_row), not the file's: the first row is not the file."""
     if not rows:
         return []
-    columns = list(rows[0])
-    missing = [f for f in template_fields(template) if f not in rows[0]]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    missing = [f for f in template_fields(template) if f not in columns]
     return [f"{where}: uses column {{{f}}} that {source} does not have; its columns are {', '.join(columns)}"
             for f in missing]
 

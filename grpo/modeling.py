@@ -35,6 +35,9 @@ def resolve_model_path(path: str) -> Path | str:
             raise UserError(f"model.path: {path} has no config.json; it is not a Hugging Face model directory.")
         return local
     if looks_like_hub_id(path) and not Path(Path(path).parts[0]).is_dir():
+        problem = hub_model_problem(path)
+        if problem:  # said at once, not after a minute of download retries
+            raise UserError(problem)
         return path
     if looks_like_hub_id(path):  # `models/x` beside a local models/ folder: a missing path, not a hub id
         raise UserError(f"model.path: {path} is not a directory, though {Path(path).parts[0]}/ is a local folder; "
@@ -42,6 +45,31 @@ def resolve_model_path(path: str) -> Path | str:
     raise UserError(f"model.path: {path} is not a directory. Give a local Hugging Face model directory (with "
                     f"config.json), a hub id such as Qwen/Qwen2.5-Math-1.5B where the hub is reachable, or "
                     f"demo:tiny-arith for the built-in CPU demo model.")
+
+
+def hub_model_problem(model_id: str) -> str | None:
+    """Why the hub id `model_id` cannot be loaded here and now (None: it is in the local hub cache, or the hub
+    answers for it): offline mode with no cached copy, an unreachable hub, or no such model."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    try:
+        snapshot_download(model_id, local_files_only=True, allow_patterns=["config.json"])
+        return None  # cached: transformers loads it without the network
+    except Exception:  # noqa: BLE001 - any failure here only means "not in the cache"
+        pass
+    where = f"model.path: {model_id} is not a local directory (relative paths start at {Path.cwd()})"
+    if constants.HF_HUB_OFFLINE:
+        return (f"{where}, and offline mode is on (HF_HUB_OFFLINE=1) with no copy of it in the hub cache. Give a "
+                f"local model directory, or download it once where the hub is reachable.")
+    try:
+        HfApi().model_info(model_id, timeout=10)
+        return None
+    except Exception as exc:  # noqa: BLE001 - httpx and hub errors alike; the type's name says which
+        kind = type(exc).__name__
+        if "NotFound" in kind:
+            return f"{where}, and the hub has no model {model_id} (or it is private: log in with `hf auth login`)."
+        return (f"{where}, and the hub is not reachable from here ({kind}: {str(exc)[:120]}). Give a local model "
+                f"directory, or set HF_HUB_OFFLINE=1 to use the hub cache only.")
 
 
 def looks_like_hub_id(path: str) -> bool:

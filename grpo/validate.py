@@ -7,12 +7,13 @@ exists and has the columns the template and the answer column name, optional pac
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from grpo.config import RecipeConfig
 from grpo.data import LOCAL_SUFFIXES, check_rows, check_template, load_rows
 from grpo.errors import ConfigError, UserError
-from grpo.modeling import looks_like_hub_id
+from grpo.modeling import hub_model_problem, looks_like_hub_id
 from grpo.parallel import launched_world
 from grpo.recipe import parse_recipe
 from grpo.rules import guard_rules, precision_warnings, world_rules
@@ -51,10 +52,13 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
                                     cfg.eval.answer_column, "eval", recipe_dir)
     if check_environment:
         problems += _check_environment(cfg)
+        if looks_like_hub_id(cfg.model.path) and not Path(Path(cfg.model.path).parts[0]).is_dir():
+            problems += [p for p in [hub_model_problem(cfg.model.path)] if p]
     if warnings is not None:
         warnings += precision_warnings(cfg)
     problems += world_rules(cfg, world_size or (launched_world().size if check_environment else 1))
     problems += _check_model_path(cfg.model.path)
+    problems += check_output_dir(cfg.output_dir)
     if problems:
         raise ConfigError(problems, str(path))
     return cfg
@@ -95,14 +99,31 @@ def _check_data(path: str, split: str, subset: str | None, template: str, answer
     if not local.exists():
         return []  # a hub name: checked when the run loads it (needs the network)
     try:
-        rows = load_rows(path, split, subset, limit=1)
+        rows = load_rows(path, split, subset)
     except UserError as exc:
         return [f"{section}: {exc}"]
     problems = check_template(template, rows, f"{section}.prompt_template", str(path))
-    if answer_column not in rows[0]:
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # any row's: the first is not the file
+    if answer_column not in columns:
         problems.append(f"{section}.answer_column: {answer_column!r} is not a column of {path}; its columns are "
-                        f"{', '.join(rows[0])}")
+                        f"{', '.join(columns)}")
     return problems
+
+
+def check_output_dir(output_dir: str) -> list[str]:
+    """output_dir is a directory this user can write, or one that can be made (its nearest existing parent is)."""
+    path = Path(output_dir).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == path else f" (on the way to {path})"
+        return [f"output_dir: {existing}{where} is a file, not a directory; choose another output_dir (the file is "
+                f"left as it is)"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"output_dir: {existing} is not writable here (a read-only file system or another user's folder); "
+                f"choose an output_dir this user can write"]
+    return []
 
 
 def _check_model_path(model: str) -> list[str]:

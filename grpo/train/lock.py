@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 from grpo.errors import UserError
-
-LOCK_FILE = ".lock"
+from grpo.rundir import LOCK_FILE
 
 
 class RunLock:
@@ -26,8 +25,12 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a file where the folder should be, a read-only file system, another user's folder
+            raise UserError(f"output_dir {self.path.parent}: cannot write there ({exc.strerror}: {exc.filename}). "
+                            f"Choose an output_dir this user can write (`grpo validate` checks it).") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
