@@ -136,14 +136,31 @@ def test_a_failed_weight_sync_is_an_error(tmp_path, tiny_model_dir, sums_file, r
         train(load_recipe(write_recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
 
 
-def test_existing_run_without_checkpoint_is_not_overwritten(tmp_path, tiny_model_dir, sums_file, reward_module):
-    from grpo.errors import UserError
+def test_a_run_that_died_before_its_first_checkpoint_is_kept_aside_and_started_over(tmp_path, tiny_model_dir,
+                                                                                     sums_file, reward_module, capsys):
+    """The same command again works (no dead end), and nothing the earlier attempt wrote is overwritten or lost."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "died": true}\n')
+    (run / "samples.jsonl").write_text("{}\n")
+    out = train(load_recipe(write_recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
+    [attempt] = (out / "attempts").iterdir()
+    assert (attempt / "metrics.jsonl").read_text() == '{"step": 1, "died": true}\n'
+    assert (attempt / "samples.jsonl").is_file()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()][0] == 1
+    assert "died" not in (out / "metrics.jsonl").read_text()
+    assert f"its files are kept in {attempt}" in capsys.readouterr().err
 
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
-    with pytest.raises(UserError, match="holds a run"):
-        train(load_recipe(write_recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")))
-    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+def test_resume_never_sets_the_earlier_run_aside_checkpoints_included(tmp_path, tiny_model_dir, sums_file,
+                                                                      reward_module):
+    path = write_recipe(tmp_path, tiny_model_dir, sums_file, "toy_rewards:vowels")
+    out = train(load_recipe(path, ["train.steps=1"]))
+    first = (out / "metrics.jsonl").read_text()
+    train(load_recipe(path, ["train.steps=1", "checkpoint.resume=never"]))
+    [attempt] = (out / "attempts").iterdir()
+    assert (attempt / "metrics.jsonl").read_text() == first and (attempt / "checkpoints").is_dir()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # a fresh run: step 1 again
 
 
 def test_gradient_checkpointing_and_bf16_run(tmp_path, tiny_model_dir, sums_file, reward_module):

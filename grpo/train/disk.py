@@ -39,12 +39,14 @@ def check_free_space(where: Path, needed: int, what: str, resume_hint: str) -> N
 
 def is_disk_full(exc: BaseException) -> bool:
     """torch.save reports a full disk as a RuntimeError from its zip writer ("unexpected pos", "file write
-    failed"), not as an OSError; both mean the same here."""
+    failed"), and safetensors as its own SafetensorError wrapping the OS error's text ("StorageFull", "No space
+    left on device"), not as an OSError; all mean the same here."""
     for e in _chain(exc):
         if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
             return True
-        if isinstance(e, RuntimeError) and any(s in str(e) for s in ("unexpected pos", "file write failed",
-                                                                      "No space left")):
+        if isinstance(e, RuntimeError) and any(s in str(e) for s in ("unexpected pos", "file write failed")):
+            return True
+        if any(s in str(e) for s in ("No space left on device", "StorageFull", "Disk quota exceeded")):
             return True
     return False
 

@@ -23,13 +23,13 @@ from grpo.objectives.advantages import ADVANTAGES, AdvantageFn
 from grpo.parallel import World, close_world, init_world, launched_world, rank_device
 from grpo.recipe import to_dict
 from grpo.rules import precision_warnings
-from grpo.rundir import checkpoint_dir, latest_checkpoint
+from grpo.rundir import checkpoint_dir, latest_checkpoint, set_aside
 from grpo.sampling.base import Sampler, SamplingSettings
 from grpo.sampling.factory import build_sampler
 from grpo.schedule import lr_factor
 from grpo.seeds import derive_seed
-from grpo.train.checkpoint import (load_optimizer_state, load_trainer_state, restore_policy_weights, restore_rng,
-                                   rng_state, save_checkpoint)
+from grpo.train.checkpoint import (load_optimizer_state, load_trainer_state, newest_complete, restore_policy_weights,
+                                   restore_rng, rng_state, save_checkpoint)
 from grpo.train.disk import sweep_stale_temps
 from grpo.train.environment import environment
 from grpo.train.health import Health
@@ -176,11 +176,11 @@ def setup(cfg: RecipeConfig, world: World, evaluator: PeriodicEvaluator | None =
 
     transformers.utils.logging.disable_progress_bar()  # per-shard bars drown the step lines
     output_dir = Path(cfg.output_dir)
-    resume = resume_point(cfg, output_dir, world)
     _seed_everything(cfg.seed)
     device = rank_device(resolve_device(cfg.device), world)
     strategy = resolve.strategy(cfg.distributed, world.size, cfg.model)
     init_world(world, device, cfg.distributed.timeout_s, group_of_one=strategy == "fsdp")
+    resume = resume_point(cfg, output_dir, world)  # after init_world: the ranks agree on it
     precision = resolve_precision(cfg.model, strategy, device, cfg.distributed.reduce_dtype)
     if world.is_main:
         for warning in precision_warnings(cfg):  # pure bf16 at an lr it cannot represent: said, not refused
@@ -210,14 +210,39 @@ def setup(cfg: RecipeConfig, world: World, evaluator: PeriodicEvaluator | None =
 
 
 def resume_point(cfg: RecipeConfig, output_dir: Path, world: World) -> Resume | None:
-    """checkpoint.resume resolved: auto (output_dir's latest checkpoint, if any), never, or a directory."""
+    """checkpoint.resume resolved: auto (output_dir's newest complete checkpoint, if any), never, or a directory."""
     if world.is_main:  # under the lock: no live trainer writes here, so temp files of dead ones can go
         swept = sweep_stale_temps(output_dir, output_dir / "checkpoints")
         if swept:
             print(f"note: removed {len(swept)} temporary file(s) left by a run that died while writing: "
                   f"{', '.join(p.name for p in swept[:4])}", file=sys.stderr)
-    path = _resume_path(cfg, output_dir)
-    return Resume(path, load_trainer_state(path)) if path is not None else None
+    mode = cfg.checkpoint.resume
+    resume = None
+    if mode == "auto":
+        path, state, skipped = newest_complete(output_dir, checksums=world.is_main)
+        # Every rank must resume from the same step: rank 0 alone reads every byte, so the oldest choice wins.
+        step = -world.max(-float(state["step"] if state is not None else -1))
+        if state is not None and step != state["step"]:
+            path = checkpoint_dir(output_dir, int(step)) if step >= 0 else None
+            state = load_trainer_state(path, checksums=False) if path is not None else None  # rank 0 checked it
+        resume = Resume(path, state) if path is not None else None
+        if world.is_main:
+            for line in skipped:  # damaged ones stay where they are, for a look; never deleted
+                print(f"note: checkpoint {line}; passed over", file=sys.stderr, flush=True)
+            if skipped and resume is not None:
+                print(f"note: resuming from {resume.path}, the newest complete checkpoint", file=sys.stderr)
+    elif mode != "never":
+        if not Path(mode).is_dir():
+            raise UserError(f"checkpoint.resume: {mode} is not auto, never, or a checkpoint directory.")
+        resume = Resume(Path(mode), load_trainer_state(Path(mode), checksums=world.is_main))
+    if resume is None and world.is_main and (output_dir / "metrics.jsonl").is_file():
+        # An earlier run that cannot be resumed (it died before its first checkpoint, or resume=never): start over,
+        # keeping every file it wrote rather than overwriting its logs or refusing the same command again.
+        why = "checkpoint.resume=never" if mode == "never" else "it has no complete checkpoint to resume from"
+        kept = set_aside(output_dir)
+        print(f"note: {output_dir} held an earlier run and {why}: its files are kept in {kept}; this run starts "
+              f"over", file=sys.stderr, flush=True)
+    return resume
 
 
 def load_training_rows(cfg: RecipeConfig, resume: Resume | None, output_dir: Path,
@@ -322,25 +347,6 @@ def _decoding(policy: torch.nn.Module, precision: Precision, reshard_after_forwa
     autocast), with a sharded policy's weights gathered once for the whole decode rather than per token."""
     with gathered(policy, reshard_after_forward), precision.autocast():
         yield
-
-
-def _resume_path(cfg: RecipeConfig, output_dir: Path) -> Path | None:
-    mode = cfg.checkpoint.resume
-    if mode == "auto":
-        found = latest_checkpoint(output_dir) if output_dir.exists() else None
-        if found is None and (output_dir / "metrics.jsonl").is_file():
-            raise UserError(f"output_dir {output_dir} holds a run without a checkpoint to resume from; its logs "
-                            f"would be overwritten. Choose another output_dir or delete that directory.")
-        return found
-    if mode == "never":
-        if (output_dir / "metrics.jsonl").is_file():
-            raise UserError(f"output_dir {output_dir} already holds a run and checkpoint.resume=never; choose another "
-                            f"output_dir (nothing already written is overwritten).")
-        return None
-    path = Path(mode)
-    if not path.is_dir():
-        raise UserError(f"checkpoint.resume: {mode} is not auto, never, or a checkpoint directory.")
-    return path
 
 
 def _seed_everything(seed: int) -> None:
