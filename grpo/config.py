@@ -200,6 +200,12 @@ class GuardConfig:
     """What stops a run that has gone numerically wrong."""
 
     max_nonfinite_updates: int = 3  # a NaN/inf loss or gradient skips the update; this many in a row stop the run
+    # Divergence: the update's log grad norm or the policy's entropy this many robust deviations from the run's
+    # own trend (median and MAD of the last 20 steps, grpo/trend.py) for divergence_steps steps in a row stops the
+    # run before the weights are destroyed. A healthy demo run stays under 5. 0 turns the guard off.
+    divergence_z: float = 10.0
+    divergence_steps: int = 2
+    divergence_warmup: int = 5  # steps of trend before the guard judges
 
 
 @dataclass

@@ -171,6 +171,13 @@ def guard_rules(cfg: RecipeConfig) -> list[str]:
             p.append(f"rewards[{i}].max_error_steps: must be >= 1, got {r.max_error_steps}")
     if cfg.guard.max_nonfinite_updates < 1:
         p.append(f"guard.max_nonfinite_updates: must be >= 1, got {cfg.guard.max_nonfinite_updates}")
+    g = cfg.guard
+    if g.divergence_z < 0 or g.divergence_z and (g.divergence_steps < 1 or g.divergence_warmup < 3):
+        p.append(f"guard.divergence_z: {g.divergence_z} needs divergence_steps >= 1 and divergence_warmup >= 3 "
+                 f"(got {g.divergence_steps}, {g.divergence_warmup}); 0 turns the guard off")
+    if cfg.train.lr >= 1:
+        p.append(f"train.lr: {cfg.train.lr:g} moves every weight by about that much per AdamW step and destroys the "
+                 f"model in one update; fine-tuning rates are 1e-7 to 1e-3 (RL on LLMs: about 1e-6)")
     return p
 
 
@@ -214,6 +221,9 @@ def eval_rules(cfg: EvalConfig) -> list[str]:
         p.append(f"eval.k: samples per problem must be >= 1, got {cfg.k}")
     if cfg.temperature < 0:
         p.append(f"eval.temperature: must be >= 0 (0 is greedy), got {cfg.temperature}")
+    if cfg.temperature == 0 and cfg.k > 1:
+        p.append(f"eval.k: {cfg.k} samples at temperature 0 are {cfg.k} copies of one greedy answer, so pass@k "
+                 f"would only repeat pass@1; use k=1 for greedy, or a temperature > 0 to sample")
     if not 0 < cfg.top_p <= 1:
         p.append(f"eval.top_p: must be in (0, 1], got {cfg.top_p}")
     if cfg.max_new_tokens < 1:

@@ -12,6 +12,7 @@ from grpo.config import RecipeConfig
 from grpo.errors import UserError
 from grpo.parallel import World
 from grpo.rundir import latest_checkpoint
+from grpo.trend import Trend
 from grpo.train.rollouts import Experience
 from grpo.train.update import UpdateStats
 from rewards.scoring import NamedReward
@@ -23,6 +24,13 @@ class Health:
         self.output_dir = output_dir  # its latest checkpoint is looked up only to word an error
         self.failing = [0] * len(rewards)  # steps in a row over the reward's error fraction
         self.nonfinite = 0  # updates in a row with a NaN/inf loss or gradient
+        g = cfg.guard
+        # The update's size (log grad norm: it spans orders of magnitude) and the policy's entropy against their
+        # own trends; both are global figures (summed over ranks), so every rank decides alike.
+        self.trends = {"log grad norm": Trend(warmup=g.divergence_warmup, floor_abs=0.1),
+                       "entropy": Trend(warmup=g.divergence_warmup, floor_abs=0.01, floor_rel=0.1)} \
+            if g.divergence_z else {}
+        self.diverging = 0  # steps in a row far from the trend
 
     def check_rewards(self, exp: Experience, step: int) -> None:
         counts = []
@@ -51,6 +59,7 @@ class Health:
     def check_update(self, update: UpdateStats | None, step: int) -> None:
         if update is None or _finite(update):
             self.nonfinite = 0
+            self.check_divergence(update, step)
             return
         self.nonfinite += 1
         limit = self.cfg.guard.max_nonfinite_updates
@@ -68,6 +77,39 @@ class Health:
             raise UserError(f"step {step}: {self.nonfinite} updates in a row had a non-finite loss or gradient "
                             f"({what}); each was skipped, and the run stops (guard.max_nonfinite_updates = {limit}). "
                             f"Lower train.lr, check the rewards' scale (rewards[].max_abs), then {back}.")
+
+
+    def check_divergence(self, update: UpdateStats | None, step: int) -> None:
+        """Stop a run whose update size or entropy leaves its own trend for guard.divergence_steps steps in a row:
+        a learning rate far too high destroys the weights in a few steps while every number stays finite."""
+        if update is None or not self.trends:
+            return
+        g = self.cfg.guard
+        values = {"log grad norm": math.log(max(update.grad_norm, 1e-30)), "entropy": update.entropy}
+        scores = {name: self.trends[name].score(v) for name, v in values.items()}
+        far = {name: z for name, z in scores.items() if z is not None and abs(z) > g.divergence_z}
+        if not far:
+            self.diverging = 0
+            for name, v in values.items():  # only healthy steps make the trend
+                self.trends[name].add(v)
+            return
+        self.diverging += 1
+        name = max(far, key=lambda n: abs(far[n]))
+        shown = f"{math.exp(values[name]):.4g}" if name == "log grad norm" else f"{values[name]:.4g}"
+        usual = self.trends[name].median()
+        usual = f"{math.exp(usual):.4g}" if name == "log grad norm" else f"{usual:.4g}"
+        what = (f"{name.removeprefix('log ')} {shown} is {far[name]:+.1f} deviations from this run's trend (median "
+                f"{usual} over the last {len(self.trends[name].values)} healthy steps)")
+        if self.diverging < g.divergence_steps:
+            if self.world.is_main:
+                print(f"warning: step {step}: {what}; the run stops if it stays there (guard.divergence_z = "
+                      f"{g.divergence_z:g}, {g.divergence_steps} steps)", file=sys.stderr, flush=True)
+            return
+        checkpoint = latest_checkpoint(self.output_dir)
+        back = f"resume from {checkpoint} (the same command)" if checkpoint else "start again"
+        raise UserError(f"step {step}: the run is diverging: {what}, {self.diverging} steps in a row. The weights are "
+                        f"being destroyed: lower train.lr (now {self.cfg.train.lr:g}) or train.max_grad_norm, then "
+                        f"{back}; or raise guard.divergence_z (0: off) if this change is expected.")
 
 
 def _finite(update: UpdateStats) -> bool:
