@@ -64,6 +64,11 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
     except BaseException as exc:
         if world.distributed and not isinstance(exc, typer.Exit):  # torchrun then stops the other ranks; this line says which rank and why
             typer.echo(f"{world.tag()}failed: {type(exc).__name__}: {exc}", err=True)
+            if _lost_a_peer(exc):
+                typer.echo(f"{world.tag()}another rank stopped answering (it died, was killed, or ran out of "
+                           f"memory): torchrun's summary below names it. Nothing after the last checkpoint is "
+                           f"kept; resume with:\n  {resume_command(recipe, overrides or [], cfg, world.size)}",
+                           err=True)
         raise
     finally:
         close_world(world, together)
@@ -76,6 +81,14 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _lost_a_peer(exc: BaseException) -> bool:
+    """A collective failed because another rank went away (gloo: the connection closed or reset; NCCL: the remote
+    process exited), not because of this rank's own error."""
+    text = f"{type(exc).__name__}: {exc}"
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                   "remote process exited", "DistBackendError", "NCCL communicator was aborted"))
 
 
 def resume_command(recipe: str, overrides: list[str], cfg, world_size: int) -> str:

@@ -48,3 +48,37 @@ def test_sigterm_under_torchrun_saves_one_step_on_every_rank(tmp_path, backgroun
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 9))
+
+
+def rank_pids(launcher_pid: int) -> dict[int, int]:
+    """torchrun's worker processes by their RANK (read from each child's environment)."""
+    found = {}
+    for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
+        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        ranks = [e.split(b"=", 1)[1] for e in env if e.startswith(b"RANK=")]
+        if ranks:
+            found[int(ranks[0])] = int(child)
+    return found
+
+
+def test_a_killed_rank_is_said_with_the_resume_command(tmp_path, background):
+    """kill -9 of one rank: the survivor says another rank went away and prints the command that resumes from the
+    last checkpoint, instead of gloo's bare "Connection closed by peer"."""
+    (tmp_path / "held_math.py").write_text(
+        HOLD_SOURCE + "\nfrom rewards.math import math_reward\n\n"
+        "def reward(prompts, completions, **kw):\n    gate_hold()\n    return math_reward(prompts, completions, **kw)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "grpo",
+           "train", "recipes/tiny.yaml", f"output_dir={out}", *SMALL, "checkpoint.every=2"]
+    gate = Gate(tmp_path / "gate", hold_from=3)
+    proc = background.start(cmd, env={**env, **gate.env()}, cwd=ROOT)
+    gate.wait_held(proc, ranks=(0, 1))  # both ranks inside step 3; step 2's checkpoint written
+    os.kill(rank_pids(proc.pid)[1], signal.SIGKILL)
+    gate.release()
+    _, err = background.finish(proc)
+    assert proc.returncode != 0
+    assert "[rank 0] another rank stopped answering" in err, err[-3000:]
+    assert "torchrun --nproc-per-node 2 -m grpo train recipes/tiny.yaml" in err
+    assert (out / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
