@@ -313,6 +313,9 @@ class PluginReward:
                 if self.worker is worker:
                     self._restart()
             raise WorkerLost(text)
+        if self.memory_mb and "memory" in value.lower():  # e.g. a library's own "out of memory" under the cap
+            value += (f" (the reward's worker runs under a memory cap of {self.memory_mb} MB of address space; "
+                      f"{MEMORY_ENV}=0 lifts it)")
         raise PluginError(value)
 
     def close(self) -> None:

@@ -80,7 +80,7 @@ def build_rewards(specs: list[Any]) -> list[NamedReward]:
     that cannot work raises UserError before any model loads. Call close_rewards() when done."""
     built: list[NamedReward] = []
     names_seen: dict[str, int] = {}
-    in_process = os.environ.get(IN_PROCESS_ENV, "").strip() not in ("", "0")
+    in_process = _in_process()
     try:
         pending = []
         for spec in specs:
@@ -116,6 +116,27 @@ def build_rewards(specs: list[Any]) -> list[NamedReward]:
         close_rewards(built)
         raise
     return built
+
+
+def reward_problems(name: str, args: dict | None = None) -> list[str]:
+    """What is wrong with a recipe's reward that would make every call fail (recipe args it does not take, no
+    **kwargs), for `grpo validate`, without importing a user's plugin in this process: a throwaway worker imports
+    it. Raises UserError when the name is unknown or the plugin cannot be imported."""
+    from rewards import plugin_pool
+    from rewards.registry import reward_signature_problems
+
+    target, what = reward_target(name)
+    if _in_process() or is_builtin(target):
+        return reward_signature_problems(load_reward(name), name, args)
+    worker = plugin_pool.start(name, target, what, args, plugin_pool.memory_cap_mb())
+    try:
+        return worker.probe()
+    finally:
+        worker.close()
+
+
+def _in_process() -> bool:
+    return os.environ.get(IN_PROCESS_ENV, "").strip() not in ("", "0")
 
 
 def close_rewards(rewards: list[NamedReward]) -> None:

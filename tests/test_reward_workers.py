@@ -38,6 +38,8 @@ def segfault(prompts, completions, **kw):
 
 def hangs(prompts, completions, **kw):
     if "hang" in completions:
+        if os.environ.get("HANG_MARK"):
+            open(os.environ["HANG_MARK"], "w").close()  # for the test: the call is in progress
         time.sleep(120)
     return [1.0] * len(completions)
 
@@ -227,6 +229,18 @@ def test_a_plugin_that_cannot_be_imported_fails_the_build(plugin):
         plugin(Spec("good", args={"scal": 2}))
 
 
+def test_import_time_exits_and_checks_stay_out_of_the_trainer(plugin, tmp_path):
+    from grpo.errors import UserError
+    from rewards.scoring import reward_problems
+
+    (tmp_path / "exits_on_import.py").write_text("import os\nos._exit(5)\n")
+    with pytest.raises(UserError, match="worker exited with code 5 .* while importing it"):
+        plugin(Spec("f", module="exits_on_import"))
+    problems = reward_problems("worker_rewards:good", {"scal": 2})  # for grpo validate: a throwaway worker
+    assert len(problems) == 1 and "takes no option 'scal' (did you mean 'scale'" in problems[0]
+    assert "worker_rewards" not in sys.modules and "exits_on_import" not in sys.modules
+
+
 def test_workers_end_with_close_rewards(plugin):
     rewards = plugin(Spec("pid"), Spec("good"))
     pids = [r.fn.pid for r in rewards]
@@ -239,28 +253,33 @@ def test_workers_end_with_close_rewards(plugin):
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {folder!r})
-from rewards.scoring import build_rewards
+from rewards.scoring import build_rewards, score
 
 class Spec:
     def __init__(self, name):
-        self.name, self.weight, self.args, self.timeout_s, self.max_abs = name, 1.0, {{}}, 30.0, 1e6
+        self.name, self.weight, self.args, self.timeout_s, self.max_abs = name, 1.0, {{}}, 600.0, 1e6
 
-rewards = build_rewards([Spec("worker_rewards:pid"), Spec("worker_rewards:good")])
+rewards = build_rewards([Spec("worker_rewards:pid"), Spec("worker_rewards:hangs")])
 print(json.dumps([r.fn.pid for r in rewards]), flush=True)
-time.sleep(600)
+score(rewards[1:], ["p"], ["hang"], {{}})  # its worker is busy when we die: only die-with-parent ends it
 """
 
 
 def test_workers_die_with_a_sigkilled_trainer(tmp_path):
     (tmp_path / "worker_rewards.py").write_text(PLUGIN)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root}
+    mark = tmp_path / "hanging"
+    env = {**os.environ, "PYTHONPATH": root, "HANG_MARK": str(mark)}
     env.pop("GRPO_REWARDS_IN_PROCESS", None)
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CHILD.format(folder=str(tmp_path)))],
                              stdout=subprocess.PIPE, env=env, cwd=str(tmp_path))
     try:
         pids = json.loads(child.stdout.readline())
         assert len(pids) == 2 and all(alive(p) for p in pids)
+        end = time.monotonic() + 30
+        while not mark.exists() and time.monotonic() < end:  # the hanging call has reached its worker
+            time.sleep(0.02)
+        assert mark.exists()
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
         assert wait_gone(pids, timeout=10) == [], "the workers outlived their SIGKILLed parent"
