@@ -86,8 +86,11 @@ class _Worker:
         os.set_blocking(self.rfd, False)
         self.reader = FrameReader(self.rfd)
         self.probe: dict | None = None
-        self.hello = encode(hello)
-        self.hello_sent = False
+        self.hello = encode(hello)  # sent now as far as the pipe takes it, so the import starts at once
+        try:
+            self.hello = self.hello[os.write(self.wfd, self.hello):]
+        except (BlockingIOError, BrokenPipeError, OSError):
+            pass  # the rest goes in wait_probe (which also sees a dead worker)
 
     @property
     def pid(self) -> int:
@@ -96,9 +99,9 @@ class _Worker:
     def wait_probe(self, deadline: float) -> dict:
         """The worker's first reply; raises PipeClosed (it died) or PipeTimeout."""
         if self.probe is None:
-            if not self.hello_sent:
+            if self.hello:
                 write_frame(self.wfd, self.hello, deadline)
-                self.hello_sent = True
+                self.hello = b""
             self.probe = self.reader.read(deadline)
         return self.probe
 
@@ -235,10 +238,13 @@ class PluginReward:
         if not self.closed:
             self.worker = _Worker(self.hello, self.memory_mb)  # starts now, imports while the trainer goes on
 
+    def _after_fork(self) -> None:
+        """In a forked child the worker and its pipes are the parent's: leave them to it; start our own."""
+        if os.getpid() != self.owner:
+            self.owner, self.worker, self.lock = os.getpid(), None, threading.Lock()
+
     def _ready(self) -> _Worker:
         """A worker that has imported the plugin (waiting for a fresh one outside the reward's time)."""
-        if os.getpid() != self.owner:  # a forked child: the pipes are its parent's; leave them, start ours
-            self.owner, self.worker = os.getpid(), None
         if self.closed:
             raise WorkerLost("the reward's worker was closed (close_rewards); no more calls")
         if self.worker is None:
@@ -287,6 +293,7 @@ class PluginReward:
 
     def _ask(self, request: bytes, deadline: Deadline | None, timeout_s: float | None = None):
         deadline = deadline or Deadline(None)
+        self._after_fork()
         with self.lock:
             worker = self._ready()
             if deadline.limited:
