@@ -57,7 +57,11 @@ def hostile() -> list[tuple[str, str]]:
             ("\\boxed{9^{9^{9}}}", "9^{9^{9}}+1"), ("\\boxed{" + "1" * 5000 + "}", "1" * 4999 + "2"),
             ("\\boxed{\\sum_{n=1}^{10^{12}} n}", "5"), ("\\boxed{x^{10^{9}} - 1}", "(x-1)(x+1)"),
             ("\\boxed{(x+1)^{100000}}", "x"), ("x" * 1_000_000, "1"), ("\\boxed{\\frac{1}{0}}", "\\infty"),
-            ("(" * 5000 + "1" + ")" * 5000, "1"), ("\\boxed{" + "\\sqrt{" * 300 + "2" + "}" * 300 + "}", "2")]
+            ("(" * 5000 + "1" + ")" * 5000, "1"), ("\\boxed{" + "\\sqrt{" * 300 + "2" + "}" * 300 + "}", "2"),
+            # round three: what is not prose is masked, integers are exact, undefined forms refused
+            ("```\n" * 100_000, "1"), ("<!--" * 100_000, "1"), ('"\\boxed{1}" ' * 50_000, "1"),
+            ("\\boxed{1} == " * 50_000, "1"), ("\\boxed{2^{2^{20}}+1}", "2^{2^{20}}-1"), ("\\boxed{0^{0}}", "1"),
+            ("x" * 300_000 + " and then the", "1")]
 
 
 def main() -> None:
@@ -86,7 +90,8 @@ def main() -> None:
         t = time.perf_counter()
         score(c, g)
         worst_h = max(worst_h, time.perf_counter() - t)
-    print(f"hostile      : {len(hostile())} inputs (10^{{10^{{10}}}}, 1000000!, 2000-deep braces, 60x60 matrix, ...); "
+    print(f"hostile      : {len(hostile())} inputs (10^{{10^{{10}}}}, 1000000!, 2000-deep braces, 60x60 matrix, "
+          f"100k code fences, ...); "
           f"slowest call {worst_h * 1000:.0f} ms")
     if not os.path.exists(args.mv_python):
         print(f"Math-Verify  : skipped ({args.mv_python} not found)")

@@ -4,6 +4,8 @@ scaling, undefined forms, and the false negatives of public graders' classes (ca
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from rewards.math import extract_answer, math_reward, score, warm_up
@@ -34,6 +36,8 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         (FENCE + "python\nprint(3 * 6)\n" + FENCE + "\n" + FENCE + "output\n18\n" + FENCE + "\nSo the answer is \\boxed{18}.",
          "18"),
         ("Final answer: \\boxed{18}.\n\nWait, I made an arithmetic mistake. Final answer: \\boxed{20}.", "20"),
+        ("The answer is 18.\n\nActually, I dropped a term. The answer is 20.", "20"),
+        ("The answer is 18.\n\nSo the final answer is 18 cookies.", "18"),
         ("The answer is \\boxed{7}. Indeed, $x = \\boxed{7}$ satisfies it.", "7"),
         ("$7!\\times 2!=\\boxed{10,\\!080}$.", "10080"),
         ("So $24 \\equiv \\boxed{3} \\pmod{7}$.", "3"),
@@ -46,6 +50,8 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("The answer is \\boxed{18}.\n\n$\\boxed{20}$ == 20", "20"),
         ("Final answer: \\boxed{18}.\n\nFinal answer: \\boxed{20}.", "20"),
         ("Final answer: \\boxed{18}.\n\nFinal answer: \\boxed{20}.", "18"),
+        ("The answer is 18.\n\nThe answer is 20.", "20"),
+        ("The answer is 18.\n\nThe answer is 20.", "18"),
         ("The answer is \\boxed{20}.\n" + FENCE + "python\nprint(3 * 6)\n" + FENCE + "\n" + FENCE + "output\n18\n" + FENCE,
          "20"),
         (FENCE + "python\nprint('\\\\boxed{20}')\n" + FENCE, "20"),
@@ -256,3 +262,16 @@ def test_odd_outputs_never_raise() -> None:
         for g in ["1", "\\textbf{(D) }18", "p=5,q=2; p=7,q=2", "\\begin{pmatrix}1\\end{pmatrix}", "40\\%"]:
             for reason in (None, "length", "stop", 7):
                 assert score(c, g, finish_reason=reason) in (0.0, 1.0)
+
+
+def test_masking_stays_fast() -> None:
+    # The 1 s bound is on the work (this process's CPU time, as in round two); the wall bound is generous.
+    cases = [("```\n" * 100_000, "1"), ("```output\n1\n```\n" * 30_000, "1"), ("<!--" * 100_000, "1"),
+             ('"\\boxed{1}" ' * 50_000, "1"), ("\\boxed{1} == " * 50_000, "2"), ("`\\boxed{1}`" * 50_000, "1"),
+             ("\\boxed{2^{2^{20}}+1}", "2^{2^{20}}-1"), ("\\boxed{9^{99999}}", "9^{99999}+1"),
+             ("x" * 300_000 + " and then the", "1"), ("<|im_start|>" * 100_000, "1")]
+    for completion, gold in cases:
+        t, cpu = time.monotonic(), time.process_time()
+        assert score(completion, gold) == 0.0, completion[:40]
+        assert time.process_time() - cpu < 1.0, completion[:40]
+        assert time.monotonic() - t < 15.0, completion[:40]

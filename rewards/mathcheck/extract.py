@@ -182,12 +182,12 @@ def clean(ans: str) -> str:
     return s
 
 
-def _marker(text: str, strong_only: bool = False) -> tuple[int, str] | None:
-    """(where the last answer marker starts, the answer text after it), or None."""
+def _marker(text: str, strong_only: bool = False, end: int | None = None) -> tuple[int, str] | None:
+    """(where the last answer marker before `end` starts, the answer text after it), or None."""
     best: tuple[int, int] | None = None
     for rule in (_MARKERS[:-1] if strong_only else _MARKERS):
         last = None
-        for m in rule.finditer(text):
+        for m in rule.finditer(text, 0, len(text) if end is None else end):
             last = m
         if last is not None:
             if best is None or last.start() > best[0]:
@@ -314,7 +314,7 @@ def prose(text: str) -> str:
     if has_box and ('"' in text or "`" in text or "“" in text):
         spans.extend(m.span() for m in _QUOTED.finditer(text) if "\\boxed" in m.group() or "\\fbox" in m.group())
     if has_box and ("==" in text or "!=" in text or "True" in text or "False" in text):
-        for start, end, _ in box_spans(text):
+        for start, end, _ in box_spans(text)[-64:]:  # the answer is at the end; a spray is rejected anyway
             line_end = text.find("\n", end)
             rest = text[end:line_end if 0 <= line_end < end + 300 else end + 300]
             if (_CLAIM_AFTER.match(rest) or _CLAIM_BEFORE.search(text, max(0, start - 12), start)
@@ -330,7 +330,7 @@ def prose(text: str) -> str:
             continue
         out.append(text[pos:a])
         seg = text[a:b]
-        out.append(" " * len(seg) if "\n" not in seg else re.sub(r"[^\n]", " ", seg))
+        out.append(" " * len(seg) if "\n" not in seg else "\n".join(" " * len(x) for x in seg.split("\n")))
         pos = b
     out.append(text[pos:])
     return "".join(out)
@@ -396,7 +396,16 @@ def final_answer(completion: str, finish_reason: str | None = None) -> tuple[lis
                 and "\n" not in text[marked[0]:].strip():
             return None  # "The answer is 1" cut by the length limit may have been "The answer is 150"
         c = _marked_answer(marked[1])
-        return ([c], False) if c else None
+        if not c:
+            return None
+        # "The answer is 18. ... The answer is 20." with no retraction between: two final answers, a hedge.
+        line_start = text.rfind("\n", 0, marked[0])
+        prev = _marker(text, strong_only=True, end=line_start) if line_start > 0 else None
+        if prev is not None and not _RETRACT.search(text, prev[0], marked[0]):
+            pc = _marked_answer(prev[1])
+            if pc and pc != c:
+                return [pc, c], True
+        return [c], False
     if truncated or (finish_reason is None and _unfinished(text)):
         return None  # no final-answer fallback into text that did not finish
     bare = text.strip()
