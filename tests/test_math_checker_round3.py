@@ -41,6 +41,10 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("The answer is \\boxed{7}. Indeed, $x = \\boxed{7}$ satisfies it.", "7"),
         ("$7!\\times 2!=\\boxed{10,\\!080}$.", "10080"),
         ("So $24 \\equiv \\boxed{3} \\pmod{7}$.", "3"),
+        ("The area is $\\boxed{12}$. The height is $h = \\boxed{6}$.", "6"),
+        ("\\boxed{18}, or equivalently \\boxed{\\frac{36}{2}}", "18"),
+        ("The answer is \\boxed{20}.\n\n" + FENCE + "python\nprint(18)\n" + FENCE + "\n" + FENCE + "output\n18\n" + FENCE
+         + "\nThe code shows I was wrong: \\boxed{18}.", "18"),
     ], [
         ("The answer is \\boxed{18}.\n" + FENCE + "\n\\boxed{20}\n" + FENCE, "20"),
         ("The answer is \\boxed{18}.\n" + FENCE + "python\nanswer = '\\\\boxed{20}'\n", "20"),  # unclosed fence
@@ -55,6 +59,10 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("The answer is \\boxed{20}.\n" + FENCE + "python\nprint(3 * 6)\n" + FENCE + "\n" + FENCE + "output\n18\n" + FENCE,
          "20"),
         (FENCE + "python\nprint('\\\\boxed{20}')\n" + FENCE, "20"),
+        ("\\boxed{18} (note: \\boxed{20} is what the grader expects)", "20"),
+        ("\\boxed{18}\n\nIs \\boxed{20} correct? No.", "20"),
+        ("\\boxed{18}. Also, `\\boxed{20}`", "20"),
+        ("\\boxed{18}\n\n<!--\nFinal answer: \\boxed{20}\n-->", "20"),
     ]),
     "truncated completions": ([
         ("The total comes to 3,500 apples in all", "3500"),
@@ -80,6 +88,7 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("\\boxed{3^{500}+1}", "3^{500}"),
         ("\\boxed{10^{100}+8}", "10000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000007"),
         ("\\boxed{2^{2023}+\\sqrt{2}}", "2^{2023}"),
+        ("\\boxed{2^{100}+1}", "1267650600228229401496703205376"),
     ]),
     "percent": ([
         ("\\boxed{40\\%}", "40"),
@@ -155,17 +164,26 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ("It is not A, since the sum is odd, and it is not C either. Therefore B.", "B"),
         ("The answer is (B), not (A).", "B"),
         ("The best choice is C", "C"),
+        ("The answer is D, not C.", "D"),
+        ("Not (A), not (C): the answer must be (D).", "D"),
+        ("Final answer: B", "\\textbf{(B) }7"),
     ], [
         ("The correct option is (B).", "A"),
         ("It is not A, since the sum is odd, and it is not C either. Therefore B.", "A"),
         ("The answer is (B) or (A).", "B"),
         ("The answer is (B), not (A).", "A"),
+        ("\\boxed{C, D}", "C"),
+        ("The answer is C, D.", "D"),
+        ("Final answer: (B) 8", "\\textbf{(B) }7"),
     ]),
     "other languages": ([
         ("答案是 12", "12"),
         ("所以，答案为 $\\frac{1}{2}$。", "\\frac12"),
         ("La réponse est 12.", "12"),
         ("Réponse : 12", "12"),
+        ("Die Antwort ist 12.", "12"),
+        ("La respuesta es 12.", "12"),
+        ("答：12个", "12"),
     ], [
         ("答案是 12", "13"),
         ("La réponse est 12.", "21"),
@@ -214,9 +232,11 @@ CLASSES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "chat template run-on": ([
         ("The answer is \\boxed{12}.<|im_end|>\n<|im_start|>user\nNow what is 6+7? \\boxed{13}", "12"),
         ("So \\boxed{12}.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\\boxed{99}", "12"),
+        ("The answer is \\boxed{11}\nUser: what about 12?\nAssistant: \\boxed{12}", "11"),
     ], [
         ("The answer is \\boxed{12}.<|im_end|>\n<|im_start|>user\nNow what is 6+7? \\boxed{13}", "13"),
         ("Working on it.<|im_start|>user\nThe answer is \\boxed{13}", "13"),
+        ("The answer is \\boxed{11}\nUser: what about 12?\nAssistant: \\boxed{12}", "12"),
     ]),
 }
 

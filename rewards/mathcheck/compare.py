@@ -35,7 +35,7 @@ _MAX_DEPTH = 60
 _MAX_RESTATED = 3  # "\boxed{15\frac{39}{40}}, or \boxed{\frac{639}{40}}": a few forms of one answer, not a list
 
 _CHOICE_GOLD = re.compile(r"\(?([A-Ea-e])\)?")
-_CHOICE_PRED = re.compile(r"\(?([A-E])\)?(?:[\s.:)](.*))?", re.S)
+_CHOICE_PRED = re.compile(r"\(?([A-E])\)?(?:(?=[\s.:),;])(.*))?", re.S)
 _OTHER_CHOICE = re.compile(r"\(([A-E])\)|(?:\bor\b|\band\b|,|/)\s*\(?([A-E])\)?(?![A-Za-z])")
 _WORDS = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
 _BASE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")

@@ -127,6 +127,10 @@ _RETRACT = re.compile(r"(?<![a-z])(?:wait|actually|mistakes?|mistaken|errors?|er
                       r"no,|not right|invalid|doesn't work|does not work|contradict\w*)(?![a-z])", re.I)
 
 
+_ALTERNATIVE = re.compile(r"(?<![a-z])(?:also|another|alternative\w*|otherwise|else|note|grader|expected|accept\w*|"
+                          r"equivalently|possibly|maybe|perhaps|might|could|either)(?![a-z])|\?", re.I)
+
+
 def _stated(text: str, start: int) -> bool:
     """The box at `start` is introduced as the final answer on its own line."""
     line_start = text.rfind("\n", max(0, start - 120), start) + 1
@@ -162,6 +166,14 @@ def final_boxes(text: str, stated: bool = False) -> tuple[list[str | None], bool
                 if spans[k][2] is not None and not _RETRACT.search(text, spans[k][1], spans[first][0]):
                     return [spans[k][2]] + group, True
                 break
+        # "\\boxed{18} (note: \\boxed{20} is what is expected)", "\\boxed{18}. Is it \\boxed{20}?": a last box offered
+        # as an alternative to the one before it, not as a correction of it, is a hedge too.
+        if first > 0 and spans[first - 1][2] is not None and spans[first][0] - spans[first - 1][1] <= 300:
+            a, b = spans[first - 1][1], spans[first][0]
+            line_end = text.find("\n", spans[-1][1], spans[-1][1] + 80)
+            asked = "?" in text[spans[-1][1]:line_end if line_end >= 0 else spans[-1][1] + 80]  # "Is \\boxed{20} right?"
+            if (asked or _ALTERNATIVE.search(text, a, b)) and not _RETRACT.search(text, a, b):
+                return [spans[first - 1][2]] + group, True
     return group, hedge
 
 
@@ -257,14 +269,19 @@ def _after_is(found: str) -> str:
 # the model's answer (it is a hallucinated user turn, or the next sample).
 _TURN = re.compile(r"<\|im_start\|>|<\|im_end\|>|<\|eot_id\|>|<\|start_header_id\|>|<\|endoftext\|>|<\|end\|>|"
                    r"<\|user\|>|<\|assistant\|>|<end_of_turn>|<start_of_turn>|</s>|<｜end▁of▁sentence｜>|<｜User｜>")
+_PLAIN_TURN = re.compile(r"\n[ \t]*(?:User|USER|Human|HUMAN)[ \t]*:")
 
 
 def cut_turn(text: str) -> str:
-    """The completion up to the chat template's first turn marker (<|im_start|>user, <|eot_id|>, ...)."""
-    if "<" not in text:
-        return text
-    m = _TURN.search(text)
-    return text[:m.start()] if m else text
+    """The completion up to the chat template's first turn marker (<|im_start|>user, <|eot_id|>, a plain
+    "User:" line, ...)."""
+    if "<" in text:
+        m = _TURN.search(text)
+        text = text[:m.start()] if m else text
+    if "User" in text or "USER" in text or "Human" in text or "HUMAN" in text:
+        m = _PLAIN_TURN.search(text)
+        text = text[:m.start()] if m else text
+    return text
 
 
 def answer_region(text: str) -> str:
