@@ -8,6 +8,7 @@ the gold and the rendering. The verdict, not the speed: the wall-clock budget is
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -70,6 +71,16 @@ def _balanced_parens(g: str) -> bool:
     return depth == 0
 
 
+def _same(a: str, b: str) -> bool:
+    """Generation guard: a distractor that the checker (unhurried) calls equal to the gold is not a wrong variant."""
+    keep = rewards.math._BUDGET_S
+    rewards.math._BUDGET_S = 60.0
+    try:
+        return score("\\boxed{%s}" % a, b) == 1.0
+    finally:
+        rewards.math._BUDGET_S = keep
+
+
 def cases() -> list[tuple[str, str, str, float, str | None]]:
     """(kind, completion, gold, wanted score, finish_reason), seeded."""
     golds = [json.loads(line)["answer"] for line in open(DATA)]
@@ -102,9 +113,6 @@ def cases() -> list[tuple[str, str, str, float, str | None]]:
             items = split_top(g_norm, (",",))
             if len(items) > 1 and all(items):
                 right.append(("reordered list", "\\boxed{%s}" % ", ".join(reversed(items))))
-        for kind, c in right:
-            out.append((kind, c, g, 1.0, None))
-
         wrong = []
         if v is not None:
             wrong.append(("off by one", "\\boxed{%s}" % _render(v + 1)))
@@ -114,18 +122,31 @@ def cases() -> list[tuple[str, str, str, float, str | None]]:
             other = _render(v + rng.choice([2, 3, 7]))
         else:
             other = None
-            for k in range(1, len(golds)):  # the next gold that is a plain number (never this gold's value)
+            for k in range(1, len(golds)):  # the next gold that is a plain number and not this gold's value
                 cand = golds[(i + k) % len(golds)]
-                if _num(cand) is not None and normalize(cand) != g_norm and not re.search(r"\d", g_norm):
-                    other = cand
+                if _num(cand) is not None and normalize(cand) != g_norm:
+                    if not _same(cand, g):
+                        other = cand
                     break
         if other is not None:
             wrong.append(("different box appended", "The answer is $\\boxed{%s}$.\n\n\\boxed{%s}" % (g, other)))
+            wrong.append(("gold only in a code block", "The answer is $\\boxed{%s}$.\n```\n\\boxed{%s}\n```" % (other, g)))
+            wrong.append(("gold only in an HTML comment", "So \\boxed{%s}. <!-- \\boxed{%s} -->" % (other, g)))
+            wrong.append(("gold only before the last tool output",
+                          "\\boxed{%s}\n```python\nprint(1)\n```\n```output\n1\n```\n" % g))
+            wrong.append(("gold only in the next chat turn",
+                          "The answer is \\boxed{%s}.<|im_end|>\n<|im_start|>user\nNo: \\boxed{%s}" % (other, g)))
+            right.append(("answer after a tool output", "```python\nprint(%s)\n```\n```output\n%s\n```\n"
+                          "So the answer is $\\boxed{%s}$." % (other, other, g)))
+            right.append(("answer after thinking", "<think>Maybe \\boxed{%s}? No.</think>\n\nThe answer is \\boxed{%s}."
+                          % (other, g)))
             if not _plural(g):
                 opts = [g, other, "%s+1" % other, "2\\cdot %s" % other]
                 rng.shuffle(opts)
                 wrong.append(("every option boxed", ", ".join("\\boxed{%s}" % o for o in opts)))
         wrong.append(("truncated before the answer", "Step one gives $%s$, and then we" % g))
+        for kind, c in right:
+            out.append((kind, c, g, 1.0, None))
         for kind, c in wrong:
             out.append((kind, c, g, 0.0, None))
         out.append(("truncated (finish_reason length)", "Step one gives $%s$ and the" % g, g, 0.0, "length"))
@@ -133,8 +154,17 @@ def cases() -> list[tuple[str, str, str, float, str | None]]:
     return out
 
 
-CASES = cases()
-KINDS = sorted({k for k, *_ in CASES})
+@functools.lru_cache(maxsize=1)
+def all_cases() -> tuple[tuple[str, str, str, float, str | None], ...]:
+    """Built on first use, not at collection (the distractor guard runs the checker)."""
+    return tuple(cases())
+
+
+KINDS = ["answer after a tool output", "answer after thinking", "boxed", "decimal", "dfrac", "different box appended",
+         "every option boxed", "final answer sentence", "gold only before the last tool output",
+         "gold only in a code block", "gold only in an HTML comment", "gold only in the next chat turn", "left/right",
+         "marker cut by the length limit", "off by one", "reordered list", "reordered set", "sign flipped", "spacing",
+         "the answer is", "truncated (finish_reason length)", "truncated before the answer", "unit", "x10", "x100"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -146,17 +176,23 @@ def _warm_worker() -> None:
 def test_generated_variants(kind: str, monkeypatch) -> None:
     monkeypatch.setattr(rewards.math, "_BUDGET_S", 60.0)  # the verdict, not the speed (see round two's unhurried)
     bad = []
-    for k, completion, gold, want, reason in CASES:
+    for k, completion, gold, want, reason in all_cases():
         if k == kind and score(completion, gold, finish_reason=reason) != want:
             bad.append("kind=%s want=%s gold=%r rendering=%r" % (k, want, gold, completion))
     assert not bad, "%d of the %s variants wrong:\n" % (len(bad), kind) + "\n".join(bad[:40])
 
 
-def test_suite_size_and_time(monkeypatch) -> None:
-    """The suite is a few thousand pairs and runs in well under a minute once warm (measured on the whole set)."""
-    assert len(CASES) > 3000 and len(KINDS) >= 15
+def test_suite_covers_every_kind() -> None:
+    built = all_cases()
+    assert len(built) > 5000
+    assert sorted({k for k, *_ in built}) == sorted(KINDS)
+
+
+def test_suite_time(monkeypatch) -> None:
+    """All pairs, once warm: about 3 s of CPU on the 2-core dev box; the bound leaves room for a loaded CI host."""
+    built = all_cases()
     monkeypatch.setattr(rewards.math, "_BUDGET_S", 60.0)
     t = time.process_time()
-    for _, completion, gold, _, reason in CASES[:500]:
+    for _, completion, gold, _, reason in built:
         score(completion, gold, finish_reason=reason)
     assert time.process_time() - t < 30.0
