@@ -69,6 +69,7 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
                            f"memory): torchrun's summary below names it. Nothing after the last checkpoint is "
                            f"kept; resume with:\n  {resume_command(recipe, overrides or [], cfg, world.size)}",
                            err=True)
+                raise typer.Exit(code=1) from None  # the lines above say it all; this rank's traceback would not
         raise
     finally:
         close_world(world, together)

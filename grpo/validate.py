@@ -17,7 +17,8 @@ from grpo.modeling import hub_model_problem, looks_like_hub_id
 from grpo.parallel import launched_world
 from grpo.recipe import parse_recipe
 from grpo.rules import guard_rules, precision_warnings, world_rules
-from rewards.registry import find_installed, load_reward, reward_signature_problems
+from rewards.registry import is_builtin, reward_target
+from rewards.scoring import reward_problems
 
 
 def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_environment: bool = True,
@@ -30,13 +31,11 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
     for i, reward in enumerate(cfg.rewards):
         if not reward.name:
             continue  # already reported as required
-        try:  # a user's module:function is imported; installed rewards are looked up, not imported (fast),
-            # unless args need checking against the function's signature
-            if ":" in reward.name or reward.args:
-                fn = load_reward(reward.name)
-                problems += [f"rewards[{i}].args: {p}" for p in reward_signature_problems(fn, reward.name, reward.args)]
-            else:
-                find_installed(reward.name)
+        try:  # a user's plugin is imported in a throwaway worker, never here (it may end or crash its process);
+            # grpo's own rewards are looked up, not imported (fast), unless args need checking
+            target, _ = reward_target(reward.name)
+            if reward.args or not is_builtin(target):
+                problems += [f"rewards[{i}].args: {p}" for p in reward_problems(reward.name, reward.args)]
         except UserError as exc:
             problems.append(f"rewards[{i}].name: {exc}")
     recipe_dir = Path(path).resolve().parent if path is not None else None

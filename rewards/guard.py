@@ -1,13 +1,13 @@
 """Calling a reward without trusting it: a time limit, and no way for it to end the trainer.
 
-Why a thread and not a process: the reward must see the same interpreter state it always has (module globals,
-its own caches, the math reward's sympy worker, the random generators), so scores stay bit-identical to an
-inline call, and nothing has to be pickled across a process boundary per batch. A daemon thread can be
-abandoned at the deadline: the trainer stops waiting, counts the batch as failed and goes on; the stuck call
-is left to finish (or not) on its own and never blocks exit. SystemExit and KeyboardInterrupt raised in the
-thread end only that thread, and are reported like any other raise. What a thread cannot stop is a reward
-that calls os._exit or crashes the interpreter; rewards that run untrusted code (code) have their own sandbox
-process, and math runs sympy in its own worker.
+grpo's own rewards are called here, in a thread: they must see the same interpreter state they always have
+(module globals, their caches, the math reward's sympy worker), so scores stay bit-identical to an inline call.
+A daemon thread can be abandoned at the deadline: the trainer stops waiting, counts the batch as failed and goes
+on; the stuck call is left to finish (or not) on its own and never blocks exit. SystemExit and KeyboardInterrupt
+raised in the thread end only that thread, and are reported like any other raise. What a thread cannot stop is
+os._exit or a crash of the interpreter: that is why a user's plugin reward runs in a worker process of its own
+(rewards/plugin_pool.py; the call here then waits on that worker), the code reward runs programs in its sandbox,
+and math runs sympy in its own worker.
 """
 
 from __future__ import annotations

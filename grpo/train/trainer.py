@@ -47,7 +47,7 @@ from grpo.train.sharding import (full_model_state, full_optimizer_state, gathere
 from grpo.train.signals import StopFlag, Stopped
 from grpo.train.summary import closing_summary, read_metrics
 from grpo.train.update import UpdateStats, policy_update
-from rewards.scoring import NamedReward, build_rewards
+from rewards.scoring import NamedReward, build_rewards, close_rewards
 
 
 class PeriodicEvaluator(Protocol):
@@ -144,6 +144,7 @@ def _train(run: Run, stop: StopFlag) -> Path:
         progress.close()
         run.log.close()
         run.sampler.close()  # before the process group goes: a vLLM engine under torchrun holds groups in it
+        close_rewards(run.rewards)  # the plugin rewards' worker processes
     if run.world.is_main:
         print(closing_summary(read_metrics(run.output_dir / "metrics.jsonl"), run.output_dir,
                               latest_checkpoint(run.output_dir), run.cfg.eval.data or None), flush=True)
