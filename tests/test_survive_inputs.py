@@ -134,3 +134,28 @@ def test_greedy_eval_with_several_samples_is_refused():
     assert problem.startswith("eval.k: 8 samples at temperature 0 are 8 copies of one greedy answer")
     assert eval_rules(EvalConfig(data="x.jsonl", k=1, temperature=0.0)) == []
     assert eval_rules(EvalConfig(data="x.jsonl", k=8, temperature=0.6)) == []
+
+
+def test_an_eval_protocol_that_cannot_fit_is_refused_before_anything_loads(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from grpo.cli import app
+    from grpo.config import EvalConfig
+    from grpo.eval.budget import eval_memory_bytes
+    from grpo.plan import ModelShape
+
+    shape = ModelShape(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, head_dim=16, vocab=1000, tied=True)
+    terms = eval_memory_bytes(EvalConfig(data="x", k=4, max_new_tokens=100, generation_batch_size=8), 10, "hf",
+                              shape, 4)
+    assert terms["samples held until the summary"] == 10 * 4 * (100 * 8 + 1024)
+    assert terms["one generate call's KV cache"] == 8 * (512 + 100) * (2 * 2 * 2 * 16 * 4)  # 8 rows a call
+    assert "one generate call's KV cache" not in eval_memory_bytes(EvalConfig(data="x"), 10, "vllm", shape, 4)
+
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"{a}+{a}", "answer": str(2 * a)}) + "\n" for a in range(30)))
+    result = CliRunner().invoke(app, ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--k", "100000",
+                                      "--max-tokens", "3072", "--temperature", "1.0",
+                                      "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "eval: k = 100000 samples of up to 3072 tokens for 30 problems needs about" in result.output
+    assert "Lower --k or --max-tokens" in result.output and not (tmp_path / "out").exists()

@@ -72,6 +72,8 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
         raise ConfigError(problems, "eval config")
     sets = load_eval_sets(cfg)  # before the model: a bad path fails in a second
     grader = load_grader(cfg.grader)
+    if model is None and sampler is None:  # a protocol that cannot fit is refused before anything loads
+        check_protocol_fits(cfg, sum(len(s.rows) for s in sets), model_path, dtype, device)
     # A sharded model (FSDP, during training) decodes in lockstep over the ranks.
     loaded = load_model(cfg, model, tokenizer, model_path, sampler, dtype, device, engine, world)
     try:
@@ -169,8 +171,7 @@ def load_model(cfg: EvalConfig, model, tokenizer, model_path, sampler, dtype: st
     transformers.utils.logging.disable_progress_bar()  # the eval bar is the one to watch
 
     torch_device = resolve_device(device)
-    if dtype == "auto":
-        dtype = "bfloat16" if torch_device.type == "cuda" else "float32"
+    dtype = eval_dtype(dtype, torch_device.type)
     path = resolve_model_path(str(model_path)) if model_path is not None else None
     if tokenizer is None:
         if path is None:
@@ -185,6 +186,33 @@ def load_model(cfg: EvalConfig, model, tokenizer, model_path, sampler, dtype: st
                                 seed=cfg.seed, dtype=dtype, synced=world.distributed, world=world,
                                 max_model_len=(engine or VllmConfig()).max_model_len)
     return Loaded(model, tokenizer, sampler, path, torch_device, dtype)
+
+
+def eval_dtype(dtype: str, device_type: str) -> str:
+    """--dtype auto: bfloat16 on a GPU, float32 on a CPU."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device_type == "cuda" else "float32"
+
+
+def check_protocol_fits(cfg: EvalConfig, problems: int, model_path: Path | str | None, dtype: str,
+                        device: str) -> None:
+    import json
+
+    from grpo.dtypes import DTYPES
+    from grpo.eval.budget import available_bytes, check_fits, eval_memory_bytes
+    from grpo.modeling import resolve_device, resolve_model_path
+    from grpo.plan import model_shape
+
+    device_type = resolve_device(device).type
+    shape = None
+    try:
+        config = Path(resolve_model_path(str(model_path))) / "config.json"
+        shape = model_shape(json.loads(config.read_text()), str(config))
+    except (UserError, OSError, ValueError, TypeError):
+        pass  # a hub id, or a config grpo plan cannot read: the KV term is left out, the rest still counts
+    terms = eval_memory_bytes(cfg, problems, eval_sampler(cfg.sampler), shape, DTYPES[eval_dtype(dtype, device_type)])
+    check_fits(terms, available_bytes(device_type), cfg, problems)
 
 
 def render_items(sets: list[EvalSet], renderer: PromptRenderer, cfg: EvalConfig) -> list[Item]:
