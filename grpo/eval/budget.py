@@ -62,7 +62,8 @@ def check_fits(terms: dict[str, float], available: int | None, cfg: EvalConfig, 
         return
     gb = 1024 ** 3
     parts = ", ".join(f"{name} {value / gb:,.1f} GiB" for name, value in sorted(terms.items(), key=lambda kv: -kv[1]))
+    # The transformers sampler draws a problem's k rows in one call: a smaller batch helps only while k is below it.
+    batch = " or a smaller --batch-size" if cfg.k < cfg.generation_batch_size else ""
     raise UserError(f"eval: k = {cfg.k} samples of up to {cfg.max_new_tokens} tokens for {problems} problems needs "
                     f"about {need / gb:,.1f} GiB ({parts}), and {available / gb:,.1f} GiB is available here. Lower "
-                    f"--k or --max-tokens, evaluate fewer problems (--limit), or a smaller --batch-size for the "
-                    f"transformers sampler.")
+                    f"--k or --max-tokens{batch}, or evaluate fewer problems (--limit).")
