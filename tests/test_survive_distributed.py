@@ -19,8 +19,9 @@ SMALL = ["train.prompts_per_step=4", "sampler.group_size=4", "sampler.max_new_to
          f"rewards=[{{name: 'held_math:reward', timeout_s: {REWARD_TIMEOUT_S}}}]"]
 
 
-def test_sigterm_under_torchrun_saves_one_step_on_every_rank(tmp_path, background):
-    # the math reward, held in step 3 on both ranks until the test has signalled (tests/gate.py)
+def held_run(tmp_path, background, *overrides):
+    """A 2-rank run of the tiny recipe whose math reward is held in step 3 on both ranks (tests/gate.py): returns
+    (the torchrun process, the gate, its environment, its command, output_dir) once both ranks are inside step 3."""
     (tmp_path / "held_math.py").write_text(
         HOLD_SOURCE + "\nfrom rewards.math import math_reward\n\n"
         "def reward(prompts, completions, **kw):\n    gate_hold()\n    return math_reward(prompts, completions, **kw)\n")
@@ -28,10 +29,15 @@ def test_sigterm_under_torchrun_saves_one_step_on_every_rank(tmp_path, backgroun
            "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "grpo",
-           "train", "recipes/tiny.yaml", f"output_dir={out}", *SMALL]
+           "train", "recipes/tiny.yaml", f"output_dir={out}", *SMALL, *overrides]
     gate = Gate(tmp_path / "gate", hold_from=3)
     proc = background.start(cmd, env={**env, **gate.env()}, cwd=ROOT)
     gate.wait_held(proc, ranks=(0, 1))  # both ranks inside step 3; steps 1-2 logged
+    return proc, gate, env, cmd, out
+
+
+def test_sigterm_under_torchrun_saves_one_step_on_every_rank(tmp_path, background):
+    proc, gate, env, cmd, out = held_run(tmp_path, background)
     proc.send_signal(signal.SIGTERM)
     # torchrun passes it on to the ranks; rank 0 says it heard it. Only then may step 3 finish (torchrun waits
     # 30 s for its ranks before it kills them, so the gate opens as soon as the signal is in).
@@ -64,17 +70,7 @@ def rank_pids(launcher_pid: int) -> dict[int, int]:
 def test_a_killed_rank_is_said_with_the_resume_command(tmp_path, background):
     """kill -9 of one rank: the survivor says another rank went away and prints the command that resumes from the
     last checkpoint, instead of gloo's bare "Connection closed by peer"."""
-    (tmp_path / "held_math.py").write_text(
-        HOLD_SOURCE + "\nfrom rewards.math import math_reward\n\n"
-        "def reward(prompts, completions, **kw):\n    gate_hold()\n    return math_reward(prompts, completions, **kw)\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "grpo",
-           "train", "recipes/tiny.yaml", f"output_dir={out}", *SMALL, "checkpoint.every=2"]
-    gate = Gate(tmp_path / "gate", hold_from=3)
-    proc = background.start(cmd, env={**env, **gate.env()}, cwd=ROOT)
-    gate.wait_held(proc, ranks=(0, 1))  # both ranks inside step 3; step 2's checkpoint written
+    proc, gate, _, _, out = held_run(tmp_path, background, "checkpoint.every=2")  # step 2's checkpoint written
     os.kill(rank_pids(proc.pid)[1], signal.SIGKILL)
     gate.release()
     _, err = background.finish(proc)
