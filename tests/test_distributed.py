@@ -160,8 +160,10 @@ def test_a_rank_that_fails_ends_the_job_naming_it(tmp_path):
     env_path = f"{tmp_path}{os.pathsep}{ENV.get('PYTHONPATH', '')}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "grpo", "train", "recipes/tiny.yaml", f"output_dir={tmp_path / 'run'}",
            *SMALL, "train.steps=2", "rewards=[{name: 'rank_bomb:reward'}]", "distributed.timeout_s=60"]
+    # In process: in its own worker (the default for plugins) the raise would be contained and scored 0; here the
+    # reward stands for anything that takes one rank down.
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                            env={**ENV, "PYTHONPATH": env_path})
+                            env={**ENV, "PYTHONPATH": env_path, "GRPO_REWARDS_IN_PROCESS": "1"})
     assert result.returncode != 0
     assert "rank 1/2: failed: Boom: the reward blew up on purpose" in result.stderr
 

@@ -80,8 +80,11 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir, sums_file, reward_mo
 
 
 @pytest.mark.slow
-def test_resume_after_sigterm_continues_exactly(tmp_path, tiny_model_dir, sums_file, reward_module):
+def test_resume_after_sigterm_continues_exactly(tmp_path, tiny_model_dir, sums_file, reward_module, monkeypatch):
     from grpo.train.signals import Stopped
+
+    # The reward signals its own process once (module state): it must be the trainer's, not a plugin worker's.
+    monkeypatch.setenv("GRPO_REWARDS_IN_PROCESS", "1")
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
