@@ -74,6 +74,7 @@ def test_eval_options_reach_the_config(monkeypatch, tmp_path):
     assert str(seen["output_dir"]).endswith("_limit5")
 
 
+@pytest.mark.slow  # grpo in a child process, several times (9 s)
 def test_validate_names_a_missing_logging_extra(tmp_path):
     import importlib.util
 
@@ -84,6 +85,7 @@ def test_validate_names_a_missing_logging_extra(tmp_path):
         assert result.returncode == 2 and f"{key}: true, but {package} is not installed" in result.stderr
 
 
+@pytest.mark.slow  # grpo in a child process, several times (9 s)
 def test_validate_checks_a_planned_torchrun_launch():
     result = grpo("validate", "recipes/tiny.yaml", "--world-size", "3")
     assert result.returncode == 2
@@ -91,6 +93,7 @@ def test_validate_checks_a_planned_torchrun_launch():
     assert grpo("validate", "recipes/tiny.yaml", "--world-size", "2").returncode == 0
 
 
+@pytest.mark.slow  # grpo in a child process, several times (9 s)
 def test_a_relative_data_path_says_where_it_was_looked_up(tmp_path):
     result = grpo("validate", str(ROOT / "recipes" / "tiny.yaml"), cwd=tmp_path)
     assert result.returncode == 2

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 pytest.importorskip("matplotlib", reason="grpo report needs the report extra (matplotlib)")
+pytestmark = pytest.mark.slow  # matplotlib renders every panel of several runs (40 s in all, quiet)
 
 from grpo.cli import app  # noqa: E402
 from grpo.report.cli import make_report  # noqa: E402

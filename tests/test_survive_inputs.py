@@ -57,6 +57,7 @@ def test_output_dir_must_be_a_writable_directory(tmp_path, monkeypatch):
     assert a_file.read_text() == "mine"
 
 
+@pytest.mark.slow  # grpo in child processes
 def test_train_and_validate_refuse_a_file_as_output_dir_with_exit_2(tmp_path, tiny_model_dir, sums_file):
     recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, "math")
     (tmp_path / "run").write_text("not a folder")
@@ -68,6 +69,7 @@ def test_train_and_validate_refuse_a_file_as_output_dir_with_exit_2(tmp_path, ti
     assert (tmp_path / "run").read_text() == "not a folder"
 
 
+@pytest.mark.slow  # grpo in child processes
 def test_data_with_a_bad_byte_fails_validate_with_the_line(tmp_path, tiny_model_dir):
     data = tmp_path / "bad.jsonl"
     data.write_bytes(json.dumps({"question": "1+1", "answer": "2"}).encode() + b"\n\xff\xfe\n")
