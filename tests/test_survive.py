@@ -1,7 +1,6 @@
 """Runs that survive: each case of the "Runs that survive" issue, in a real `grpo train` process where it is about
 processes (signals, the lock, a full disk, a reward that exits), in-process where the behaviour is a function's."""
 
-import errno
 import json
 import os
 import signal
