@@ -170,11 +170,13 @@ def _this_gpu_gb() -> float:
 
 @app.command()
 def rewards():
-    """List the installed reward functions and where each comes from."""
+    """List the installed reward functions and where each comes from; exit 2 if any cannot be used."""
     from rewards.registry import installed_rewards
+    from rewards.scoring import broken_rewards
 
     try:
         found = installed_rewards()
+        broken = broken_rewards(found)  # each plugin imported in a throwaway worker, never here
     except UserError as exc:
         _fail(exc)
     if not found:
@@ -183,7 +185,14 @@ def rewards():
     width = max(len(n) for n in found)
     for name in sorted(found):
         src = found[name]
-        typer.echo(f"{name:<{width}}  {src.target:<40}  {src.origin}")
+        mark = f"  BROKEN: {broken[name]}" if name in broken else ""
+        typer.echo(f"{name:<{width}}  {src.target:<40}  {src.origin}{mark}")
+    if broken:
+        names = ", ".join(f"'{n}' ({found[n].origin})" for n in sorted(broken))
+        typer.echo(f"error: {len(broken)} installed reward{'s' * (len(broken) != 1)} cannot be used: {names}; a "
+                   f"recipe naming one fails validate. Fix the package (the reason is after BROKEN above), or "
+                   f"uninstall it (pip uninstall <package>)", err=True)
+        raise typer.Exit(code=2)
 
 
 @app.command()

@@ -135,6 +135,41 @@ def reward_problems(name: str, args: dict | None = None) -> list[str]:
         worker.close()
 
 
+def broken_rewards(sources: dict[str, Any]) -> dict[str, str]:
+    """name -> why it cannot be used (first line), for the installed rewards `sources` (registry.RewardSource
+    by name) that fail to import or whose signature no call could satisfy; fine ones are absent. For `grpo
+    rewards`. grpo's own are imported here; each user plugin in a throwaway worker, all started at once, so a
+    plugin that ends or crashes its process on import costs that worker only."""
+    from rewards import plugin_pool
+    from rewards.registry import _import_target, reward_signature_problems
+
+    broken: dict[str, str] = {}
+    workers = {}
+    try:
+        for name, source in sources.items():
+            what = f"reward '{name}' ({source.origin})"
+            if is_builtin(source.target):
+                try:
+                    problems = reward_signature_problems(_import_target(source.target, what), name)
+                except Exception as exc:  # noqa: BLE001 - a broken built-in is listed as broken, like a plugin
+                    problems = [str(exc) if isinstance(exc, UserError) else f"{what}: {_describe(exc)}"]
+                if problems:
+                    broken[name] = problems[0]
+            else:
+                workers[name] = plugin_pool.start(name, source.target, what, {}, plugin_pool.memory_cap_mb())
+        for name, worker in workers.items():
+            try:
+                problems = worker.probe()
+            except UserError as exc:
+                problems = [str(exc)]
+            if problems:
+                broken[name] = problems[0]
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return {name: (text.strip().splitlines() or [""])[0] for name, text in broken.items()}
+
+
 def _in_process() -> bool:
     return os.environ.get(IN_PROCESS_ENV, "").strip() not in ("", "0")
 
@@ -227,8 +262,19 @@ def _call_safely(reward: NamedReward, prompts, completions, columns, n) -> tuple
         except Exception as exc:  # noqa: BLE001 - score this completion 0 and count it
             values.append(0.0)
             failed += 1
-            reward.failures.record(reward.name, _describe(exc), f"completion {i + 1} of {n}")
+            reward.failures.record(reward.name, _retry_text(batch_error, _describe(exc), i), f"a batch of {n}")
     return values, failed
+
+
+def _retry_text(batch_error: str, retry_error: str, i: int) -> str:
+    """The batch call's failure first: it is the call the reward's author wrote, with the batch's own counts
+    (a reward returning 3 values for 4 completions returns 0 for 1 when retried, which alone would mislead)."""
+    if retry_error == batch_error:
+        return f"{batch_error} (again on completion {i + 1} alone)"
+    head, _, advice = retry_error.partition("; ")
+    if advice and batch_error.endswith(advice):  # the same problem: its fix is said once
+        return f"{batch_error} (on completion {i + 1} alone: {head.partition(': ')[2] or head})"
+    return f"{batch_error}; on completion {i + 1} alone: {retry_error}"
 
 
 def _describe(exc: BaseException) -> str:
@@ -241,20 +287,56 @@ def _describe(exc: BaseException) -> str:
 
 
 def _checked(values: Any, n: int, max_abs: float = math.inf) -> list[float | None]:
+    """The reward's result as one float (or None) per completion, or a ValueError saying what is wrong with it,
+    with the counts of this call."""
     if not isinstance(values, (list, tuple)):
         raise ValueError(f"returned {type(values).__name__}, expected a list of {n} floats (or None); convert a "
                          f"numpy array or tensor with .tolist()")
     if len(values) != n:
-        raise ValueError(f"returned {len(values)} values for {n} completions: one per completion is required")
+        raise ValueError(f"returned {len(values)} value{'s' * (len(values) != 1)} for {_count(n)}; expected one "
+                         f"float (or None) per completion, in the order given")
     out: list[float | None] = []
-    for v in values:
+    for i, v in enumerate(values):
         if v is None:
             out.append(None)
             continue
-        f = float(v)
+        where = f" as value {i + 1} of {n}" if n > 1 else ""
+        f = _number(v, where)
         if not math.isfinite(f):
-            raise ValueError(f"returned the non-finite value {v!r}")
+            raise ValueError(f"returned the non-finite value {v!r}{where}")
         if abs(f) > max_abs:
-            raise ValueError(f"returned {f:g}, beyond rewards[].max_abs = {max_abs:g} (it would swamp the advantages)")
+            raise ValueError(f"returned {f:g}{where}, beyond rewards[].max_abs = {max_abs:g} (it would swamp the "
+                             f"advantages)")
         out.append(f)
     return out
+
+
+def _number(v: Any, where: str) -> float:
+    """A reward's value as a float. Text is refused, even "1.0": float() would take it, and a reward that returns
+    its dataset's column of strings (or a grader's verdict as text) would then train on whatever the text says.
+    bool is taken as 1.0 / 0.0: True is an int in Python, and a "was it right?" reward means exactly that.
+    Numbers of other kinds (int, numpy scalars, a 0-d tensor) are what float() makes of them."""
+    if isinstance(v, (str, bytes, bytearray)):
+        raise ValueError(f"returned the text {_short(v)}{where}, not a number; a reward returns floats (or None): "
+                         f"convert in the reward, e.g. float(x), and return 1.0, not \"1.0\"")
+    try:
+        return float(v)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"returned {_short(v)} (a {type(v).__name__}){where}, not a number; a reward returns one "
+                         f"float (or None) per completion") from None
+
+
+def _count(n: int) -> str:
+    return f"{n} completion{'s' * (n != 1)}"
+
+
+def _short(v: Any, limit: int = 60) -> str:
+    """repr of a value a reward returned, cut to `limit` characters (it may be a whole completion, or worse)."""
+    if isinstance(v, (str, bytes, bytearray)) and len(v) > limit:
+        v = v[:limit]  # cut before repr: repr of a huge string costs its size
+        return repr(v) + "..."
+    try:
+        text = repr(v)
+    except Exception:  # noqa: BLE001 - a value whose repr raises is still only reported
+        text = f"<{type(v).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,192 @@
+"""The rest of issue 26 (survive, round two): what a reward returns is a number or an error that says so, with
+the right counts; `grpo rewards` marks an entry point that cannot import; the math grader's recursion on short
+random strings; room for one checkpoint at start; eval writing samples as it goes, its plugin graders in workers."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+import pytest
+from conftest import grpo, write_recipe
+
+from rewards.scoring import build_rewards, close_rewards, named, reward_columns, score
+
+JUNK = """
+def text(prompts, completions, **kw):
+    return ["1.0"] * len(completions)
+
+def short(prompts, completions, **kw):
+    return [1.0] * (len(completions) - 1)
+
+def gold_as_score(prompts, completions, answer, **kw):  # a dataset column returned as it is: strings
+    return answer
+
+def scored_rows(prompts, completions, answer, **kw):  # drops the rows with no answer: one value short
+    return [float(a) for a in answer if a is not None]
+"""
+
+
+class Spec:
+    def __init__(self, fn_name, module="rest_rewards"):
+        self.name, self.weight, self.args = f"{module}:{fn_name}", 1.0, {}
+        self.timeout_s, self.max_abs = 30.0, 1e6
+
+
+@pytest.fixture
+def junk(tmp_path, monkeypatch):
+    monkeypatch.delenv("GRPO_REWARDS_IN_PROCESS", raising=False)  # plugins run in their workers, as in a run
+    (tmp_path / "rest_rewards.py").write_text(JUNK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("rest_rewards", None)
+    built = []
+
+    def build(*names):
+        rewards = build_rewards([Spec(n) for n in names])
+        built.extend(rewards)
+        return rewards
+
+    yield build
+    close_rewards(built)
+
+
+def columns(n, answers=None):
+    answers = answers if answers is not None else [str(i) for i in range(n)]
+    return reward_columns([{"question": "q"}] * n, answers, [[1, 2]] * n, ["stop"] * n, 8)
+
+
+# ---------------------------------------------------------------------------------------- 1: numbers, not text
+
+def test_a_numeric_string_is_an_error_naming_the_reward_the_value_and_the_fix(capsys):
+    def says_one(prompts, completions, **kw):
+        return ["1.0"] * len(completions)
+
+    s = score([named("says_one", says_one)], ["p"] * 3, ["a"] * 3, columns(3))
+    assert s.total == [0.0] * 3 and s.errors["says_one"] == 3  # not 1.0 each, as float("1.0") would give
+    err = capsys.readouterr().err
+    assert "reward 'says_one' failed" in err and "returned the text '1.0'" in err
+    assert 'return 1.0, not "1.0"' in err
+
+
+def test_a_dataset_column_of_text_returned_by_a_plugin_is_refused_in_its_worker(junk, capsys):
+    [reward] = junk("gold_as_score")
+    s = score([reward], ["p"] * 4, ["a"] * 4, columns(4, ["1", "0", "2", "1"]))
+    assert s.total == [0.0] * 4 and s.errors["rest_rewards:gold_as_score"] == 4
+    err = capsys.readouterr().err
+    assert "returned the text '1' as value 1 of 4, not a number" in err
+
+
+def test_bools_and_numeric_types_count_as_numbers():
+    import numpy as np
+
+    def mixed(prompts, completions, **kw):
+        return [True, False, np.float32(0.5), 2, None]
+
+    s = score([named("mixed", mixed)], ["p"] * 5, ["a"] * 5, columns(5))
+    # bool: True is an int in Python; a "was it right?" reward returning it means 1.0 (rewards/scoring._number)
+    assert s.per_reward["mixed"] == [1.0, 0.0, 0.5, 2.0, None] and s.errors["mixed"] == 0
+
+
+def test_a_long_text_value_is_cut_in_the_message(capsys):
+    def essay(prompts, completions, **kw):
+        return ["x" * 1_000_000] * len(completions)
+
+    score([named("essay", essay)], ["p"] * 2, ["a"] * 2, columns(2))
+    err = capsys.readouterr().err
+    assert "returned the text 'xxx" in err and len(err) < 2000
+
+
+# ---------------------------------------------------------------------------------- 2: wrong length, right counts
+
+def test_a_wrong_length_in_process_gives_the_batchs_counts(capsys):
+    def one_short(prompts, completions, **kw):
+        return [1.0] * (len(completions) - 1)
+
+    s = score([named("one_short", one_short)], ["p"] * 4, ["a"] * 4, columns(4))
+    assert s.errors["one_short"] == 4
+    err = capsys.readouterr().err
+    assert "reward 'one_short' failed on a batch of 4" in err
+    assert "returned 3 values for 4 completions; expected one float (or None) per completion" in err
+    assert "1 completions" not in err  # the retry's own counts are said as the retry's, not as the batch's
+
+
+def test_a_wrong_length_through_the_worker_gives_the_batchs_counts(junk, capsys):
+    [reward] = junk("short")
+    s = score([reward], ["p"] * 6, ["a"] * 6, columns(6))
+    assert s.errors["rest_rewards:short"] == 6
+    err = capsys.readouterr().err
+    assert "reward 'rest_rewards:short' failed on a batch of 6" in err and "returned 5 values for 6 completions" in err
+
+
+def test_a_column_reward_that_drops_rows_gives_the_batchs_counts(junk, capsys):
+    [reward] = junk("scored_rows")
+    s = score([reward], ["p"] * 4, ["a"] * 4, columns(4, ["1", None, "0", "1"]))
+    # one at a time, the rows with an answer score; the batch's result could not be placed row by row
+    assert s.per_reward["rest_rewards:scored_rows"] == [1.0, 0.0, 0.0, 1.0]
+    assert s.errors["rest_rewards:scored_rows"] == 1
+    err = capsys.readouterr().err
+    assert "returned 3 values for 4 completions" in err and "on completion 2 alone: returned 0 values for 1 " in err
+
+
+# ----------------------------------------------------------------------------- 3: an entry point that cannot import
+
+def fake_distribution(folder, dist, entries: dict[str, str], modules: dict[str, str]):
+    """A package importlib.metadata sees once `folder` is on sys.path: modules and a .dist-info with entry points."""
+    for module, source in modules.items():
+        (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    info = folder / f"{dist}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    lines = "\n".join(f"{name} = {target}" for name, target in entries.items())
+    (info / "entry_points.txt").write_text(f"[grpo.rewards]\n{lines}\n")
+
+
+def on_path(folder) -> dict[str, str]:
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+@pytest.fixture
+def broken_plugin(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    fake_distribution(plugins, "shaky_rewards",
+                      {"steady": "steady_mod:steady", "shaky": "shaky_mod:shaky", "quits": "quits_mod:quits"},
+                      {"steady_mod": "def steady(prompts, completions, **kw):\n    return [1.0] * len(completions)\n",
+                       "shaky_mod": "import no_such_dependency_xyz\n\ndef shaky(prompts, completions, **kw): ...\n",
+                       "quits_mod": "import os\nos._exit(7)\n"})
+    return plugins
+
+
+def test_grpo_rewards_marks_an_entry_point_that_cannot_import_and_exits_2(broken_plugin):
+    result = grpo("rewards", env={**on_path(broken_plugin), "GRPO_REWARDS_IN_PROCESS": ""}, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "BROKEN" not in lines["steady"] and "BROKEN" not in lines["math"]
+    assert "BROKEN: reward 'shaky' (shaky_rewards 0.1): cannot import module 'shaky_mod' (No module named " \
+           "'no_such_dependency_xyz')" in lines["shaky"]
+    assert "BROKEN: reward 'quits' (shaky_rewards 0.1): the reward's worker exited with code 7" in lines["quits"]
+    assert "2 installed rewards cannot be used: 'quits' (shaky_rewards 0.1), 'shaky'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_grpo_rewards_exits_0_when_every_reward_imports(tmp_path):
+    fake_distribution(tmp_path, "fine_rewards", {"fine": "fine_mod:fine"},
+                      {"fine_mod": "def fine(prompts, completions, **kw):\n    return [0.0] * len(completions)\n"})
+    result = grpo("rewards", env=on_path(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fine_mod:fine" in result.stdout and "BROKEN" not in result.stdout
+
+
+def test_validate_refuses_a_recipe_naming_an_entry_point_that_cannot_import(broken_plugin, monkeypatch, tmp_path,
+                                                                             tiny_model_dir, sums_file):
+    from grpo.errors import UserError
+    from grpo.validate import validate_recipe
+
+    monkeypatch.delenv("GRPO_REWARDS_IN_PROCESS", raising=False)
+    monkeypatch.syspath_prepend(str(broken_plugin))
+    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, "shaky")
+    with pytest.raises(UserError) as info:
+        validate_recipe(recipe)
+    assert "rewards[0].name: reward 'shaky' (shaky_rewards 0.1): cannot import module 'shaky_mod'" in str(info.value)
+    assert "shaky_mod" not in sys.modules  # imported in a throwaway worker, not here
