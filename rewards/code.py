@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+import threading
 from collections import Counter
 from typing import Any
 
@@ -99,6 +100,14 @@ def _aggregate(passed: list[bool], mode: str) -> float:
 # raising (a raise would make the scorer re-run the batch one at a time and count towards max_error_fraction,
 # both of which model output must never be able to trigger). Read by whoever reports metrics.
 CRASHES: Counter = Counter()
+_CRASHES_LOCK = threading.Lock()  # the pool's threads count into one Counter
+
+
+def crash_counts() -> dict[str, int]:
+    """A snapshot of CRASHES (exception type -> completions scored 0 for it, since this process started), for the
+    trainer's metrics: a count that grows means the code reward has a bug the model's output reaches."""
+    with _CRASHES_LOCK:
+        return dict(CRASHES)
 
 
 def _guarded(fn, *args) -> float:
@@ -109,8 +118,10 @@ def _guarded(fn, *args) -> float:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - see above
-        CRASHES[type(exc).__name__] += 1
-        if CRASHES.total() <= 5:
+        with _CRASHES_LOCK:
+            CRASHES[type(exc).__name__] += 1
+            total = CRASHES.total()
+        if total <= 5:
             print(f"code reward: {type(exc).__name__}: {str(exc)[:200]} while scoring a completion; scored 0 "
                   f"(counted in rewards.code.CRASHES)", file=sys.stderr, flush=True)
         return 0.0

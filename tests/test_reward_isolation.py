@@ -131,9 +131,13 @@ def test_code_reward_never_raises_on_a_crash_inside(monkeypatch):
     monkeypatch.setattr(code, "run_tests", boom)
     monkeypatch.setattr(code, "_executor", lambda *a: Executor.__new__(Executor))
     before = code.CRASHES["ZeroDivisionError"]
+    snapshot = code.crash_counts()
     out = code.code_reward(["p"], [fenced("def f(x):\n    return x")], [{"asserts": ["assert f(1) == 1"]}],
                            max_parallel=1)
     assert out == [0.0] and code.CRASHES["ZeroDivisionError"] == before + 1
+    # crash_counts() is a snapshot for the trainer's metrics: the earlier one did not move, a new one did.
+    assert snapshot.get("ZeroDivisionError", 0) == before
+    assert code.crash_counts()["ZeroDivisionError"] == before + 1
 
 
 # ------------------------------------------------------------------ item 6: helpers die with their parent
