@@ -190,3 +190,54 @@ def test_validate_refuses_a_recipe_naming_an_entry_point_that_cannot_import(brok
         validate_recipe(recipe)
     assert "rewards[0].name: reward 'shaky' (shaky_rewards 0.1): cannot import module 'shaky_mod'" in str(info.value)
     assert "shaky_mod" not in sys.modules  # imported in a throwaway worker, not here
+
+
+# ------------------------------------------------------------------- 4: the math grader on short random strings
+
+# Found by fuzzing 16-character strings (digits, brackets, operators, letters, ":" ...): each raised RecursionError
+# out of rewards.math.score (a ":" inside brackets made equal() call itself on the same two strings forever).
+RECURSED = [" $.3z=r|,]c:6|}c", " (8\\45*-p:i./c:1", "!(/+6/itz$8\\6,:!", "(.:=/0ef1!xt1{5b", "((<: ;[;61;};x27",
+            "%x!4!>*(|:)q8*(i", "(1:2)", "f(x:y)", "[a:b]", "\\{1:2\\}"]
+# And IndexError: a box holding \ldots itself miscounted the boxes of the final group.
+INDEXED = ["\\boxed{\\ldots} and %\\begin{pmatrix}:(}", "\\boxed{2\\\\z=\\infty% and })$9:t\\pm\\frac0\\\\}\\boxed{\\ldots}"]
+
+
+@pytest.mark.parametrize("text", RECURSED + INDEXED)
+def test_strings_that_broke_the_math_grader_score_0_without_raising(text):
+    from rewards.math import score
+
+    for completion, gold in ((text, "2"), (f"\\boxed{{{text}}}", "2"), ("\\boxed{2}", text), (text, text),
+                             (f"\\boxed{{{text}}}", "[c:d]")):
+        assert score(completion, gold) in (0.0, 1.0)  # a verdict; before, a RecursionError or IndexError
+
+
+def test_a_colon_inside_brackets_is_not_a_ratio_but_ratios_still_compare():
+    from rewards.math import score
+
+    assert score("\\boxed{(1:2)}", "(1:2)") == 1.0  # the same answer, judged whole
+    assert score("\\boxed{3:4}", "\\frac{3}{4}") == 1.0 and score("\\boxed{12:00}", "12:00") == 1.0
+    assert score("\\boxed{3:4}", "4:3") == 0.0
+
+
+def test_random_short_strings_never_raise_from_the_math_grader(monkeypatch):
+    import random
+
+    import rewards.mathcheck.compare as compare
+    from rewards.math import score
+
+    monkeypatch.setattr(compare, "_sympy", lambda p, g, tol=None: False)  # the in-process part; sympy has a worker
+    rng = random.Random(26)
+    alphabet = list("0123456789^()[]{}\\*/+-.,:=;|!<>%$ abcxyzefpi") + ["\\frac", "\\boxed{", "\\{", "\\}", "\\ldots"]
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(16))
+        for completion, gold in ((text, "2"), (f"\\boxed{{{text}}}", "2"), ("\\boxed{2}", text), (text, text)):
+            assert score(completion, gold) in (0.0, 1.0), (completion, gold)
+
+
+def test_exact_arithmetic_keeps_its_results_with_a_bounded_depth():
+    from rewards.mathcheck.numbers import exact_value
+
+    assert exact_value("-(-(-(2)))") == -2 and exact_value("--2") == 2 and exact_value("-+-2^2") == 4
+    assert exact_value("((((1+2))))\\times 3") == 9 and exact_value("\\frac{\\frac{1}{2}}{2}") == 0.25
+    assert exact_value("(" * 80 + "1" + ")" * 80) is None  # deeper than a plain number goes: not parsed at all
+    assert exact_value("-" * 250 + "1") == 1  # signs are a loop, not a call each

@@ -32,6 +32,7 @@ from rewards.mathcheck.worker import POOL
 _STATE = threading.local()
 _SYMPY_MAX_LEN = 400
 _MAX_DEPTH = 60
+_MAX_NESTING = 30  # equal() within equal(): a real answer's structure (a set of tuples of lists...) is a few deep
 _MAX_RESTATED = 3  # "\boxed{15\frac{39}{40}}, or \boxed{\frac{639}{40}}": a few forms of one answer, not a list
 
 _CHOICE_GOLD = re.compile(r"\(?([A-Ea-e])\)?")
@@ -307,9 +308,20 @@ def _approx_equal(p: str, g: str) -> bool:
 
 
 def equal(pred: str, gold: str) -> bool:
-    """Structural comparison; scalars go to scalar_equal."""
-    if _deadline_passed():
+    """Structural comparison; scalars go to scalar_equal. It calls itself on the parts of a structure (items,
+    sides, pieces), each a part of its caller's: the nesting is bounded here so that no input, however it is
+    written, can take it past Python's recursion limit."""
+    depth = getattr(_STATE, "nesting", 0)
+    if _deadline_passed() or depth >= _MAX_NESTING:
         return False
+    _STATE.nesting = depth + 1
+    try:
+        return _equal(pred, gold)
+    finally:
+        _STATE.nesting = depth
+
+
+def _equal(pred: str, gold: str) -> bool:
     p, g = _ungroup(normalize(pred)), _ungroup(normalize(gold))
     if ";" in p or ";" in g:
         p, g = _semicolons(p), _semicolons(g)
@@ -359,9 +371,11 @@ def equal(pred: str, gold: str) -> bool:
         return bool(sides) and all(equal(s, g) for s in sides)
     if len(g_eq) > 2:
         return scalar_equal(p, g)
-    # Times and ratios (12:00, 3:4): part by part.
-    if ":" in g or ":" in p:
-        gc, pc = split_top(g, (":",)), split_top(p, (":",))
+    # Times and ratios (12:00, 3:4): part by part. A ":" only inside brackets ("(1:2)", "f(x:y)") splits neither
+    # side: no ratio, so the checks below judge the whole (comparing the unsplit sides here recursed forever).
+    gc = split_top(g, (":",)) if ":" in g else [g]
+    pc = split_top(p, (":",)) if ":" in p else [p]
+    if len(gc) > 1 or len(pc) > 1:
         if sorted((len(gc), len(pc))) == [1, 2]:
             # A ratio of two numbers against one number: 3:4 is 3/4.
             a, b = gc if len(gc) == 2 else pc

@@ -148,6 +148,7 @@ def final_boxes(text: str, stated: bool = False) -> tuple[list[str | None], bool
     if not spans:
         return [], False
     group: list[str | None] = [spans[-1][2]]
+    boxes = 1  # of the group's items, those that are boxes (a box may hold \ldots itself: counted apart)
     hedge = False
     for (_, end, content), (start, _, _) in zip(reversed(spans[:-1]), reversed(spans[1:])):
         kind = _gap_kind(text[end:start])
@@ -157,10 +158,11 @@ def final_boxes(text: str, stated: bool = False) -> tuple[list[str | None], bool
         if kind == "ellipsis":
             group.insert(0, "\\ldots")
         group.insert(0, content)
+        boxes += 1
     if stated:
         # "Final answer: \boxed{18}. ... Final answer: \boxed{20}.": an earlier box stated as the final answer and
         # never retracted is a second final answer, so the two are a hedge (right only when both restate the gold).
-        first = len(spans) - sum(1 for g in group if g != "\\ldots")
+        first = len(spans) - boxes  # the group's first box
         for k in range(first - 1, max(-1, first - 51), -1):
             if _stated(text, spans[k][0]):
                 if spans[k][2] is not None and not _RETRACT.search(text, spans[k][1], spans[first][0]):

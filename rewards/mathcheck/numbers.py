@@ -134,6 +134,7 @@ def num_equal(pn: Num, gn: Num, p_pct: bool, g_pct: bool) -> bool:
 
 # Exact arithmetic on plain numbers ("5+5+1", "2^{2023}-1", "(3\\cdot 4)^2", "\\frac{7}{2}-1"): Fractions with a digit
 # cap, so huge integers compare exactly (never with a float tolerance) in bounded time.
+_MAX_NESTING = 60    # levels of brackets and \\frac; more is not a plain number (and nears the stack's limit)
 _MAX_BITS = 40_000   # about 12,000 digits per intermediate value; larger goes to sympy's structural comparison
 _TOKEN = re.compile(r"\s*(\d+(?:\.\d+)?|\\frac|\\cdot|\\times|\\div|[-+*/^(){}])")
 
@@ -158,11 +159,13 @@ def exact_value(s: str) -> Fraction | None:
             break
     if not toks or all(t in "+-" for t in toks) or not any(t[0].isdigit() for t in toks):
         return None
+    if _nesting(toks) > _MAX_NESTING:
+        return None  # not a plain number a model writes; the recursive descent below stays far from the limit
     try:
         val, k = _expr(toks, 0)
     except Indeterminate:
         raise
-    except (ValueError, ZeroDivisionError, OverflowError, IndexError, RecursionError):
+    except (ValueError, ZeroDivisionError, OverflowError, IndexError):
         return None
     return val if k == len(toks) else None
 
@@ -193,10 +196,26 @@ def _term(t: list[str], k: int) -> tuple[Fraction, int]:
 
 
 def _unary(t: list[str], k: int) -> tuple[Fraction, int]:
-    if t[k] in "+-":
-        v, k2 = _unary(t, k + 1)
-        return (-v if t[k] == "-" else v), k2
-    return _power(t, k)
+    negative = False
+    while t[k] in "+-":  # a loop, not a call per sign: "-+-+...1" costs no stack
+        negative ^= t[k] == "-"
+        k += 1
+    v, k = _power(t, k)
+    return (-v if negative else v), k
+
+
+def _nesting(t: list[str]) -> int:
+    """An upper bound on how deep the recursive descent goes for tokens t, in levels of _expr -> _atom (a few
+    frames each): an open bracket is a level until it closes; a \\frac (whose operands are atoms parsed within
+    it) is counted as a level to the end, as where its operands end is known only to the parse."""
+    deepest = depth = 0
+    for tok in t:
+        if tok in ("(", "{", "\\frac"):
+            depth += 1
+        elif tok in (")", "}"):
+            depth = max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _power(t: list[str], k: int) -> tuple[Fraction, int]:
