@@ -141,7 +141,7 @@ def run_tests(program: str, tests: dict, executor: Executor, mode: str = "fracti
     plan = plan_tests(tests, executor.limits.test_wall_s)
     results = executor.run(program, plan.runs, stop_on_timeout=(mode == "all"))
     passed = []
-    asked = {run["id"]: {op[1] for op in run.get("ops", []) if op[0] != "exec"} for run in plan.runs}
+    asked = {run["id"]: {op[1] for op in run.get("ops", []) if op[0] not in ("exec", "bind")} for run in plan.runs}
     answers_by_run = {rid: read_answers(r.answers(), asked.get(rid, set())) for rid, r in results.items()}
     for test in plan.tests:
         r = results[test.run]

@@ -6,13 +6,12 @@ from __future__ import annotations
 import ast
 import json
 import math
-from collections import deque
-from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from rewards.sandbox.operators import BINOPS, MAX_EXPONENT
+from rewards.sandbox.operators import BINOPS
 from rewards.sandbox.plan import Test
+from rewards.sandbox.wire import Iterated, decode  # noqa: F401 - Iterated: re-exported for callers of the judge
 
 # ------------------------------------------------------------------ the trusted expression evaluator
 
@@ -70,81 +69,7 @@ def _bits(a: Any) -> int:
 
 
 # ------------------------------------------------------------------ decoding what the sandbox sent
-
-class Iterated(tuple):
-    """What an iterator, generator, range or dict view yielded. list(), sorted(), set() and friends accept it; like
-    the original it equals nothing but itself, so `gen() == [1, 2]` fails as it would in Python."""
-
-    __hash__ = tuple.__hash__
-
-    def __eq__(self, other):
-        return self is other
-
-    def __ne__(self, other):
-        return self is not other
-
-
-def decode(x: Any, depth: int = 0) -> Any:
-    """Strict inverse of the worker's encoder: anything else is garbage and fails the test."""
-    if depth > 100:
-        raise ValueError("too deep")
-    if x is None or type(x) in (bool, str):
-        return x
-    if type(x) is int:
-        return x
-    if type(x) is list:
-        return [decode(v, depth + 1) for v in x]
-    if type(x) is dict and len(x) in (1, 2):
-        (tag, v), *rest = x.items()
-        if tag == "i" and isinstance(v, str):
-            return _int(v)
-        if tag == "f" and isinstance(v, str) and len(v) < 64:
-            return float(v)
-        if tag == "t" and isinstance(v, list):
-            return tuple(decode(e, depth + 1) for e in v)
-        if tag == "s" and isinstance(v, list):
-            items = [decode(e, depth + 1) for e in v]
-            return frozenset(items) if x.get("frozen") else set(items)
-        if tag == "d" and isinstance(v, list):
-            return {decode(k, depth + 1): decode(w, depth + 1) for k, w in v}
-        if tag == "b" and isinstance(v, str):
-            return bytes.fromhex(v)
-        if tag == "c" and isinstance(v, list) and len(v) == 2 and all(isinstance(p, str) and len(p) < 64 for p in v):
-            return complex(float(v[0]), float(v[1]))
-        if tag == "n" and isinstance(v, list) and len(v) == 2 and isinstance(v[1], str):
-            return _fraction(v[1]) if v[0] == "fractions.Fraction" else _decimal(v[1])
-        if tag == "q" and isinstance(v, list):
-            return deque(decode(e, depth + 1) for e in v)
-        if tag == "it" and isinstance(v, list):
-            return Iterated(decode(e, depth + 1) for e in v)
-    raise ValueError("not an encoded value")
-
-
-# Bounds on numbers crossing back: int() of a decimal string and Fraction/Decimal parsing are quadratic, and an
-# exponent is a size in disguise (Decimal('1e200000') is small until int() expands it).
-MAX_DIGITS = 5000
-
-
-def _int(text: str) -> int:
-    body = text[1:] if text[:1] == "-" else text
-    if not (0 < len(body) <= MAX_DIGITS and body.isascii() and body.isdigit()):
-        raise ValueError("not a bounded integer")
-    return int(text)
-
-
-def _fraction(text: str) -> Fraction:
-    num, _, den = text.partition("/")
-    value = Fraction(_int(num), _int(den or "1"))  # ZeroDivisionError for n/0: caught by the caller
-    return value
-
-
-def _decimal(text: str) -> Decimal:
-    if len(text) > MAX_DIGITS + 32 or not text.isascii():
-        raise ValueError("decimal too long")
-    value = Decimal(text)
-    if value.is_finite() and value and abs(value.adjusted()) > MAX_EXPONENT:
-        raise ValueError("decimal exponent too large")
-    return value
+# decode (strict, bounded) and Iterated live in wire.py, shared with the sandbox's own judge process.
 
 
 def read_answers(lines: list[str], asked: set[int] | None = None) -> dict[int, Any]:

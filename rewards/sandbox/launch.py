@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 INSIDE = Path(__file__).with_name("_inside.py")
+WIRE = Path(__file__).with_name("wire.py")  # encode/decode, shared with the trainer's judge: put in front
 
 
 @functools.lru_cache(maxsize=1)
-def _source() -> str:
-    return INSIDE.read_text()
+def source() -> str:
+    """The far side's whole program: wire.py's plain-data codec, then _inside.py, which uses it."""
+    return WIRE.read_text() + "\n\n" + INSIDE.read_text()
 
 
 def interpreter() -> str:
@@ -21,7 +23,7 @@ def interpreter() -> str:
 
 
 def launch_command() -> list[str]:
-    return [interpreter(), "-I", "-S", "-B", "-X", "utf8", "-c", _source()]
+    return [interpreter(), "-I", "-S", "-B", "-X", "utf8", "-c", source()]
 
 
 def launch_env() -> dict:

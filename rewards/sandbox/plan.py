@@ -4,11 +4,17 @@ sub-expressions of each assert) and, kept here, what may not (expected outputs a
 For `assert f(2) == 4` the sandbox evaluates only `f(2)`; the parent decides `value == 4`. Loops over literal
 cases are unrolled into one assert per case, one-line helpers (`def close(a, b): return abs(a - b) < 1e-6`) are
 inlined, and names bound to literals (`expected = 5`) are judged from the parent's copy, so expectations stay out.
+
+What cannot be split that way (a loop over computed values: a "check" op; a probe expression that uses names the
+test code binds: a "jeval" op) is judged inside the sandbox but outside the program's process: such a run is
+marked `judge`, and a clean judge process runs all of its test code, calling into the program's process only for
+the program's own functions, with plain values both ways (see judge_worker in _inside.py).
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import copy
 import json
 from dataclasses import dataclass, field
@@ -92,7 +98,7 @@ def plan_tests(tests: dict, test_wall_s: float) -> Plan:
     setup = "\n".join(op[2] for op in _setup_ops(tests))
     ops: list = []
     _compile_asserts(setup + "\n" + str(code), tests.get("entry_point"), ops, plan)
-    plan.runs.append(_probe_run(0, ops, len(plan.tests), test_wall_s))
+    plan.runs.append(_route(_probe_run(0, ops, len(plan.tests), test_wall_s)))
     return plan
 
 
@@ -173,9 +179,22 @@ class _Ctx:
 
 
 def _inline_check(fn: ast.FunctionDef, target: str, ctx: _Ctx) -> None:
-    ctx.ops.append(["exec", -1, f"{fn.args.args[0].arg} = {target}"])
-    ctx.literals.pop(fn.args.args[0].arg, None)
-    for stmt in fn.body:
+    """HumanEval's `def check(candidate)`: its body, with `candidate` read as the program's function. Written as that
+    function's own name where possible, so `candidate(3)` is a probe over the program's names alone."""
+    param = fn.args.args[0].arg
+    ctx.literals.pop(param, None)
+    body = fn.body
+    rebinds = any(isinstance(n, ast.Name) and n.id == param and not isinstance(n.ctx, ast.Load)
+                  for stmt in body for n in ast.walk(stmt))
+    if target.isidentifier() and not rebinds and target not in BUILTIN_NAMES:
+        body = [_Substitute({param: ast.Name(target, ast.Load())}).visit(copy.deepcopy(stmt)) for stmt in body]
+        body = [ast.fix_missing_locations(stmt) for stmt in body]
+    elif target.isidentifier():
+        # A name the builtins also have (a task whose function is `filter`): bound to the program's, never the builtin.
+        ctx.ops.append(["bind", -1, param, target])
+    else:
+        ctx.ops.append(["exec", -1, f"{param} = {target}"])
+    for stmt in body:
         _statement(stmt, ctx)
 
 
@@ -292,6 +311,78 @@ def _unroll(loop: ast.For, ctx: _Ctx) -> bool:
         for stmt in body:
             _statement(ast.fix_missing_locations(stmt), ctx)
     return True
+
+
+BUILTIN_NAMES = frozenset(dir(builtins))
+JUDGED = ("check", "jeval")
+
+
+def _route(run: dict) -> dict:
+    """Mark the ops the program's process must not answer, and give such a run what its judge process needs.
+
+    A probe expression that reads a name the test code binds (an import, a helper, a variable) would run test code in
+    the program's process, where the program can patch it: it becomes "jeval", evaluated by the judge process. A
+    probe over the program's names alone stays "eval": its value is the program's to choose anyway."""
+    ops = run["ops"]
+    bound = set()
+    for op in ops:
+        if op[0] in ("exec", "check"):
+            bound |= _bound_names(op[2])
+        elif op[0] == "bind":
+            bound.add(op[2])
+    for op in ops:
+        if op[0] == "eval" and _names(op[2]) & bound:
+            op[0] = "jeval"
+    if any(op[0] in JUDGED for op in ops):
+        run["judge"] = True
+        used = set()
+        for op in ops:
+            if op[0] in ("exec", "check", "jeval"):
+                used |= _names(op[2])
+            elif op[0] == "bind":
+                used.add(op[3])
+        run["names"] = sorted(used - BUILTIN_NAMES | {op[3] for op in ops if op[0] == "bind"})
+        # The test's imports also run in the program's process: an honest program may lean on them (MBPP's
+        # test_imports), and an import decides nothing.
+        run["p_setup"] = [op[2] for op in ops if op[0] == "exec" and _imports_only(op[2])]
+    return run
+
+
+def _parse(text: str) -> ast.AST | None:
+    try:
+        return ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def _names(text: str) -> set[str]:
+    tree = _parse(text)
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} if tree is not None else set()
+
+
+def _bound_names(text: str) -> set[str]:
+    """Every name a statement may bind, at any depth (erring wide only sends more probes to the judge process)."""
+    tree = _parse(text)
+    out: set[str] = set()
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            out.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, ast.alias):
+            out.add(node.asname or node.name.partition(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            out.add(node.name)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            out.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            out.add(node.rest)
+    return out
+
+
+def _imports_only(text: str) -> bool:
+    tree = _parse(text)
+    return tree is not None and bool(tree.body) and all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in tree.body)
 
 
 def _next_probe(ops: list) -> int:
