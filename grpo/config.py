@@ -232,6 +232,10 @@ class DistributedConfig:
     # price of rounded gradients. (The compute dtype is model.dtype; there is no second key for it.)
     reduce_dtype: DTypeName | None = None
     timeout_s: int = 600  # every collective; a rank that died or hangs ends the job after this, with an error
+    # A rank that makes no progress inside a stage of the step (generate, score, train, sync) for this long while
+    # another rank has moved past it is stuck: the job stops, naming it, long before timeout_s. None: timeout_s / 5;
+    # 0: off. Raise it when one rank's generation or reward can legitimately run this much longer than another's.
+    heartbeat_s: float | None = None
 
 
 @dataclass

@@ -86,10 +86,12 @@ def launched_world() -> World:
     return World(rank=int(os.environ["RANK"]), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def init_world(world: World, device: torch.device, timeout_s: float, group_of_one: bool = False) -> None:
+def init_world(world: World, device: torch.device, timeout_s: float, group_of_one: bool = False,
+               heartbeat_s: float | None = None) -> None:
     """Join the process group: nccl on CUDA, gloo on CPU. The timeout bounds every collective, so a rank that
-    died or hangs ends the job with an error instead of a silent wait. group_of_one: one process that still needs
-    a group (FSDP's mixed precision at world size 1), made in memory with no rendezvous."""
+    died or hangs ends the job with an error instead of a silent wait; the heartbeat (distributed.heartbeat_s, None:
+    timeout_s / 5) names a stuck rank and stops the job well before that. group_of_one: one process that still
+    needs a group (FSDP's mixed precision at world size 1), made in memory with no rendezvous."""
     if torch.distributed.is_initialized() or not (world.distributed or group_of_one):
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -101,12 +103,21 @@ def init_world(world: World, device: torch.device, timeout_s: float, group_of_on
     alone = {} if world.distributed else {"store": torch.distributed.HashStore(), "rank": 0, "world_size": 1}
     torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
                                          **({"device_id": device} if device.type == "cuda" else {}), **alone)
+    if world.distributed:
+        # Imported here: the watchdog lives with the loop whose stages it watches, and imports nothing from grpo.
+        from grpo.train import heartbeat
+
+        heartbeat.start(world.rank, world.size, heartbeat.heartbeat_seconds(heartbeat_s, timeout_s), world.tag())
 
 
 def close_world(world: World, together: bool = True) -> None:
     """Leave the process group (a group of one too). together: every rank is closing at the same point, so
     they meet first; a rank that failed alone leaves at once (its peers would never come to the barrier, and it
     would wait there for distributed.timeout_s before torchrun could stop the job)."""
+    if world.distributed:
+        from grpo.train import heartbeat
+
+        heartbeat.stop()  # first: a rank waiting at the barrier below, or gone, is not stuck
     if torch.distributed.is_initialized():
         if together:
             # Every rank's last collective must be done everywhere before any rank tears its group down: gloo

@@ -14,13 +14,16 @@ from pathlib import Path
 import torch
 
 from grpo import io
+from grpo.train.heartbeat import PROGRESS
 
 STAGES = ("grpo/generate", "grpo/score", "grpo/train", "grpo/sync")  # record_function labels in the step
 
 
 class stage:
     """One stage of a step: a labelled range in the torch profiler's trace (a few microseconds when no profiler
-    runs) and its wall-clock seconds, for the step's time/* metrics.
+    runs), its wall-clock seconds, for the step's time/* metrics, and a beat of the heartbeat (grpo.train.heartbeat,
+    which counts entries and exits: every rank must run the same stages in the same order, so rank-0-only work such
+    as writing a checkpoint stays outside them).
 
         with stage("grpo/train") as timed:
             ...
@@ -28,10 +31,12 @@ class stage:
     """
 
     def __init__(self, name: str):
+        self.name = name
         self._range = torch.profiler.record_function(name)
         self.seconds = 0.0
 
     def __enter__(self) -> "stage":
+        PROGRESS.entered(self.name)
         self._range.__enter__()
         self._started = time.perf_counter()
         return self
@@ -39,6 +44,7 @@ class stage:
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self._started
         self._range.__exit__(*exc)
+        PROGRESS.left(self.name)
 
 
 class StepProfiler:
@@ -54,6 +60,7 @@ class StepProfiler:
                   f"nothing will be profiled", file=sys.stderr, flush=True)
 
     def begin(self, step: int) -> None:
+        PROGRESS.step = step  # the loop calls this first thing in every step: the heartbeat names it
         if not self.enabled or step != self.step:
             return
         self._started = time.perf_counter()
