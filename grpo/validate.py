@@ -1,7 +1,8 @@
 """`grpo validate`: every problem in a recipe at once, before any model loads.
 
 Beyond the config's own checks it looks at what is cheap to look at: reward names resolve, the data file
-exists and has the columns the template and the answer column name, optional packages asked for are there.
+exists and has the columns the template and the answer column name, optional packages asked for are there,
+output_dir is a writable directory with room for one checkpoint.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
         warnings += precision_warnings(cfg)
     problems += world_rules(cfg, world_size or (launched_world().size if check_environment else 1))
     problems += _check_model_path(cfg.model.path)
-    problems += check_output_dir(cfg.output_dir)
+    output_problems = check_output_dir(cfg.output_dir)
+    problems += output_problems
+    if check_environment and not output_problems:
+        problems += check_checkpoint_room(cfg, recipe_dir, warnings)
     if problems:
         raise ConfigError(problems, str(path))
     return cfg
@@ -123,6 +127,41 @@ def check_output_dir(output_dir: str) -> list[str]:
         return [f"output_dir: {existing} is not writable here (a read-only file system or another user's folder); "
                 f"choose an output_dir this user can write"]
     return []
+
+
+def check_checkpoint_room(cfg: RecipeConfig, recipe_dir: Path | None = None,
+                          warnings: list[str] | None = None) -> list[str]:
+    """Room on output_dir's file system for one checkpoint, estimated from the model's config.json the way `grpo
+    plan` does (grpo.plan: the master weights and AdamW's two moments; with LoRA the merged model and the adapters'
+    state), with the slack the checkpoint writer itself asks for. Without a config.json at hand (a hub id not
+    downloaded yet) there is nothing to estimate from: the writer's own check before each checkpoint remains."""
+    from grpo.plan import _host, read_model_shape
+    from grpo.train.disk import SLACK, free_bytes
+
+    try:
+        shape, _ = read_model_shape(cfg.model.path, recipe_dir)
+    except UserError:
+        return []
+    one = _host(cfg, shape, 1)["checkpoint_disk_bytes"] * SLACK
+    path = Path(cfg.output_dir).expanduser()
+    free = free_bytes(path)
+    what = (f"parameters {shape.parameters():,} x {cfg.model.master_dtype} x 3 (weights and AdamW's two moments)"
+            if not cfg.model.lora.enabled else "the merged model and the adapters' weights and AdamW state")
+    if free < one:
+        return [f"output_dir: {path} has {_size(free)} free on its file system; one checkpoint of {cfg.model.path} "
+                f"needs about {_size(one)} ({what}, +{SLACK - 1:.0%}). Free some space, or choose an output_dir on "
+                f"a larger disk"]
+    kept = one * (cfg.checkpoint.keep_last + 1)  # the newest is written before the oldest is pruned
+    if warnings is not None and free < kept:
+        warnings.append(f"output_dir: {_size(free)} free holds one checkpoint (about {_size(one)}) but not the "
+                        f"{cfg.checkpoint.keep_last + 1} that checkpoint.keep_last={cfg.checkpoint.keep_last} holds "
+                        f"while the newest is written (about {_size(kept)}); a later checkpoint would find the "
+                        f"disk short and stop the run: free more space, or set checkpoint.keep_last lower")
+    return []
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _check_model_path(model: str) -> list[str]:

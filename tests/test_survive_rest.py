@@ -241,3 +241,55 @@ def test_exact_arithmetic_keeps_its_results_with_a_bounded_depth():
     assert exact_value("((((1+2))))\\times 3") == 9 and exact_value("\\frac{\\frac{1}{2}}{2}") == 0.25
     assert exact_value("(" * 80 + "1" + ")" * 80) is None  # deeper than a plain number goes: not parsed at all
     assert exact_value("-" * 250 + "1") == 1  # signs are a loop, not a call each
+
+
+# ------------------------------------------------------------------------ 5: room for one checkpoint, at the start
+
+def fake_free_space(free: int):
+    import collections
+    import shutil
+
+    real = shutil.disk_usage
+    usage = collections.namedtuple("usage", "total used free")
+    return lambda path: usage(10**12, 10**12 - free, free) if os.path.exists(path) else real(path)
+
+
+def test_validate_refuses_an_output_dir_without_room_for_one_checkpoint(tmp_path, tiny_model_dir, sums_file,
+                                                                         monkeypatch):
+    import shutil
+
+    from grpo.errors import UserError
+    from grpo.plan import read_model_shape
+    from grpo.validate import validate_recipe
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, "math")
+    shape, _ = read_model_shape(str(tiny_model_dir))
+    one = 3 * shape.parameters() * 4  # float32 master weights and AdamW's two moments
+    monkeypatch.setattr(shutil, "disk_usage", fake_free_space(one // 2))
+    with pytest.raises(UserError) as info:
+        validate_recipe(recipe)
+    message = str(info.value)
+    assert f"output_dir: {tmp_path / 'run'} has {one // 2 / 2**20:.1f} MiB free on its file system" in message
+    assert f"needs about {one * 1.1 / 2**20:.1f} MiB (parameters {shape.parameters():,} x float32 x 3" in message
+    assert "choose an output_dir on a larger disk" in message
+
+    notes: list[str] = []
+    monkeypatch.setattr(shutil, "disk_usage", fake_free_space(int(one * 1.5)))  # one fits, keep_last=2 (+1) do not
+    validate_recipe(recipe, warnings=notes)
+    assert any("holds one checkpoint" in n and "checkpoint.keep_last=2" in n for n in notes), notes
+    monkeypatch.setattr(shutil, "disk_usage", fake_free_space(one * 100))
+    notes.clear()
+    validate_recipe(recipe, warnings=notes)
+    assert not any("checkpoint" in n for n in notes)
+    validate_recipe(recipe, check_environment=False)  # --recipe-only: this machine's disk is not asked
+
+
+@pytest.mark.slow  # grpo train in a child process
+def test_train_refuses_before_loading_the_model_when_one_checkpoint_cannot_fit(tmp_path, tiny_model_dir, sums_file):
+    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, "math")
+    pre = ("import os, shutil, collections\n_real = shutil.disk_usage\n_u = collections.namedtuple('u', 'total used free')"
+           "\nshutil.disk_usage = lambda p: _u(10**12, 10**12 - 4096, 4096) if os.path.exists(p) else _real(p)")
+    result = grpo("train", recipe, pre=pre, cwd=tmp_path, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "has 0.0 MiB free on its file system; one checkpoint of" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "metrics.jsonl").exists()
