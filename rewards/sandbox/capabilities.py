@@ -61,6 +61,24 @@ def _probe(isolate: dict) -> dict:
     raise OSError(f"probe exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-300:]}")
 
 
+CGROUP_LABEL = {"v1": "cgroup per sandbox (v1, as root: memory of the whole tree, pids, equal CPU share)",
+                "v2": "cgroup per sandbox (v2, a delegated subtree: memory of the whole tree, pids)",
+                None: "cgroup per sandbox (memory of the whole tree, pids)"}
+
+
+def tree_memory_cap(caps: Capabilities) -> str:
+    """Which cap holds a program's whole process tree to its memory budget here, in words."""
+    kind = caps.report.get("cgroup_kind")
+    if kind == "v1":
+        return "cgroup v1 (memory.limit_in_bytes of a cgroup per sandbox, made as root)"
+    if kind == "v2":
+        return f"cgroup v2 (memory.max of a child per sandbox in the delegated subtree {cgroups.delegated_parent()})"
+    if caps.report.get("pidns"):
+        return ("RSS watchdog (the keeper sums the tree's resident memory every 50 ms; no cgroup: not root, and no "
+                "writable cgroup v2 subtree with the memory controller)")
+    return "none (RLIMIT_AS caps each process only)"
+
+
 def _summarise(level: str, report: dict) -> tuple[list[str], list[str]]:
     checks = [("user namespace", report.get("userns")), ("pid namespace", report.get("pidns")),
               ("network namespace (no network)", report.get("netns")), ("mount namespace", report.get("mountns")),
@@ -68,7 +86,7 @@ def _summarise(level: str, report: dict) -> tuple[list[str], list[str]]:
               ("no nested user namespaces", report.get("no_nested_userns")),
               ("seccomp filter (no memfd, ptrace, mount, new namespaces, io_uring, bpf, keyctl)",
                report.get("seccomp")),
-              ("cgroup per sandbox (memory of the whole tree, pids, equal CPU share)", report.get("cgroups")),
+              (CGROUP_LABEL.get(report.get("cgroup_kind"), CGROUP_LABEL[None]), report.get("cgroups")),
               ("untrusted code runs as a non-root host uid",
                report.get("host_uid", 0) != 0 or os.geteuid() == 0)]  # as root, levels below userns use nobody
     applied = [name for name, ok in checks if ok] + ALWAYS
@@ -94,7 +112,8 @@ def detect(refresh: bool = False) -> Capabilities:
             except (OSError, ValueError, subprocess.SubprocessError) as exc:
                 why[level] = str(exc)
                 continue
-            report["cgroups"] = level != "none" and cgroups.available()
+            kind = cgroups.available() if level != "none" else None
+            report["cgroups"], report["cgroup_kind"] = kind is not None, kind
             applied, missing = _summarise(level, report)
             _cached = Capabilities(level, LEVELS[level], applied, missing, why, report)
             break

@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from rewards.sandbox.capabilities import Capabilities, require
-from rewards.sandbox.cgroups import Cgroup
+from rewards.sandbox import cgroups
 from rewards.sandbox.launch import bind_paths, launch_command, launch_env
 from rewards.sandbox.limits import Limits
 
@@ -58,7 +58,8 @@ class Executor:
         if self.caps.report.get("cgroups"):
             lim = self.limits
             try:
-                group = Cgroup(memory_bytes=(lim.memory_mb + 2 * lim.file_mb + 128) << 20, pids=lim.processes + 8)
+                group = cgroups.make(self.caps.report.get("cgroup_kind") or "v1",
+                                     memory_bytes=(lim.memory_mb + 2 * lim.file_mb + 128) << 20, pids=lim.processes + 8)
                 job["cgroup_procs"] = group.procs_files
                 job["limits"]["tree_mem_bytes"] = 0  # the cgroup caps the tree: no need for the keeper's watchdog
             except OSError:
