@@ -1,16 +1,19 @@
-"""SIGTERM under torchrun: torchrun forwards it to every rank; the ranks agree on the step (world.max), every
-rank takes part in the save, rank 0 writes it, and the run resumes on 2 ranks."""
+"""Ranks under torchrun that are stopped, killed or stuck. SIGTERM: torchrun forwards it to every rank; the ranks
+agree on the step (world.max), every rank takes part in the save, rank 0 writes it, and the run resumes on 2
+ranks. A killed or stuck rank: the job ends naming it, with the command that resumes."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from gate import HOLD_SOURCE, REWARD_TIMEOUT_S, Gate, wait_for_text
+from test_heartbeat import ours_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # a training run under torchrun (2 ranks), signalled mid-step
@@ -50,6 +53,8 @@ def test_sigterm_under_torchrun_saves_one_step_on_every_rank(tmp_path, backgroun
     stopped = steps[-1]
     assert steps == list(range(1, stopped + 1)) and stopped == 3, err[-3000:]
     assert f"stopped by SIGTERM after step {stopped}" in err and "torchrun --nproc-per-node 2 -m grpo train" in err
+    # torchrun waits for its ranks before it raises: rank 0's checkpoint and resume command come before its traceback
+    assert err.index("resume with:") < err.index("got signal: 15"), err[-3000:]
     assert (out / "checkpoints" / f"step-{stopped:06d}" / "trainer_state.pt").is_file()
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -79,3 +84,41 @@ def test_a_killed_rank_is_said_with_the_resume_command(tmp_path, background):
     assert "[rank0]:" not in err  # the survivor's message, not its stack (the traceback left is torchrun's own)
     assert "torchrun --nproc-per-node 2 -m grpo train recipes/tiny.yaml" in err
     assert (out / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
+
+
+def test_a_stuck_rank_is_named_and_the_job_ends_long_before_the_collective_timeout(tmp_path, background):
+    """Rank 1's reward never returns in step 3 (rank 0's does): the heartbeat (distributed.heartbeat_s, by default
+    a fifth of timeout_s) finds rank 1 stuck in grpo/score, rank 1 says so with where it hangs and ends; rank 0 then
+    prints the command that resumes from step 2's checkpoint. Nothing of the job is left running."""
+    (tmp_path / "rank1_stuck.py").write_text(
+        HOLD_SOURCE + "\nimport os\nfrom rewards.math import math_reward\n\n"
+        "def reward(prompts, completions, **kw):\n    if os.environ.get('RANK') == '1':\n        gate_hold()\n"
+        "    return math_reward(prompts, completions, **kw)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    out = tmp_path / "run"
+    timeout_s = 120  # the heartbeat's default is timeout_s / 5 = 24 s
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "grpo",
+           "train", "recipes/tiny.yaml", f"output_dir={out}", *SMALL, "checkpoint.every=2",
+           f"distributed.timeout_s={timeout_s}",
+           f"rewards=[{{name: 'rank1_stuck:reward', timeout_s: {REWARD_TIMEOUT_S}}}]"]
+    gate = Gate(tmp_path / "gate", hold_from=3)
+    proc = background.start(cmd, env={**env, **gate.env()}, cwd=ROOT)
+    gate.wait_held(proc, ranks=(1,))
+    held_at = time.monotonic()
+    _, err = background.finish(proc, timeout=timeout_s)
+    took = time.monotonic() - held_at
+    assert proc.returncode != 0
+    assert took < timeout_s * 0.6, (took, err[-3000:])  # 24 s and a few ticks, far from the 120 s timeout
+    assert "rank 1/2: this rank is stuck: no progress for" in err, err[-3000:]
+    assert "in grpo/score of step 3, while rank 0 waits for it (distributed.heartbeat_s=24" in err
+    assert "Its main thread is here:" in err and "plugin_pool.py" in err  # waiting on its reward's worker
+    assert "rank 0/2: another rank stopped answering" in err
+    resume = "torchrun --nproc-per-node 2 -m grpo train recipes/tiny.yaml"
+    assert resume in err and "Timed out" not in err
+    assert (out / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    deadline = time.monotonic() + 30  # reward workers follow their trainer within a few seconds
+    while (left := ours_alive(str(tmp_path))) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == []
