@@ -12,16 +12,16 @@ from grpo.config import TrainConfig
 from grpo.errors import UserError
 from grpo.sampling.base import Completion
 from grpo.train.layout import checked_layout, choose_layout
+from grpo.train.episodes import Episode
 from grpo.train.packing import Layout, make_micro_batch, plan_micro_batches
-from grpo.train.rollouts import Rollout
-from test_update import RecordingSGD
-from grpo.train.update import completion_logprobs, policy_update
+from test_update import RecordingSGD, run_update
+from grpo.train.update import completion_logprobs
 
 CPU = torch.device("cpu")
 PAD = 0
 
 
-def groups_batch(vocab: int, seed: int = 0) -> list[Rollout]:
+def groups_batch(vocab: int, seed: int = 0) -> list[Episode]:
     """Three groups of 3: prompts of 7, 3 and 5 tokens, completions of 1 to 9 tokens and one empty."""
     gen = torch.Generator().manual_seed(seed)
     ids = lambda n: torch.randint(1, vocab, (n,), generator=gen).tolist()  # noqa: E731
@@ -31,8 +31,8 @@ def groups_batch(vocab: int, seed: int = 0) -> list[Rollout]:
         prompt = ids(p)
         for k, c in enumerate(cs):
             lp = (-torch.rand(c, generator=gen)).tolist()
-            rollouts.append(Rollout("", prompt, Completion(ids(c), lp, "", "stop"), {},
-                                    advantage=[1.0, -0.5, 0.25][k] * (g + 1), reward=float(k)))
+            rollouts.append(Episode.one_turn(prompt, Completion(ids(c), lp, "", "stop"), group_id=g,
+                                             advantage=[1.0, -0.5, 0.25][k] * (g + 1), reward=float(k)))
     return rollouts
 
 
@@ -61,7 +61,7 @@ def test_packed_layouts_give_the_padded_logprobs(model, kind, row_tokens):
     assert torch.allclose(got_entropy[m], want_entropy[m], atol=1e-5)
     assert packed.real_positions / packed.positions > padded.real_positions / padded.positions  # less padding
     if kind == "shared_prompt" and row_tokens == 0:  # each prompt once: 15 prompt tokens instead of 45
-        assert packed.real_positions == 15 + sum(len(r.completion.token_ids) for r in rollouts)
+        assert packed.real_positions == 15 + sum(r.length for r in rollouts)
 
 
 def settings(**kw):
@@ -75,8 +75,7 @@ def grads_and_stats(model, rollouts, s, lay, reference=None):
     m = copy.deepcopy(model)
     ref = copy.deepcopy(reference) if reference is not None else None
     optimizer = RecordingSGD(m.parameters(), lr=0.0)
-    stats = policy_update(m, ref, optimizer, rollouts, s, temperature=0.9, loss_constant=16, pad_id=PAD, device=CPU,
-                          layout=lay)
+    stats = run_update(m, ref, optimizer, rollouts, s, PAD, temperature=0.9, layout=lay)
     return optimizer.grads[-1], stats
 
 
@@ -108,9 +107,9 @@ def test_a_token_budget_cuts_micro_batches_without_changing_the_gradient(model):
     budget = 24
     lay = layout("shared_prompt", model, max_tokens=budget)
     chunks = plan_micro_batches(rollouts, lay)
-    assert len(chunks) > 1 and [r for c in chunks for r in c] == rollouts  # in order, each rollout once
+    assert len(chunks) > 1 and [i for c in chunks for i in c] == list(range(len(rollouts)))  # in order, each once
     for chunk in chunks:
-        mb = make_micro_batch(chunk, lay, PAD, CPU)
+        mb = make_micro_batch(rollouts[chunk.start:chunk.stop], lay, PAD, CPU)
         assert mb.real_positions <= budget or len(chunk) == 1  # one rollout longer than the budget goes alone
     want, _ = grads_and_stats(model, rollouts, settings(), Layout("padded", 9, 0))
     got, _ = grads_and_stats(model, rollouts, settings(), lay)
@@ -122,7 +121,7 @@ def test_ranks_can_ask_for_more_micro_batches_than_the_budget_needs(model):
     lay = layout("sequences", model, max_tokens=1000)
     assert len(plan_micro_batches(rollouts, lay)) == 1
     more = plan_micro_batches(rollouts, lay, count_at_least=4)
-    assert len(more) == 4 and [r for c in more for r in c] == rollouts
+    assert len(more) == 4 and [i for c in more for i in c] == list(range(len(rollouts)))
 
 
 def test_auto_takes_shared_prompt_on_cpu_and_a_windowed_model_is_refused(model):
@@ -173,7 +172,7 @@ def test_a_model_that_ignores_position_restarts_is_caught_for_sequences(model, c
 
 
 def test_a_packed_micro_batch_of_empty_completions_contributes_nothing(model):
-    rollouts = [r for r in groups_batch(model.config.vocab_size) if not r.completion.token_ids]
+    rollouts = [r for r in groups_batch(model.config.vocab_size) if not r.length]
     assert rollouts
     for kind in ("sequences", "shared_prompt"):
         mb = make_micro_batch(rollouts, layout(kind, model), PAD, CPU)
@@ -201,3 +200,22 @@ def test_varlen_boundaries_are_computed_once_as_transformers_would_from_the_posi
     assert torch.equal(mb.varlen["cu_seq_lens_q"], cu) and mb.varlen["cu_seq_lens_k"] is mb.varlen["cu_seq_lens_q"]
     assert mb.varlen["max_length_q"] == int(longest) and isinstance(mb.varlen["max_length_q"], int)
     assert make_micro_batch(rollouts, Layout("sequences", 64, 0), PAD, CPU).varlen is None  # rows: sdpa's masks
+
+
+def test_shared_prompt_blocks_follow_group_ids_not_prompt_text(model):
+    """Two groups that drew the same prompt are two groups (each its own baseline and block); one group's prompt
+    is written once however its completions are cut."""
+    model.eval()
+    prompt = [5, 6, 7, 8]
+    episodes = [Episode.one_turn(prompt, Completion([9 + k, 10], [-1.0, -1.0], "", "stop"), group_id=g)
+                for g in (0, 1) for k in range(2)]
+    mb = make_micro_batch(episodes, layout("shared_prompt", model), PAD, CPU)
+    assert mb.real_positions == 2 * len(prompt) + 4 * 2  # the prompt once per group, not once for all four
+    one_group = [Episode.one_turn(prompt, Completion([9 + k, 10], [-1.0, -1.0], "", "stop"), group_id=0)
+                 for k in range(4)]
+    assert make_micro_batch(one_group, layout("shared_prompt", model), PAD, CPU).real_positions == len(prompt) + 8
+    padded = make_micro_batch(episodes, Layout("padded", 64, 0), PAD, CPU)
+    with torch.no_grad():
+        want = completion_logprobs(model, padded, 1.0)[0]
+        got = completion_logprobs(model, mb, 1.0)[0]
+    assert torch.allclose(got, want, atol=1e-5)

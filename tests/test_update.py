@@ -10,23 +10,39 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo import resolve
 from grpo.objectives.loss import aggregate, clipped_surrogate
-from grpo.train.rollouts import Rollout
+from grpo.parallel import World
 from grpo.sampling.base import Completion
 from grpo.config import TrainConfig
+from grpo.train.episodes import Episode, model_segment, token_batch
 from grpo.train.packing import Layout, make_micro_batch
-from grpo.train.update import completion_logprobs, policy_update
+from grpo.train.update import build_objective, completion_logprobs, policy_update, training_pass
 
 
 def fixed_batch(tok):
     prompts = ["1+1=", "say hi:"]
     targets = [["2</s>", "3</s>"], ["hi</s>", "bye now</s>"]]
-    rollouts = []
-    for p, (good, bad) in zip(prompts, targets):
+    episodes = []
+    for g, (p, (good, bad)) in enumerate(zip(prompts, targets)):
         for text, adv in ((good, 1.0), (bad, -1.0)):
             ids = tok(text, add_special_tokens=False).input_ids
-            rollouts.append(Rollout(p, tok(p).input_ids, Completion(ids, [0.0] * len(ids), text, "stop"), {},
-                                    advantage=adv))
-    return rollouts
+            episodes.append(Episode.one_turn(tok(p).input_ids, Completion(ids, [0.0] * len(ids), text, "stop"),
+                                             group_id=g, prompt_text=p, advantage=adv))
+    return episodes
+
+
+def set_sampler_logprobs(episode: Episode, logprobs: list[float]) -> None:
+    """Replace a one-turn episode's sampler log-probs (a sampler that saw the tokens differently)."""
+    (segment,) = episode.segments
+    episode.segments = [model_segment(segment.token_ids, logprobs)]
+
+
+def run_update(model, reference, optimizer, episodes, train, pad_id, *, temperature=1.0, correction=None,
+               layout=None, world=World.single(), loss_constant=16):
+    """policy_update as the trainer calls it: the objective and the passes built once from the settings, the step's
+    per-token batch from the episodes."""
+    objective = build_objective(train, correction or resolve.sampler_correction(train, "hf"), loss_constant)
+    passes = training_pass(train, layout, temperature, torch.device("cpu"), world)
+    return policy_update(model, reference, optimizer, token_batch(episodes, pad_id), objective, passes)
 
 
 def settings(**kw):
@@ -37,8 +53,7 @@ def settings(**kw):
 
 
 def update(model, reference, optimizer, rollouts, train, pad_id, device=torch.device("cpu"), temperature=1.0):
-    return policy_update(model, reference, optimizer, rollouts, train, temperature=temperature, loss_constant=16,
-                         pad_id=pad_id, device=device, correction=resolve.sampler_correction(train, "hf"))
+    return run_update(model, reference, optimizer, rollouts, train, pad_id, temperature=temperature)
 
 
 def batch_logprobs(model, rollouts, pad_id):
@@ -49,7 +64,7 @@ def batch_logprobs(model, rollouts, pad_id):
 
 def batch_loss(model, rollouts, old_logp, pad_id):
     logp, mb = batch_logprobs(model, rollouts, pad_id)
-    out = clipped_surrogate(logp, old_logp, mb.advantages, 0.2, 0.28)
+    out = clipped_surrogate(logp, old_logp, mb.tokens.advantages, 0.2, 0.28)
     return aggregate(out.loss, mb.mask, "token_mean", len(rollouts), int(mb.mask.sum())).item()
 
 
@@ -120,7 +135,7 @@ def test_several_passes_use_the_sampler_logprobs_as_the_old_policy(model_and_tok
     rollouts = fixed_batch(tok)
     old_logp, mb = batch_logprobs(model, rollouts, tok.pad_token_id)
     for i, r in enumerate(rollouts):  # the sampler's view of the same tokens
-        r.completion.logprobs = old_logp[i, : len(r.completion.token_ids)].tolist()
+        set_sampler_logprobs(r, old_logp[i, : r.length].tolist())
     stats = update(model, None, torch.optim.AdamW(model.parameters(), lr=5e-2), rollouts,
                           settings(mu=4, clip_low=0.05, clip_high=0.05), tok.pad_token_id, torch.device("cpu"))
     assert stats.logprob_gap < 1e-4  # first pass: the policy is the sampler's
@@ -160,7 +175,7 @@ def sampler_view(model, rollouts, pad_id, shift):
     """Give the rollouts sampler log-probs = the model's own + shift[i] per sequence (a known mismatch)."""
     logp, _ = batch_logprobs(model, rollouts, pad_id)
     for i, r in enumerate(rollouts):
-        r.completion.logprobs = (logp[i, : len(r.completion.token_ids)] + shift[i]).tolist()
+        set_sampler_logprobs(r, (logp[i, : r.length] + shift[i]).tolist())
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
@@ -174,9 +189,7 @@ def test_every_objective_is_exact_under_micro_batching(model_and_tok, name):
         m = copy.deepcopy(model)
         opt = RecordingSGD(m.parameters(), lr=0.5)
         s = settings(micro_batch_size=micro, **OBJECTIVES[name])
-        stats.append(policy_update(m, reference, opt, rollouts, s, temperature=1.0, loss_constant=16,
-                                   pad_id=tok.pad_token_id, device=torch.device("cpu"),
-                                   correction=resolve.sampler_correction(s, "hf")))
+        stats.append(run_update(m, reference, opt, rollouts, s, tok.pad_token_id))
         grads.append(opt.grads)
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6)
@@ -227,9 +240,8 @@ def test_auto_correction_follows_the_sampler_backend(model_and_tok):
     for backend, expected in (("hf", "none"), ("vllm", "tis")):
         m = copy.deepcopy(model)
         correction = resolve.sampler_correction(settings(), backend)  # once per run, at setup
-        stats = policy_update(m, None, torch.optim.SGD(m.parameters(), lr=0.0), rollouts,
-                              settings(), temperature=1.0, loss_constant=16, pad_id=tok.pad_token_id,
-                              device=torch.device("cpu"), correction=correction)
+        stats = run_update(m, None, torch.optim.SGD(m.parameters(), lr=0.0), rollouts, settings(),
+                           tok.pad_token_id, correction=correction)
         assert stats.correction == expected
 
 
@@ -269,6 +281,6 @@ def test_the_update_reports_the_padded_share_of_its_forward_pass(model_and_tok):
     stats = update(model, None, torch.optim.SGD(model.parameters(), lr=0.0), rollouts, settings(micro_batch_size=8),
                    tok.pad_token_id)
     mb = make_micro_batch(rollouts, Layout("padded", len(rollouts), 0), tok.pad_token_id, torch.device("cpu"))
-    real = sum(len(r.prompt_ids) + len(r.completion.token_ids) for r in rollouts)
+    real = sum(len(r.prompt_ids) + r.length for r in rollouts)
     assert stats.padded_fraction == pytest.approx(1 - real / mb.input_ids.numel())
     assert 0 < stats.padded_fraction < 1  # prompts and completions of different lengths

@@ -54,7 +54,8 @@ def kl_reward_advantages(advantages: torch.Tensor, kl: torch.Tensor, mask: torch
     """The KL penalty as a per-token reward (`train.kl_in: reward`, as in PPO / REINFORCE++): token t is charged
     -beta * kl_t, and with no discount its return adds the penalties still to come, so
         A_t = A - beta * sum_{s >= t} kl_s
-    (A is the sequence's advantage from its outcome reward). advantages [N], kl and mask [N, T] -> [N, T]; zero on
-    padding. No gradient flows through kl (it is a reward)."""
+    (A is the sequence's advantage from its outcome reward). advantages [N] (or already per token, [N, T]), kl and
+    mask [N, T] -> [N, T]; zero where the mask is. No gradient flows through kl (it is a reward)."""
     penalty = (kl.detach() * mask).flip(-1).cumsum(-1).flip(-1)  # [N, T] sum over s >= t
-    return (advantages.unsqueeze(-1) - beta * penalty) * mask  # [N, T]
+    per_token = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # [N, 1] or [N, T]
+    return (per_token - beta * penalty) * mask  # [N, T]

@@ -13,8 +13,7 @@ from grpo.errors import UserError
 from grpo.parallel import World
 from grpo.rundir import latest_checkpoint
 from grpo.trend import Trend
-from grpo.train.rollouts import Experience
-from grpo.train.update import UpdateStats
+from grpo.train.episodes import Experience, UpdateStats
 from rewards.scoring import NamedReward
 
 

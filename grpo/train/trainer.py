@@ -41,12 +41,13 @@ from grpo.train.precision import Precision, resolve_precision
 from grpo.train.profiling import StepProfiler, stage
 from grpo.train.progress import Progress
 from grpo.train.resume import check_resume, rows_fingerprint
-from grpo.train.rollouts import Experience, collect_experience, merge_experience
+from grpo.train.episodes import Experience, UpdateStats, merge_experience, token_batch
+from grpo.train.rollouts import collect_experience
 from grpo.train.sharding import (full_model_state, full_optimizer_state, gathered, load_full_optimizer_state,
                                  reshard_all, unwrap, wrap_from_rank0)
 from grpo.train.signals import StopFlag, Stopped
 from grpo.train.summary import closing_summary, read_metrics
-from grpo.train.update import UpdateStats, policy_update
+from grpo.train.update import Objective, TrainingPass, build_objective, policy_update, training_pass
 from rewards.scoring import NamedReward, build_rewards, close_rewards
 
 
@@ -79,11 +80,10 @@ class Run:
     start_step: int
     world: World = field(default_factory=World.single)
     data_fingerprint: str = ""
-    layout: Layout | None = None  # the training pass's micro-batches (train.packing resolved)
+    objective: Objective | None = None  # the loss's parts, picked once from the recipe (grpo/train/update.py)
+    training_pass: TrainingPass | None = None  # how the update runs: layout, temperature, precision, ranks
     strategy: str = "none"  # none | ddp | fsdp (grpo.resolve.strategy)
     precision: Precision | None = None  # compute and master dtypes, and how the forward casts between them
-    correction: str = "none"  # train.sampler_correction, resolved (grpo.resolve.sampler_correction)
-    loss_constant: int = 0  # the normaliser of loss_aggregation=constant, resolved (grpo.resolve.loss_constant)
     evaluator: PeriodicEvaluator | None = None  # eval.every's evaluation; None: no periodic eval
 
 
@@ -201,13 +201,16 @@ def setup(cfg: RecipeConfig, world: World, evaluator: PeriodicEvaluator | None =
         if world.is_main:
             print(f"resuming from {resume.path} (step {start_step})")
     sampler, log = build_sampler_and_logs(cfg, model, world, strategy, precision, start_step, device, layout)
+    # The objective and the passes are fixed here, once: the loop hands them to every update as they are.
+    objective = build_objective(cfg.train, resolve.sampler_correction(cfg.train, cfg.sampler.backend),
+                                resolve.loss_constant(cfg.train, cfg.sampler))
+    passes = training_pass(cfg.train, layout, cfg.sampler.temperature, device, world, precision.autocast)
     return Run(cfg=cfg, output_dir=output_dir, device=device, tokenizer=model.tokenizer, policy=model.policy,
                reference=model.reference, sampler=sampler, rewards=rewards,
                advantage_fn=ADVANTAGES[cfg.train.advantage], optimizer=optimizer, scheduler=scheduler, stream=stream,
                renderer=PromptRenderer(model.tokenizer, cfg.data), log=log, start_step=start_step, world=world,
-               data_fingerprint=fingerprint, layout=layout, strategy=strategy, precision=precision,
-               correction=resolve.sampler_correction(cfg.train, cfg.sampler.backend),
-               loss_constant=resolve.loss_constant(cfg.train, cfg.sampler), evaluator=evaluator)
+               data_fingerprint=fingerprint, objective=objective, training_pass=passes, strategy=strategy,
+               precision=precision, evaluator=evaluator)
 
 
 def resume_point(cfg: RecipeConfig, output_dir: Path, world: World) -> Resume | None:
@@ -366,20 +369,17 @@ def sample_and_score(run: Run, step: int) -> Experience:
     run.sampler.wake()
     exp = collect_experience(settings, stream=run.stream, renderer=run.renderer, sampler=run.sampler,
                              rewards=run.rewards, advantage_fn=run.advantage_fn, data=c.data, train=c.train,
-                             world=run.world)
+                             world=run.world, policy_version=step - 1)  # the weights synced after step - 1
     run.sampler.sleep()
     return exp
 
 
 def update_policy(run: Run, exp: Experience) -> UpdateStats | None:
-    if not exp.rollouts:  # dynamic sampling found no group with any signal: nothing to learn this step
+    if not exp.episodes:  # dynamic sampling found no group with any signal: nothing to learn this step
         run.scheduler.step()
         return None
-    c = run.cfg
-    stats = policy_update(run.policy, run.reference, run.optimizer, exp.rollouts, c.train,
-                          temperature=c.sampler.temperature, loss_constant=run.loss_constant,
-                          pad_id=run.tokenizer.pad_token_id, device=run.device, world=run.world,
-                          correction=run.correction, layout=run.layout, autocast=run.precision.autocast)
+    batch = token_batch(exp.episodes, run.tokenizer.pad_token_id)  # the step's per-token batch, built once
+    stats = policy_update(run.policy, run.reference, run.optimizer, batch, run.objective, run.training_pass)
     run.scheduler.step()
     return stats
 
@@ -403,10 +403,10 @@ def check_sampler_matches_policy(run: Run, update: UpdateStats | None, step: int
 
 def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s: float, sync_s: float,
                  step_s: float) -> dict[str, float]:
-    rollouts = exp.rollouts
-    totals = [r.reward for r in rollouts]
-    lengths = [len(r.completion.token_ids) for r in rollouts]
-    advantages = [r.advantage for r in rollouts]
+    episodes = exp.episodes
+    totals = [e.reward for e in episodes]
+    lengths = [e.length for e in episodes]
+    advantages = [e.advantage for e in episodes]
     m: dict[str, float] = {
         "reward/mean": _mean(totals),
         "reward/std": statistics.pstdev(totals) if len(totals) > 1 else 0.0,
@@ -415,10 +415,10 @@ def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s:
         "advantage/abs_max": max((abs(a) for a in advantages), default=0.0),
         "groups/zero_variance_fraction": exp.zero_variance_groups / max(exp.sampled_groups, 1),
         "groups/dropped": exp.dropped_groups,
-        "groups/trained": len(rollouts) // exp.group_size,
+        "groups/trained": len(episodes) // exp.group_size,
         "completion/length_mean": _mean(lengths),
         "completion/length_max": max(lengths, default=0),
-        "completion/truncated_fraction": _mean([r.completion.finish_reason == "length" for r in rollouts]),
+        "completion/truncated_fraction": _mean([e.finish_reason == "length" for e in episodes]),
         "prompts/skipped_too_long": exp.skipped_prompts,
         "lr": run.scheduler.get_last_lr()[0],
         "time/generate_s": exp.generate_s,
@@ -456,14 +456,13 @@ def periodic_eval(run: Run, step: int) -> dict[str, float]:
 
 def write_samples(run: Run, exp: Experience, step: int) -> None:
     every = run.cfg.logging.samples_every
-    if not every or step % every and step != run.cfg.train.steps or not exp.rollouts:
+    if not every or step % every and step != run.cfg.train.steps or not exp.episodes:
         return
-    picks = exp.rollouts[:: max(1, len(exp.rollouts) // max(run.cfg.logging.num_samples, 1))]
-    run.log.samples(step, [{"prompt": r.prompt_text, "completion": r.completion.text,
-                            "finish_reason": r.completion.finish_reason, "reward": r.reward,
-                            "rewards": r.per_reward, "advantage": r.advantage,
-                            "answer": r.row.get(run.cfg.data.answer_column)}
-                           for r in picks[:run.cfg.logging.num_samples]])
+    picks = exp.episodes[:: max(1, len(exp.episodes) // max(run.cfg.logging.num_samples, 1))]
+    run.log.samples(step, [{"prompt": e.prompt_text, "completion": e.text, "finish_reason": e.finish_reason,
+                            "reward": e.reward, "rewards": e.per_reward, "advantage": e.advantage,
+                            "answer": e.row.get(run.cfg.data.answer_column)}
+                           for e in picks[:run.cfg.logging.num_samples]])
 
 
 def save_if_due(run: Run, step: int, force: bool = False) -> Path | None:

@@ -17,10 +17,12 @@ from grpo.config import DistributedConfig, TrainConfig
 from grpo.parallel import close_world, init_world, launched_world
 from grpo.sampling.base import Completion
 from grpo.objectives.advantages import ADVANTAGES
-from grpo.train.rollouts import Rollout, assign_advantages
+from grpo.train.episodes import Episode, model_segment, token_batch
+from grpo.train.rollouts import assign_advantages
 from grpo.train.sharding import full_model_state, wrap
+from grpo.train.layout import choose_layout
 from grpo.train.packing import Layout, make_micro_batch
-from grpo.train.update import completion_logprobs, policy_update
+from grpo.train.update import build_objective, completion_logprobs, policy_update, training_pass
 
 CASES = [  # (name, strategy, aggregation, beta, mu[, more TrainConfig keys])
     *[(f"{s}-{agg}-beta{beta}-mu{mu}", s, agg, beta, mu)
@@ -46,7 +48,7 @@ CASES = [  # (name, strategy, aggregation, beta, mu[, more TrainConfig keys])
 ]
 
 
-def global_batch(tok) -> list[Rollout]:
+def global_batch(tok) -> list[Episode]:
     """8 completions of 4 prompts, of different lengths, with fixed advantages and sampler log-probs."""
     gen = torch.Generator().manual_seed(0)
     rollouts = []
@@ -55,13 +57,14 @@ def global_batch(tok) -> list[Rollout]:
         for g in range(2):
             ids = tok(f" {2 * p + g}" + "!" * (p + 2 * g), add_special_tokens=False).input_ids
             lp = (-torch.rand(len(ids), generator=gen) * 2).tolist()
-            rollouts.append(Rollout("", prompt, Completion(ids, lp, "", "stop"), {}, advantage=1.0 if g else -0.5,
-                                    reward=float((3 * p + g) % 4) / 3))
+            rollouts.append(Episode.one_turn(prompt, Completion(ids, lp, "", "stop"), group_id=p,
+                                             advantage=1.0 if g else -0.5, reward=float((3 * p + g) % 4) / 3))
     return rollouts
 
 
-def near_sampler(model_dir: str, batch: list[Rollout], pad_id: int) -> list[Rollout]:
-    """The global batch with sampler log-probs = the starting policy's + uniform noise in [-0.6, 0.6]."""
+def near_sampler(model_dir: str, batch: list[Episode], pad_id: int) -> list[Episode]:
+    """The global batch with sampler log-probs = the starting policy's + uniform noise in [-0.6, 0.6] on its model
+    tokens (environment tokens have none)."""
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     mb = make_micro_batch(batch, Layout("padded", len(batch), 0), pad_id, torch.device("cpu"))
     with torch.no_grad():
@@ -69,20 +72,36 @@ def near_sampler(model_dir: str, batch: list[Rollout], pad_id: int) -> list[Roll
     gen = torch.Generator().manual_seed(1)
     out = copy.deepcopy(batch)
     for i, r in enumerate(out):
-        n = len(r.completion.token_ids)
-        r.completion.logprobs = (logp[i, :n] + (torch.rand(n, generator=gen) - 0.5) * 1.2).tolist()
+        noisy = (logp[i, :r.length] + (torch.rand(r.length, generator=gen) - 0.5) * 1.2).tolist()
+        segments, col = [], 0
+        for segment in r.segments:
+            n = len(segment.token_ids)
+            segments.append(model_segment(segment.token_ids, noisy[col:col + n]) if segment.trained else segment)
+            col += n
+        r.segments = segments
     return out
 
 
-def main(model_dir: str, out_dir: str) -> None:
+def update_once(model, reference, optimizer, episodes: list[Episode], train: TrainConfig, pad_id: int, world,
+                layout: Layout | None = None):
+    """One policy_update as the trainer makes it: objective and passes built once, the per-token batch from the
+    episodes (layout None: padded rows)."""
+    objective = build_objective(train, resolve.sampler_correction(train, "hf"), 12)
+    passes = training_pass(train, layout, 0.9, torch.device("cpu"), world)
+    return policy_update(model, reference, optimizer, token_batch(episodes, pad_id), objective, passes)
+
+
+def main(model_dir: str, out_dir: str, cases: list = CASES, make_batch=global_batch) -> None:
+    """Every case on `make_batch(tokenizer)`'s episodes, each rank taking its consecutive share (whole groups)."""
     world = launched_world()
     device = torch.device("cpu")
     init_world(world, device, timeout_s=120)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    batch = global_batch(tok)
+    batch = make_batch(tok)
     share = len(batch) // world.size
     mine = batch[world.rank * share:(world.rank + 1) * share]
-    for name, strategy, aggregation, beta, mu, *more in CASES:
+    train_micro_batch = 2
+    for name, strategy, aggregation, beta, mu, *more in cases:
         more = dict(more[0]) if more else {}
         advantage = more.pop("advantage", None)
         rollouts = copy.deepcopy(near_sampler(model_dir, batch, tok.pad_token_id)[world.rank * share:][:share]
@@ -90,6 +109,8 @@ def main(model_dir: str, out_dir: str) -> None:
         if advantage is not None:  # each rank holds whole groups of 2
             assign_advantages(rollouts, ADVANTAGES[advantage], 2, world)
         model = AutoModelForCausalLM.from_pretrained(model_dir)
+        packing = more.pop("packing", None)  # chosen for the model as the trainer does, before any wrapping
+        layout = choose_layout(packing, train_micro_batch, 0, model, device) if packing else None
         reference = copy.deepcopy(model).eval() if beta > 0 else None
         strategy = strategy if world.distributed else "none"
         model = wrap(model, strategy, DistributedConfig(), device)
@@ -98,11 +119,10 @@ def main(model_dir: str, out_dir: str) -> None:
         # SGD: the weight change is the gradient itself (Adam would divide tiny float differences by tiny
         # second moments and amplify them), so this compares the gradients sharply.
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        train = TrainConfig(**{**dict(clip_low=0.2, clip_high=0.28, beta=beta, mu=mu, micro_batch_size=2,
-                                      loss_aggregation=aggregation, max_grad_norm=0.5), **more})
-        stats = policy_update(model, reference, optimizer, rollouts, train, temperature=0.9, loss_constant=12,
-                              pad_id=tok.pad_token_id, device=device, world=world,
-                              correction=resolve.sampler_correction(train, "hf"))
+        train = TrainConfig(**{**dict(clip_low=0.2, clip_high=0.28, beta=beta, mu=mu,
+                                      micro_batch_size=train_micro_batch, loss_aggregation=aggregation,
+                                      max_grad_norm=0.5), **more})
+        stats = update_once(model, reference, optimizer, rollouts, train, tok.pad_token_id, world, layout)
         weights = full_model_state(model)
         advantages = [a for part in world.gather([r.advantage for r in rollouts]) for a in part]
         if world.is_main:
