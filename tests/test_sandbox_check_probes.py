@@ -153,6 +153,19 @@ def test_probe_over_test_names_is_judged_too(ex):
     assert score(fenced(cheat), tests, executor=ex) == 0.0
 
 
+def test_builtins_applied_to_the_programs_output_are_judged(ex):
+    # `isinstance(f(2), int)` judges f's output with a builtin the program can patch in its own process; a builtin
+    # that only builds f's input (`f(list(range(3)))`) leaves the probe a plain value of the program's.
+    tests = {"asserts": ["assert isinstance(f(2), int)", "assert f(list(range(3))) == 6"]}
+    kinds = [op[0] for op in plan_tests(tests, 1.0).runs[0]["ops"]]
+    assert kinds == ["jeval", "eval"]
+    honest = "def f(x):\n    return sum(x) * 2 if isinstance(x, list) else x"
+    assert score(fenced(honest), tests, executor=ex) == 1.0
+    cheat = "import builtins\nbuiltins.isinstance = lambda *a: True\ndef f(x):\n    return 6 if x == [0, 1, 2] else 'no'"
+    # 0.5 before: the patched isinstance passed the first assert (its own encoder, misled too, fails the second).
+    assert score(fenced(cheat), tests, executor=ex) == 0.0
+
+
 def test_judged_runs_keep_honest_forms_working(ex):
     prog = ("import math\nLIMIT = 10\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n"
             "    return a\ndef split(xs):\n    return [x for x in xs if x % 2], {'n': len(xs)}\n"

@@ -320,9 +320,10 @@ JUDGED = ("check", "jeval")
 def _route(run: dict) -> dict:
     """Mark the ops the program's process must not answer, and give such a run what its judge process needs.
 
-    A probe expression that reads a name the test code binds (an import, a helper, a variable) would run test code in
-    the program's process, where the program can patch it: it becomes "jeval", evaluated by the judge process. A
-    probe over the program's names alone stays "eval": its value is the program's to choose anyway."""
+    A probe expression that reads a name the test code binds (an import, a helper, a variable), or applies a builtin
+    to what the program returns (`isinstance(f(2), int)`), would run test code in the program's process, where the
+    program can patch it: it becomes "jeval", evaluated by the judge process. A probe that is the program's function
+    applied to inputs stays "eval": its value is the program's to choose anyway."""
     ops = run["ops"]
     bound = set()
     for op in ops:
@@ -331,7 +332,7 @@ def _route(run: dict) -> dict:
         elif op[0] == "bind":
             bound.add(op[2])
     for op in ops:
-        if op[0] == "eval" and _names(op[2]) & bound:
+        if op[0] == "eval" and _judges(op[2], bound):
             op[0] = "jeval"
     if any(op[0] in JUDGED for op in ops):
         run["judge"] = True
@@ -358,6 +359,32 @@ def _parse(text: str) -> ast.AST | None:
 def _names(text: str) -> set[str]:
     tree = _parse(text)
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} if tree is not None else set()
+
+
+def _judges(text: str, bound: set[str]) -> bool:
+    """Whether a probe expression does more than call the program: it reads a test-bound name anywhere, or a builtin
+    outside the arguments of a call into the program (`f(list(range(3)))` builds an input; `isinstance(f(2), int)`
+    judges an output)."""
+    tree = _parse(text)
+    if tree is None:
+        return True
+
+    def rooted_in_program(node: ast.expr) -> bool:
+        while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
+            node = node.func if isinstance(node, ast.Call) else node.value
+        return isinstance(node, ast.Name) and node.id not in bound and node.id not in BUILTIN_NAMES
+
+    def mentions(node: ast.AST, names: set[str] | frozenset[str]) -> bool:
+        return any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node))
+
+    def visit(node: ast.AST) -> bool:
+        if isinstance(node, ast.Call) and rooted_in_program(node.func):
+            return visit(node.func) or any(mentions(a, bound) for a in [*node.args, *node.keywords])
+        if isinstance(node, ast.Name):
+            return node.id in bound or node.id in BUILTIN_NAMES
+        return any(visit(child) for child in ast.iter_child_nodes(node))
+
+    return visit(tree)
 
 
 def _bound_names(text: str) -> set[str]:
