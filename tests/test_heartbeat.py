@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch.distributed
 
 from grpo.config import DistributedConfig
-from grpo.train.heartbeat import PROGRESS, Seen, heartbeat_seconds, judge
+from grpo.train.heartbeat import PROGRESS, Seen, Watchdog, heartbeat_seconds, judge
 from grpo.train.profiling import StepProfiler, stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +97,21 @@ def test_heartbeat_s_defaults_to_a_fifth_of_the_collective_timeout_and_0_is_off(
     cfg = DistributedConfig()
     assert cfg.heartbeat_s is None and heartbeat_seconds(cfg.heartbeat_s, cfg.timeout_s) == 120
     assert heartbeat_seconds(0, 600) == 0 and heartbeat_seconds(7.5, 600) == 7.5
+
+
+def test_watchdogs_read_each_others_records_and_a_rank_that_leaves_says_so():
+    store = torch.distributed.HashStore()
+    first = Watchdog(0, 2, 5, store, "rank 0/2: ").start()
+    try:
+        assert set(first._records()) == {0}  # rank 1 is still starting: left out, not waited for
+        second = Watchdog(1, 2, 5, store, "rank 1/2: ")
+        second._publish()
+        records = first._records()
+        assert set(records) == {0, 1} and records[1]["events"] == PROGRESS.events and not records[1]["left"]
+        second.stop()
+        assert first._records()[1]["left"] and first._records()[1]["pid"] == os.getpid()
+    finally:
+        first.stop()
 
 
 # ------------------------------------------------------------------------------------------------- under torchrun

@@ -126,6 +126,7 @@ class Watchdog:
         self._thread = threading.Thread(target=self._run, name="grpo-heartbeat", daemon=True)
         self._seen: dict[int, Seen] = {}
         self._beat = 0
+        self._known: set[int] = set()  # ranks whose record is in the store
 
     def start(self) -> "Watchdog":
         self._publish()
@@ -149,8 +150,10 @@ class Watchdog:
         self.store.set(f"rank{self.rank}", json.dumps(record))
 
     def _records(self) -> dict[int, dict]:
-        keys = [f"rank{r}" for r in range(self.size)]
-        return {r: json.loads(self.store.get(k)) for r, k in enumerate(keys) if self.store.check([k])}
+        """Every rank's latest record in one request; a rank that has not published yet (starting) is left out."""
+        self._known |= {r for r in range(self.size) if r not in self._known and self.store.check([f"rank{r}"])}
+        ranks = sorted(self._known)
+        return {r: json.loads(v) for r, v in zip(ranks, self.store.multi_get([f"rank{r}" for r in ranks]))}
 
     def _run(self) -> None:
         while not self._stopped.wait(self.period):
