@@ -1,6 +1,6 @@
 """Cases per second with 8 in parallel: our sandboxed code reward against a naive subprocess grader, same run.
 
-    python bench/bench_sandbox.py [--cases 64] [--parallel 8]
+    python bench/bench_sandbox.py [--cases 84] [--parallel 8] [--formats assert,stdin,call,check]
 
 The corpus mixes honest solutions (assert, stdin and call-based tests) with hostile ones, two for each honest one
 (exits, fake objects and verdicts, patched helpers, signals, sleepers, spinners, fork bombs, floods, snooping); the naive grader runs `python -c program` per test with a timeout and trusts exit codes for
@@ -29,6 +29,12 @@ from rewards.sandbox.judge import same_stdout  # noqa: E402
 ADD = {"asserts": ["assert add(1, 2) == 3", "assert add(5, 7) == 12", "assert add(-1, 1) == 0"]}
 STDIN = {"inputs": ["1 2\n", "5 7\n", "-1 1\n"], "outputs": ["3\n", "12\n", "0\n"]}
 CALL = {"fn_name": "add", "inputs": [[1, 2], [5, 7], [-1, 1]], "outputs": [3, 12, 0]}
+# HumanEval's form over computed cases: judged by the sandbox's judge process, beside the program's (not by default,
+# so that the default corpus stays comparable with earlier figures).
+CHECK = {"test": "def check(candidate):\n    import random\n    rng = random.Random(0)\n    for _ in range(3):\n"
+                 "        a, b = rng.randint(-9, 9), rng.randint(-9, 9)\n        assert candidate(a, b) == a + b\n",
+         "entry_point": "add"}
+FORMATS = {"assert": ADD, "stdin": STDIN, "call": CALL, "check": CHECK}
 HONEST = ("def add(a, b):\n    return a + b\nif __name__ == '__main__':\n    import sys\n"
           "    d = sys.stdin.read().split()\n    if d:\n        print(add(*map(int, d)))")
 HOSTILE = [  # one per category of attack; each must score 0
@@ -51,11 +57,11 @@ HOSTILE = [  # one per category of attack; each must score 0
 ]
 
 
-def corpus(n: int) -> list[tuple[str, dict, float]]:
+def corpus(n: int, names: tuple[str, ...] = ("assert", "stdin", "call")) -> list[tuple[str, dict, float]]:
     cases = []
-    formats = [ADD, STDIN, CALL]
+    formats = [FORMATS[name] for name in names]
     for i in range(n):
-        tests = formats[(i // 3) % 3]
+        tests = formats[(i // 3) % len(formats)]
         if i % 3 != 0:  # about two hostile cases for each honest one, like the issue's corpus (55 / 84)
             cases.append((f"```python\n{HOSTILE[(i // 3 * 2 + i % 3 - 1) % len(HOSTILE)]}\n```", tests, 0.0))
         else:
@@ -106,7 +112,10 @@ def naive_score(completion: str, tests: dict, timeout_s: float) -> float:
     if not BOUNDED and ("fork" in prog or "bytearray" in prog):
         return 0.0  # not run: this machine cannot bound it
     passed = []
-    if "asserts" in tests:
+    if "test" in tests:
+        code, _ = _naive_run(prog + "\n" + tests["test"] + f"\ncheck({tests['entry_point']})", "", timeout_s)
+        passed.append(code == 0)
+    elif "asserts" in tests:
         for a in tests["asserts"]:
             code, _ = _naive_run(prog + "\n" + a, "", timeout_s)
             passed.append(code == 0)
@@ -126,8 +135,9 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=84)
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=3.0)  # the reward's default
+    ap.add_argument("--formats", default="assert,stdin,call", help=f"comma-separated, of {', '.join(FORMATS)}")
     args = ap.parse_args()
-    cases = corpus(args.cases)
+    cases = corpus(args.cases, tuple(args.formats.split(",")))
     completions = [c for c, _, _ in cases]
     tests = [json.dumps(t) for _, t, _ in cases]
     expect = [e for _, _, e in cases]
@@ -144,7 +154,8 @@ def main() -> None:
     t_naive = time.perf_counter() - t0
 
     right = lambda got: sum(abs(g - e) < 1e-9 for g, e in zip(got, expect))  # noqa: E731
-    print(f"cases={len(cases)} parallel={args.parallel} cpus={os.cpu_count()} timeout_s={args.timeout}")
+    print(f"cases={len(cases)} parallel={args.parallel} cpus={os.cpu_count()} timeout_s={args.timeout} "
+          f"formats={args.formats}")
     print(f"sandbox: {len(cases) / t_ours:6.2f} cases/s  ({t_ours:.1f} s)  scored right {right(ours)}/{len(cases)}")
     print(f"naive:   {len(cases) / t_naive:6.2f} cases/s  ({t_naive:.1f} s)  scored right {right(naive)}/{len(cases)}")
     print(f"sandbox/naive throughput ratio: {t_naive / t_ours:.2f}")
