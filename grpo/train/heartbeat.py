@@ -4,10 +4,12 @@ distributed.heartbeat_s instead of distributed.timeout_s, and name it.
 Every rank runs the same stages in the same order (grpo.train.profiling.stage), so the number of stage entries and
 exits a rank has made is a clock the ranks share: a rank whose count is lower than another's is behind it. A
 watchdog thread on each rank publishes its own count, open stages and step to the process group's store every
-`period` seconds and reads every other rank's. A rank is stuck when it is inside a stage, another rank is ahead of
-it, and its count has not moved for heartbeat_s since that rank got ahead: the others have been waiting on it that
-long. Work outside the stages (rank 0 writing a checkpoint, the logs) is never judged: there the collective
-timeout still applies.
+`period` seconds and reads every other rank's. A rank is stuck when another rank is ahead of it and its count has
+not moved for heartbeat_s since that rank got ahead (the others have been waiting on it that long; how long it has
+been in the stage does not count: a long generation is not a hang), while it is inside a stage or frozen (its own
+watchdog stopped publishing too, so its last record may predate the stage it stopped in). Work outside the stages
+of a rank that still runs (rank 0 writing a checkpoint, the logs) is never judged: there the collective timeout
+still applies.
 
 What happens then: the stuck rank's own watchdog, if the process still runs, prints where its main thread is and
 ends the process; the other ranks' collectives then fail ("another rank stopped answering", with the resume command,
@@ -231,7 +233,7 @@ def _kill_sibling(record: dict, rank: int, me: dict) -> bool:
         environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
         stat = open(f"/proc/{pid}/stat").read()
     except OSError:
-        return not os.path.exists(f"/proc/{pid}")  # gone already (or no /proc here: nothing we may kill)
+        return os.path.isdir("/proc") and not os.path.exists(f"/proc/{pid}")  # gone already; no /proc: unknown
     state, ppid = stat.rsplit(")", 1)[1].split()[:2]
     if state in ("Z", "X"):  # it has ended already (not yet reaped by torchrun)
         return True
