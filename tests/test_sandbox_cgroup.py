@@ -55,7 +55,12 @@ def test_delegated_parent_is_the_nearest_writable_cgroup_with_memory_and_pids(tm
     monkeypatch.setattr(cgroups, "_write", kernel_like_write)
     monkeypatch.setattr(cgroups, "_v2_mount", lambda: str(root))
     monkeypatch.setattr(cgroups, "_v2_own_dir", lambda mount: str(root / "user.slice/app/me"))
-    # Our own cgroup holds us, so it cannot give children controllers; its parent can, once enabled.
+    # Not our own subtree (as root, every directory is writable): nothing is reconfigured, the next one up is used.
+    monkeypatch.setattr(cgroups, "_may_enable", lambda path: False)
+    assert cgroups.delegated_parent() == str(root / "user.slice")
+    assert (root / "user.slice/app/cgroup.subtree_control").read_text() == "pids"
+    # Ours: our own cgroup holds us, so it cannot give children controllers; its parent can, once enabled.
+    monkeypatch.setattr(cgroups, "_may_enable", lambda path: True)
     assert cgroups.delegated_parent() == str(root / "user.slice/app")
     assert set((root / "user.slice/app/cgroup.subtree_control").read_text().split()) == {"memory", "pids"}
     # A parent that is not handed the memory controller is passed over for the next one up.

@@ -179,8 +179,9 @@ def _words(path: str) -> set[str]:
 def delegated_parent() -> str | None:
     """The nearest cgroup v2 directory, from our own up, where we may create children that get memory and pids
     controllers: we can write the directory and its cgroup.procs (moving a process needs write access to the common
-    ancestor's), and its subtree_control enables both (we try to enable them where they are only available: that
-    fails, harmlessly, where the directory holds processes). None where cgroup v2 is absent or nothing is ours."""
+    ancestor's), and its subtree_control enables both (in a directory of our own we try to enable them where they
+    are only available: that fails, harmlessly, where it holds processes). None where cgroup v2 is absent or nothing
+    is ours."""
     mount = _v2_mount()
     own = _v2_own_dir(mount) if mount else None
     if own is None:
@@ -189,7 +190,8 @@ def delegated_parent() -> str | None:
     while True:
         if os.access(path, os.W_OK) and os.access(os.path.join(path, "cgroup.procs"), os.W_OK):
             enabled = _words(os.path.join(path, "cgroup.subtree_control"))
-            if not {"memory", "pids"} <= enabled and {"memory", "pids"} <= _words(os.path.join(path, "cgroup.controllers")):
+            if (not {"memory", "pids"} <= enabled and _may_enable(path)
+                    and {"memory", "pids"} <= _words(os.path.join(path, "cgroup.controllers"))):
                 try:
                     _write(path, "cgroup.subtree_control", "+memory +pids")
                 except OSError:
@@ -200,6 +202,15 @@ def delegated_parent() -> str | None:
         if os.path.normpath(path) == os.path.normpath(mount):
             return None
         path = os.path.dirname(path)
+
+
+def _may_enable(path: str) -> bool:
+    """Turn controllers on only in a subtree handed to us (an ordinary user's own directory): as root, a directory is
+    writable whoever it belongs to, and the host's own cgroups (systemd's slices) are not ours to reconfigure."""
+    try:
+        return os.geteuid() != 0 and os.stat(path).st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def sweep_stale_v2(parent: str) -> None:
