@@ -38,13 +38,13 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
 
     world = launched_world()  # under torchrun: this rank; otherwise one process and nothing distributed
     cfg = None
+    evaluator = None
     together = False  # every rank ends here at the same point (done, or stopped by a signal after the same step)
     try:
         given = list(overrides or [])
         if profile and not any(o.startswith("logging.profile_step=") for o in given):
             given.append("logging.profile_step=3")
         cfg = validate_recipe(recipe, given, world_size=world.size)
-        evaluator = None
         if cfg.eval.every:  # built once, here: sets read and checked, grader built, before any model loads
             from grpo.eval.periodic import PeriodicEval
 
@@ -72,6 +72,8 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
                 raise typer.Exit(code=1) from None  # the lines above say it all; this rank's traceback would not
         raise
     finally:
+        if evaluator is not None:
+            evaluator.close()  # a user's grader's worker
         close_world(world, together)
     if world.is_main:
         typer.echo(f"done: metrics in {output_dir / 'metrics.jsonl'}, checkpoints in {output_dir / 'checkpoints'}")

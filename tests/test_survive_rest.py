@@ -293,3 +293,163 @@ def test_train_refuses_before_loading_the_model_when_one_checkpoint_cannot_fit(t
     assert result.returncode == 2, result.stderr[-2000:]
     assert "has 0.0 MiB free on its file system; one checkpoint of" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+# ------------------------------------------------- 6: eval writes samples as it goes; a user's grader in a worker
+
+EVAL_GRADERS = """
+import os, signal, sys, time
+
+def even_first(prompts, completions, answer, **kw):
+    return [1.0 if c[:1] and ord(c[0]) % 2 == 0 else 0.0 for c in completions]
+
+def exits(prompts, completions, answer, **kw):
+    if any(c.startswith("x") for c in completions):
+        os._exit(9)  # in the eval's own process this would end the eval with no word
+    return [1.0] * len(completions)
+
+def hangs(prompts, completions, answer, **kw):
+    if any(c.startswith("x") for c in completions):
+        time.sleep(60)  # long past the 2 s limit the test sets; short enough that a regression fails, not hangs
+    return [1.0] * len(completions)
+
+def where(prompts, completions, answer, **kw):
+    return [float(os.getpid())] * len(completions)
+
+def interrupts_on_the_third_chunk(prompts, completions, answer, **kw):  # Ctrl-C, as the terminal sends it
+    where = os.environ["GRADER_COUNT"]
+    calls = int(open(where).read() or 0) + 1 if os.path.exists(where) else 1
+    open(where, "w").write(str(calls))
+    if calls == 3:
+        os.kill(os.getppid(), signal.SIGINT)
+        time.sleep(30)
+    return [1.0] * len(completions)
+"""
+
+
+class ScriptedSampler:
+    """Answers with the texts given, in turn over all its calls; raises what `fail` maps a call number to."""
+
+    backend = "hf"
+
+    def __init__(self, texts, fail=None):
+        self.texts, self.fail, self.calls, self.drawn = texts, fail or {}, 0, 0
+
+    def generate(self, prompt_ids, settings):
+        from grpo.sampling.base import Completion, Group
+
+        self.calls += 1
+        if self.calls in self.fail:
+            raise self.fail[self.calls]
+        groups = []
+        for p in prompt_ids:
+            texts = [self.texts[(self.drawn + j) % len(self.texts)] for j in range(settings.n)]
+            self.drawn += settings.n
+            groups.append(Group(list(p), [Completion([5], [0.0], t, "stop") for t in texts]))
+        return groups
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def eval_graders(tmp_path, monkeypatch):
+    monkeypatch.delenv("GRPO_REWARDS_IN_PROCESS", raising=False)
+    folder = tmp_path / "graders"
+    folder.mkdir()
+    (folder / "eval_rest_graders.py").write_text(EVAL_GRADERS)
+    monkeypatch.syspath_prepend(str(folder))
+    sys.modules.pop("eval_rest_graders", None)
+    return folder
+
+
+@pytest.fixture
+def five_problems(tmp_path):
+    import json
+
+    path = tmp_path / "five.jsonl"
+    path.write_text("".join(json.dumps({"question": f"{a}+1=", "answer": str(a + 1)}) + "\n" for a in range(5)))
+    return path
+
+
+def small_eval(data, grader, **fields):
+    from conftest import eval_config
+
+    return eval_config(data, f"eval_rest_graders:{grader}", generation_batch_size=2, k=2, **fields)  # 1 per call
+
+
+def test_an_interrupted_eval_keeps_the_problems_it_graded(tmp_path, tiny_model_dir, five_problems, eval_graders,
+                                                          capsys):
+    import json
+
+    from grpo.eval.run import run_eval
+    from grpo.modeling import load_tokenizer
+
+    out = tmp_path / "out"
+    sampler = ScriptedSampler(["4", "y"], fail={4: KeyboardInterrupt()})  # ord("4") even: right; "y" odd
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(small_eval(five_problems, "even_first"), tokenizer=load_tokenizer(tiny_model_dir), sampler=sampler,
+                 output_dir=out, progress=False, console=False)
+    partial = [json.loads(line) for line in (out / "samples.partial.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in partial] == [0, 1, 2]  # the three problems graded before the interrupt
+    assert [s["score"] for s in partial[0]["samples"]] == [1.0, 0.0]
+    assert not (out / "samples.jsonl").exists() and not (out / "summary.json").exists()
+    assert f"eval stopped after 3 of 5 problems; their samples are in {out / 'samples.partial.jsonl'}" in \
+        capsys.readouterr().err
+
+    summary = run_eval(small_eval(five_problems, "even_first"), tokenizer=load_tokenizer(tiny_model_dir),
+                       sampler=ScriptedSampler(["4", "y"]), output_dir=out, progress=False, console=False)
+    assert summary["metrics"]["overall"]["problems"] == 5
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 5 and (out / "summary.json").is_file()
+    assert not (out / "samples.partial.jsonl").exists()  # a finished eval leaves the complete files only
+
+
+def test_a_user_grader_runs_in_a_worker_and_its_exit_costs_the_worker_not_the_eval(
+        tmp_path, tiny_model_dir, five_problems, eval_graders, capsys):
+    from grpo.eval.run import run_eval
+    from grpo.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    summary = run_eval(small_eval(five_problems, "where"), tokenizer=tokenizer, sampler=ScriptedSampler(["4"]),
+                       output_dir=tmp_path / "pid", progress=False, console=False)
+    assert summary["grader"]["function"] == "eval_rest_graders:where"
+    assert "eval_rest_graders" not in sys.modules  # imported in its worker only
+
+    summary = run_eval(small_eval(five_problems, "exits"), tokenizer=tokenizer,
+                       sampler=ScriptedSampler(["4", "x", "4", "4"]), output_dir=tmp_path / "exit", progress=False,
+                       console=False)
+    # problems 0, 2 and 4 drew "x": their calls ended the worker (both samples scored 0 and counted); problems 1
+    # and 3 were scored by fresh workers
+    assert summary["metrics"]["overall"]["problems"] == 5 and summary["grader"]["errors"] == 6
+    assert summary["metrics"]["overall"]["metrics"]["avg@2"] == pytest.approx(0.4)
+    assert "the reward's worker exited with code 9" in capsys.readouterr().err
+
+
+def test_a_user_grader_that_hangs_is_abandoned_at_its_limit(tmp_path, tiny_model_dir, five_problems, eval_graders,
+                                                           monkeypatch):
+    import time
+
+    import grpo.eval.run as run
+
+    monkeypatch.setattr(run, "GRADER_MIN_S", 2.0)
+    from grpo.modeling import load_tokenizer
+
+    t0 = time.monotonic()
+    summary = run.run_eval(small_eval(five_problems, "hangs", limit=2), tokenizer=load_tokenizer(tiny_model_dir),
+                           sampler=ScriptedSampler(["x", "4"]), output_dir=tmp_path / "o", progress=False,
+                           console=False)
+    assert time.monotonic() - t0 < 30 and summary["grader"]["errors"] == 4  # both problems' calls, 2 s each
+
+
+@pytest.mark.slow  # grpo eval in a child process
+def test_ctrl_c_mid_eval_exits_130_and_keeps_the_graded_problems(tmp_path, tiny_model_dir, five_problems,
+                                                                 eval_graders):
+    out = tmp_path / "out"
+    env = {**on_path(eval_graders), "GRADER_COUNT": str(tmp_path / "count"), "GRPO_REWARDS_IN_PROCESS": ""}
+    result = grpo("eval", "--model", tiny_model_dir, "--data", five_problems, "--prompt-template", "{question}",
+                  "--grader", "eval_rest_graders:interrupts_on_the_third_chunk", "--k", "2", "--batch-size", "2",
+                  "--max-tokens", "3", "--output-dir", out, env=env, timeout=600)
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert "eval stopped after 2 of 5 problems" in result.stderr and "Traceback" not in result.stderr
+    assert len((out / "samples.partial.jsonl").read_text().splitlines()) == 2
+    assert not (out / "summary.json").exists()

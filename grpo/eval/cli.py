@@ -90,6 +90,9 @@ def eval_command(
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2)
+    except KeyboardInterrupt:  # what was graded is in samples.partial.jsonl (its line above says so)
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(code=130)
     if world.distributed:  # under torchrun: leave before teardown (see grpo.cli train)
         sys.stdout.flush()
         sys.stderr.flush()

@@ -10,7 +10,7 @@ from typing import Any
 from grpo.config import EvalConfig
 from grpo.data import PromptRenderer
 from grpo.errors import ConfigError
-from grpo.eval.run import Item, load_grader, load_model, render_items, sample_grade_report
+from grpo.eval.run import Item, close_grader, load_grader, load_model, render_items, sample_grade_report
 from grpo.eval.sets import load_eval_sets
 from grpo.eval.summary import flat_metrics
 from grpo.parallel import World
@@ -34,6 +34,11 @@ class PeriodicEval:
         self.sets = load_eval_sets(cfg)  # a bad path or column fails at setup, before any model loads
         self.grader = load_grader(cfg.grader)
         self._items: list[Item] | None = None  # rendered with the policy's tokenizer at the first evaluation
+
+    def close(self) -> None:
+        """End the grader's worker (a user's grader; nothing for grpo's own). atexit does it too, and the worker
+        dies with the trainer."""
+        close_grader(self.grader)
 
     def due(self, step: int) -> bool:
         return bool(self.cfg.every) and step % self.cfg.every == 0

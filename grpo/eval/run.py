@@ -12,6 +12,7 @@ the same numbers.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ from grpo.config import EvalConfig, ModelConfig, VllmConfig
 from grpo.data import PromptRenderer
 from grpo.errors import ConfigError, UserError
 from grpo.eval.metrics import ProblemResult, majority_vote, normalize_answer
+from grpo.eval.partial import PartialSamples
 from grpo.eval.sets import EvalSet, gold_answer, load_eval_sets
 from grpo.eval.summary import build_summary, write_eval_files
 from grpo.parallel import World
@@ -62,6 +64,8 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
              dtype: str = "auto", device: str = "auto", engine: VllmConfig | None = None,
              progress: bool = True, console: bool = True, world: World = World.single()) -> dict:
     """Evaluate and write samples.jsonl, summary.json and summary.md under output_dir; returns the summary.
+    While it runs, each graded problem is appended to output_dir/samples.partial.jsonl (grpo/eval/partial.py),
+    which a crash or Ctrl-C leaves behind and a finished eval removes.
 
     Give a loaded `model` + `tokenizer` (during training), or `model_path` (a directory, checkpoint or demo:NAME)
     to load from. `sampler` overrides the one built from cfg.sampler ("same" means hf here); `engine` holds the
@@ -71,17 +75,21 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
     if problems:
         raise ConfigError(problems, "eval config")
     sets = load_eval_sets(cfg)  # before the model: a bad path fails in a second
-    grader = load_grader(cfg.grader)
-    if model is None and sampler is None:  # a protocol that cannot fit is refused before anything loads
-        check_protocol_fits(cfg, sum(len(s.rows) for s in sets), model_path, dtype, device)
-    # A sharded model (FSDP, during training) decodes in lockstep over the ranks.
-    loaded = load_model(cfg, model, tokenizer, model_path, sampler, dtype, device, engine, world)
+    grader = load_grader(cfg.grader)  # a user's grader: imported in its worker, never here
     try:
-        items = render_items(sets, PromptRenderer(loaded.tokenizer, cfg), cfg)
-        return sample_grade_report(cfg, sets, items, grader, loaded, output_dir, step, progress, console, world)
+        if model is None and sampler is None:  # a protocol that cannot fit is refused before anything loads
+            check_protocol_fits(cfg, sum(len(s.rows) for s in sets), model_path, dtype, device)
+        # A sharded model (FSDP, during training) decodes in lockstep over the ranks.
+        loaded = load_model(cfg, model, tokenizer, model_path, sampler, dtype, device, engine, world)
+        try:
+            items = render_items(sets, PromptRenderer(loaded.tokenizer, cfg), cfg)
+            return sample_grade_report(cfg, sets, items, grader, loaded, output_dir, step, progress, console,
+                                       world)
+        finally:
+            if sampler is None:  # ours to close (an engine under torchrun must go before the process group)
+                loaded.sampler.close()
     finally:
-        if sampler is None:  # ours to close (an engine under torchrun must go before the process group)
-            loaded.sampler.close()
+        close_grader(grader)
 
 
 def sample_grade_report(cfg: EvalConfig, sets: list[EvalSet], items: list[Item], grader: NamedReward,
@@ -92,25 +100,37 @@ def sample_grade_report(cfg: EvalConfig, sets: list[EvalSet], items: list[Item],
     chunk = problems_per_call(cfg, loaded.sampler.backend)
     mine = rank_share(items, world)
     bar = _progress_bar(len(mine), enabled=progress and world.is_main)
+    # Each graded problem goes to samples.partial.jsonl at once: a crash or Ctrl-C keeps what was done.
+    log = PartialSamples(Path(output_dir), sum(not it.padding for it in mine)) if world.is_main else None
     try:
-        for start in range(0, len(mine), chunk):
-            part = mine[start:start + chunk]
-            settings = SamplingSettings.of(cfg, n=cfg.k, seed=derive_seed(cfg.seed, part[0].order))
-            groups = loaded.sampler.generate([it.prompt_ids for it in part], settings)
-            real = [it for it in part if not it.padding]
-            grade(real, groups[:len(real)], grader, cfg, graded)
+        try:
+            for start in range(0, len(mine), chunk):
+                part = mine[start:start + chunk]
+                settings = SamplingSettings.of(cfg, n=cfg.k, seed=derive_seed(cfg.seed, part[0].order))
+                groups = loaded.sampler.generate([it.prompt_ids for it in part], settings)
+                real = [it for it in part if not it.padding]
+                before = len(graded.records)
+                grade(real, groups[:len(real)], grader, cfg, graded)
+                if log is not None:
+                    log.add(graded.records[before:])
+                if bar is not None:
+                    bar.update(len(part))
+        finally:
             if bar is not None:
-                bar.update(len(part))
-    finally:
-        if bar is not None:
-            bar.close()
-    if world.distributed:
-        graded = merge_graded(world.gather(graded))
-    summary = build_summary(cfg, sets, graded, grader, step=step, seconds=time.perf_counter() - started,
-                            backend=loaded.sampler.backend, chunk=chunk, model=loaded.model,
-                            model_path=loaded.path, device=loaded.device, dtype=loaded.dtype)
-    if world.is_main:
-        write_eval_files(Path(output_dir), graded.records, summary, console)
+                bar.close()  # before any message below
+        if world.distributed:
+            graded = merge_graded(world.gather(graded))
+        summary = build_summary(cfg, sets, graded, grader, step=step, seconds=time.perf_counter() - started,
+                                backend=loaded.sampler.backend, chunk=chunk, model=loaded.model,
+                                model_path=loaded.path, device=loaded.device, dtype=loaded.dtype)
+        if log is not None:
+            write_eval_files(Path(output_dir), graded.records, summary, console)
+    except BaseException:
+        if log is not None:
+            log.stopped()
+        raise
+    if log is not None:
+        log.done()
     return summary
 
 
@@ -137,16 +157,50 @@ def merge_graded(parts: list[Graded]) -> Graded:
 # ---------------------------------------------------------------------------------------------------- load
 
 
+# A user's grader runs in a worker process; a call that hangs is abandoned (the worker killed and replaced, the
+# chunk's completions counted as grader errors) after this long per completion of the chunk, at least the minimum.
+GRADER_S_PER_COMPLETION = 1.0
+GRADER_MIN_S = 60.0
+
+
+@dataclass
+class _GraderSpec:
+    """What rewards.scoring.build_rewards reads of a recipe's reward, for the one eval grades with."""
+
+    name: str
+    weight: float = 1.0
+    args: dict = field(default_factory=dict)
+    timeout_s: float = 0.0  # grpo's own graders: inline, no limit; a user's gets one per chunk (grade_time_limit)
+    max_abs: float = math.inf
+
+
 def load_grader(name: str) -> NamedReward:
     """The grader reward, with its answer extractor for majority votes (the stripped completion when the
-    reward declares none)."""
-    from rewards.registry import load_reward
-    from rewards.scoring import named
+    reward declares none). grpo's own graders run here; a user's grader runs in a worker process, as in training
+    (rewards/plugin_pool.py), so an os._exit, a crash, a leak or a hang in it costs that worker, never the eval:
+    end it with close_grader."""
+    from rewards.scoring import build_rewards
 
-    grader = named(name, load_reward(name))
+    [grader] = build_rewards([_GraderSpec(name)])
     if grader.extract_answer is None:
         grader.extract_answer = lambda text: text.strip() or None
     return grader
+
+
+def close_grader(grader: NamedReward) -> None:
+    from rewards.scoring import close_rewards
+
+    close_rewards([grader])
+
+
+def grade_time_limit(grader: NamedReward, completions: int) -> float | None:
+    """The time one grader call on `completions` may take: none for grpo's own (in this process, proven safe),
+    a limit scaled to the chunk for a user's grader in its worker."""
+    from rewards.plugin_pool import PluginReward
+
+    if not isinstance(grader.fn, PluginReward):
+        return grader.timeout_s
+    return max(GRADER_MIN_S, GRADER_S_PER_COMPLETION * completions)
 
 
 @dataclass
@@ -239,6 +293,7 @@ def grade(part: list[Item], groups: list[Group], grader: NamedReward, cfg: EvalC
     flat = [(it, c) for it, group in zip(part, groups) for c in group.completions]
     columns = reward_columns([it.row for it, _ in flat], [it.gold for it, _ in flat],
                              [c.token_ids for _, c in flat], [c.finish_reason for _, c in flat], cfg.max_new_tokens)
+    grader.timeout_s = grade_time_limit(grader, len(flat))
     scores = score([grader], [it.prompt for it, _ in flat], [c.text for _, c in flat], columns)
     values = iter(scores.per_reward[grader.name])
     for it, group in zip(part, groups):
