@@ -1,16 +1,22 @@
 """The code that runs on the far side of the sandbox boundary. Standard library only; never imported by the trainer.
 
 The parent starts it as `python -I -S -B -c <this source>` with an empty environment and sends one job (JSON) on
-stdin. Three roles, one file, because each is a fork of the one before:
+stdin. Four roles, one file, because each is a fork of the one before (the judge, like the worker, of the keeper):
 
   launcher  (host)   opens the directories to show inside, drops root to an unprivileged uid, unshares namespaces,
                      forks the keeper and relays its exit status; its death kills the keeper (PDEATHSIG).
   keeper    (pid 1)  builds the private root (read-only binds, fresh /proc, tmpfs /tmp, no network), then forks one
-                     worker per run, enforces wall time and output caps, and kills every other process of the
-                     namespace after each run. It relays raw bytes; it never grades.
+                     worker (and, for a judged run, one judge) per run, enforces wall time and output caps, and kills
+                     every other process of the namespace after each run. It relays raw bytes; it never grades.
   worker    (untrusted) resource limits, no capabilities, empty environment; runs the program, then the probes
-                     (expressions or calls) whose results it serialises. Expected answers never enter the sandbox,
-                     so whatever a hostile program does to this process cannot produce them.
+                     (the program's functions applied to inputs) whose results it serialises. Expected answers never
+                     enter it, so whatever a hostile program does to this process cannot produce them.
+  judge     (trusted code, untrusted values) only in a run whose test code must run in the sandbox (a loop over
+                     computed cases, a probe over the test's own names): a fork of the keeper, so no program ever ran
+                     in it, with the worker's limits. It runs the test code, calls into the worker for the program's
+                     functions with plain data both ways, and alone holds the answer channel.
+
+wire.py's encode/decode are put in front of this source by launch.py.
 
 Output: one JSON line per run on stdout, written by the keeper.
 """
