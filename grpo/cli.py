@@ -191,9 +191,11 @@ def rewards():
         typer.echo(f"{name:<{width}}  {src.target:<40}  {src.origin}{mark}")
     if broken:
         names = ", ".join(f"'{n}' ({found[n].origin})" for n in sorted(broken))
+        packages = " ".join(dict.fromkeys(found[n].origin.split()[0] for n in sorted(broken)
+                                          if not found[n].origin.startswith("unknown")))
         typer.echo(f"error: {len(broken)} installed reward{'s' * (len(broken) != 1)} cannot be used: {names}; a "
                    f"recipe naming one fails validate. Fix the package (the reason is after BROKEN above), or "
-                   f"uninstall it (pip uninstall <package>)", err=True)
+                   f"uninstall it{': pip uninstall ' + packages if packages else ''}", err=True)
         raise typer.Exit(code=2)
 
 

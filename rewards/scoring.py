@@ -145,9 +145,10 @@ def broken_rewards(sources: dict[str, Any]) -> dict[str, str]:
 
     broken: dict[str, str] = {}
     workers = {}
+    whats = {name: f"reward '{name}' ({source.origin})" for name, source in sources.items()}
     try:
         for name, source in sources.items():
-            what = f"reward '{name}' ({source.origin})"
+            what = whats[name]
             if is_builtin(source.target):
                 try:
                     problems = reward_signature_problems(_import_target(source.target, what), name)
@@ -167,7 +168,8 @@ def broken_rewards(sources: dict[str, Any]) -> dict[str, str]:
     finally:
         for worker in workers.values():
             worker.close()
-    return {name: (text.strip().splitlines() or [""])[0] for name, text in broken.items()}
+    first_lines = {name: (text.strip().splitlines() or [""])[0] for name, text in broken.items()}
+    return {name: text.removeprefix(whats[name] + ": ") for name, text in first_lines.items()}  # said beside it
 
 
 def _in_process() -> bool:

@@ -163,10 +163,11 @@ def test_grpo_rewards_marks_an_entry_point_that_cannot_import_and_exits_2(broken
     assert result.returncode == 2, result.stdout + result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert "BROKEN" not in lines["steady"] and "BROKEN" not in lines["math"]
-    assert "BROKEN: reward 'shaky' (shaky_rewards 0.1): cannot import module 'shaky_mod' (No module named " \
+    assert "shaky_rewards 0.1  BROKEN: cannot import module 'shaky_mod' (No module named " \
            "'no_such_dependency_xyz')" in lines["shaky"]
-    assert "BROKEN: reward 'quits' (shaky_rewards 0.1): the reward's worker exited with code 7" in lines["quits"]
+    assert "shaky_rewards 0.1  BROKEN: the reward's worker exited with code 7" in lines["quits"]
     assert "2 installed rewards cannot be used: 'quits' (shaky_rewards 0.1), 'shaky'" in result.stderr
+    assert "pip uninstall shaky_rewards" in result.stderr
     assert "Traceback" not in result.stderr
 
 
