@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from grpo import heartbeat
+
 
 @dataclass
 class World:
@@ -104,9 +106,6 @@ def init_world(world: World, device: torch.device, timeout_s: float, group_of_on
     torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
                                          **({"device_id": device} if device.type == "cuda" else {}), **alone)
     if world.distributed:
-        # Imported here: the watchdog lives with the loop whose stages it watches, and imports nothing from grpo.
-        from grpo.train import heartbeat
-
         heartbeat.start(world.rank, world.size, heartbeat.heartbeat_seconds(heartbeat_s, timeout_s), world.tag())
 
 
@@ -115,8 +114,6 @@ def close_world(world: World, together: bool = True) -> None:
     they meet first; a rank that failed alone leaves at once (its peers would never come to the barrier, and it
     would wait there for distributed.timeout_s before torchrun could stop the job)."""
     if world.distributed:
-        from grpo.train import heartbeat
-
         heartbeat.stop()  # first: a rank waiting at the barrier below, or gone, is not stuck
     if torch.distributed.is_initialized():
         if together:

@@ -85,6 +85,10 @@ def recipe_rules(cfg: RecipeConfig) -> list[str]:
     p += precision_rules(cfg)
     if cfg.distributed.timeout_s <= 0:
         p.append(f"distributed.timeout_s: must be > 0, got {cfg.distributed.timeout_s}")
+    beat = cfg.distributed.heartbeat_s
+    if beat is not None and not 0 <= beat < cfg.distributed.timeout_s:
+        p.append(f"distributed.heartbeat_s: must be 0 (off) or below distributed.timeout_s "
+                 f"({cfg.distributed.timeout_s}), got {beat}; leave it unset for timeout_s / 5")
     return p
 
 

@@ -1,4 +1,4 @@
-"""The heartbeat under torchrun (grpo/train/heartbeat.py): which rank is stuck, decided from the ranks' published
+"""The heartbeat under torchrun (grpo/heartbeat.py): which rank is stuck, decided from the ranks' published
 records (fast), and a stuck rank found and named within heartbeat_s, far inside the collective timeout (slow:
 2 gloo ranks under torchrun, tests/distributed/stuck_rank.py)."""
 
@@ -12,7 +12,7 @@ import pytest
 import torch.distributed
 
 from grpo.config import DistributedConfig
-from grpo.train.heartbeat import PROGRESS, Seen, Watchdog, heartbeat_seconds, judge
+from grpo.heartbeat import PROGRESS, Seen, Watchdog, heartbeat_seconds, judge
 from grpo.train.profiling import StepProfiler, stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +97,17 @@ def test_heartbeat_s_defaults_to_a_fifth_of_the_collective_timeout_and_0_is_off(
     cfg = DistributedConfig()
     assert cfg.heartbeat_s is None and heartbeat_seconds(cfg.heartbeat_s, cfg.timeout_s) == 120
     assert heartbeat_seconds(0, 600) == 0 and heartbeat_seconds(7.5, 600) == 7.5
+
+
+@pytest.mark.parametrize("beat, refused", [(None, False), (0, False), (30, False), (-1, True), (600, True)])
+def test_heartbeat_s_outside_0_to_timeout_s_is_refused_naming_the_key(beat, refused):
+    from conftest import recipe_config
+    from grpo.rules import recipe_rules
+
+    problems = [p for p in recipe_rules(recipe_config({"distributed.heartbeat_s": beat})) if "heartbeat_s" in p]
+    assert bool(problems) == refused
+    if refused:
+        assert f"got {beat}" in problems[0] and "distributed.timeout_s (600)" in problems[0]
 
 
 def test_watchdogs_read_each_others_records_and_a_rank_that_leaves_says_so():

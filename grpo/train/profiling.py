@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 
 from grpo import io
-from grpo.train.heartbeat import PROGRESS
+from grpo.heartbeat import PROGRESS
 
 STAGES = ("grpo/generate", "grpo/score", "grpo/train", "grpo/sync")  # record_function labels in the step
 
 
 class stage:
     """One stage of a step: a labelled range in the torch profiler's trace (a few microseconds when no profiler
-    runs), its wall-clock seconds, for the step's time/* metrics, and a beat of the heartbeat (grpo.train.heartbeat,
+    runs), its wall-clock seconds, for the step's time/* metrics, and a beat of the heartbeat (grpo.heartbeat,
     which counts entries and exits: every rank must run the same stages in the same order, so rank-0-only work such
     as writing a checkpoint stays outside them).
 
