@@ -7,7 +7,6 @@ Standard library only, no `from __future__` (the source is concatenated), and no
 (fractions, decimal and collections load on first use): every sandbox launch runs this file's top level.
 """
 
-import json  # noqa: F401 - the sandbox side's json comes from here too
 import sys
 
 # Bounds on numbers crossing back: int() of a decimal string and Fraction/Decimal parsing are quadratic, and an
