@@ -279,7 +279,7 @@ def junk(tmp_path, monkeypatch):
     sys.modules.pop("survive_rewards", None)
 
 
-@pytest.mark.parametrize("name, text", [("nan", "non-finite"), ("short", "returned 0 values for 1 completions"),
+@pytest.mark.parametrize("name, text", [("nan", "non-finite"), ("short", "returned 3 values for 4 completions"),
                                         ("array", "convert a numpy array"), ("huge", "beyond rewards[].max_abs")])
 def test_junk_values_are_failures_with_their_reason(junk, capsys, name, text):
     from rewards.scoring import build_rewards, score
