@@ -496,7 +496,7 @@ def plan_memory(cfg: RecipeConfig, shape: ModelShape, gpus: int, gpu_bytes: floa
         FRAGMENTATION * sum(i.update for i in trainer),
         f"{FRAGMENTATION:.0%} of what the trainer allocates (an allowance)")
 
-    host = _host(cfg, shape, gpus)
+    host = host_bytes_estimate(cfg, shape, gpus)
     if host_bytes is not None and host["checkpoint_rank0_bytes"] + host["vllm_sleep_offload_bytes_per_node"] \
             > HEADROOM * host_bytes:
         need = host["checkpoint_rank0_bytes"] + host["vllm_sleep_offload_bytes_per_node"]
@@ -508,7 +508,7 @@ def plan_memory(cfg: RecipeConfig, shape: ModelShape, gpus: int, gpu_bytes: floa
                 problems=problems)
 
 
-def _host(cfg: RecipeConfig, shape: ModelShape, gpus: int) -> dict[str, float]:
+def host_bytes_estimate(cfg: RecipeConfig, shape: ModelShape, gpus: int) -> dict[str, float]:
     """Host memory: rank 0 gathers the whole checkpoint to its CPU (every other rank sends shards and keeps
     nothing); vLLM's sleep level 1 keeps each engine's weights in host memory while it sleeps."""
     m = cfg.model

@@ -135,14 +135,14 @@ def check_checkpoint_room(cfg: RecipeConfig, recipe_dir: Path | None = None,
     plan` does (grpo.plan: the master weights and AdamW's two moments; with LoRA the merged model and the adapters'
     state), with the slack the checkpoint writer itself asks for. Without a config.json at hand (a hub id not
     downloaded yet) there is nothing to estimate from: the writer's own check before each checkpoint remains."""
-    from grpo.plan import _host, read_model_shape
+    from grpo.plan import host_bytes_estimate, read_model_shape
     from grpo.train.disk import SLACK, free_bytes
 
     try:
         shape, _ = read_model_shape(cfg.model.path, recipe_dir)
     except UserError:
         return []
-    one = _host(cfg, shape, 1)["checkpoint_disk_bytes"] * SLACK
+    one = host_bytes_estimate(cfg, shape, 1)["checkpoint_disk_bytes"] * SLACK
     path = Path(cfg.output_dir).expanduser()
     free = free_bytes(path)
     what = (f"parameters {shape.parameters():,} x {cfg.model.master_dtype} x 3 (weights and AdamW's two moments)"
