@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -260,3 +261,16 @@ def test_opted_in_plain_subprocess_level_runs_and_cleans_up(monkeypatch):
 def test_call_arguments_one_json_value_per_line(ex):
     tests = {"fn_name": "add", "inputs": ["[1, 2]\n3", "[4]\n5"], "outputs": [6, "9"]}
     assert score(fenced("def add(xs, y):\n    return sum(xs) + y"), tests, executor=ex) == 1.0
+
+
+def test_far_side_arrives_compiled_and_refuses_another_interpreter():
+    import subprocess
+
+    from rewards.sandbox import launch
+
+    blob = launch._compiled()
+    assert blob.startswith(f"{sys.implementation.cache_tag} ".encode())
+    wrong = b"cpython-00 " + blob.split(b" ", 1)[1]
+    proc = subprocess.run(launch.launch_command(), input=wrong + b"{}", capture_output=True, timeout=60,
+                          env=launch.launch_env(), cwd="/")
+    assert proc.returncode == 3 and json.loads(proc.stdout)["fatal"].startswith("the sandbox interpreter")

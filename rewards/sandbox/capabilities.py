@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from rewards.errors import UserError
 from rewards.sandbox import cgroups
-from rewards.sandbox.launch import launch_command, launch_env, bind_paths
+from rewards.sandbox.launch import bind_paths, launch_command, launch_env, launch_input
 
 log = logging.getLogger("grpo.sandbox")
 
@@ -50,7 +50,7 @@ ALWAYS = ["rlimits (cpu, address space, file size, open files, processes)", "wal
 def _probe(isolate: dict) -> dict:
     job = {"probe": True, "isolate": isolate, "binds": bind_paths(),
            "limits": {"tmp_bytes": 1 << 20}}
-    proc = subprocess.run(launch_command(), input=json.dumps(job).encode(), capture_output=True, env=launch_env(),
+    proc = subprocess.run(launch_command(), input=launch_input(job), capture_output=True, env=launch_env(),
                           cwd="/", timeout=30, start_new_session=True)
     for line in proc.stdout.decode(errors="replace").splitlines():
         msg = json.loads(line)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from rewards.sandbox.capabilities import Capabilities, require
 from rewards.sandbox import cgroups
-from rewards.sandbox.launch import bind_paths, launch_command, launch_env
+from rewards.sandbox.launch import bind_paths, launch_command, launch_env, launch_input
 from rewards.sandbox.limits import Limits
 
 
@@ -75,7 +75,7 @@ class Executor:
                                 stderr=subprocess.DEVNULL, env=launch_env(), cwd="/", close_fds=True,
                                 start_new_session=True)
         try:
-            out, _ = proc.communicate(json.dumps(job).encode(), timeout=self.job_timeout(runs))
+            out, _ = proc.communicate(launch_input(job), timeout=self.job_timeout(runs))
         except subprocess.TimeoutExpired:
             _kill_tree(proc)
             out, _ = proc.communicate()
