@@ -33,7 +33,8 @@ def metric_differences(before: Path, after: Path, prefix: bool = False, limit: i
         ra, rb = _without_times(json.loads(line_a)), _without_times(json.loads(line_b))
         for key in sorted(set(ra) | set(rb)):
             if json.dumps(ra.get(key)) != json.dumps(rb.get(key)):
-                found.append(f"step {ra.get('step')}: {key}: {ra.get(key, '(absent)')!r} != {rb.get(key, '(absent)')!r}")
+                was, now = ra.get(key, "(absent)"), rb.get(key, "(absent)")
+                found.append(f"step {ra.get('step')}: {key}: {was!r} != {now!r}")
     return found[:limit]
 
 
