@@ -9,4 +9,7 @@ through the `reward_model` reward (rewards/reward_model.py), which reads text th
     checkpoint.py  atomic checkpoints and exact resume
     train.py    the loop
     command.py  run_rm_command(recipe_path, overrides) -> the model's directory
+    arith_pairs.py  preference pairs over the demo's word problems (tests; trying grpo rm on a CPU)
+
+grpo.rm imports nothing from grpo.train (train, eval, tools and rm sit side by side).
 """
