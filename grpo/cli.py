@@ -200,6 +200,18 @@ def rewards():
 
 
 @app.command()
+def rm(recipe: str = typer.Argument(..., help="YAML recipe of a reward-model run (grpo/rm/config.py)"),
+       overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-5")):
+    """Train a reward model on preference pairs (prompt, chosen, rejected) with the Bradley-Terry loss."""
+    from grpo.rm.command import run_rm_command
+
+    try:
+        run_rm_command(recipe, list(overrides or []))
+    except UserError as exc:
+        _fail(exc)
+
+
+@app.command()
 def sft(model: str = typer.Option(..., help="model directory to start from"),
         data: str = typer.Option(..., help="jsonl/csv/parquet file with prompt and target columns"),
         output: str = typer.Option(..., help="directory to write the fine-tuned model to"),

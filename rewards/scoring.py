@@ -71,13 +71,17 @@ class Scores:
     errors: dict[str, int]  # name -> completions whose call raised or returned junk
 
 
-def build_rewards(specs: list[Any]) -> list[NamedReward]:
+def build_rewards(specs: list[Any], device: Any = None, dtype: Any = None) -> list[NamedReward]:
     """specs: RewardConfig-like objects with name, weight, args (and timeout_s, max_abs; memory_mb, if a spec has
     one, caps a plugin's worker, else $GRPO_REWARD_MEMORY_MB, else 2048 MB).
 
     grpo's own rewards are imported here; a user's plugin gets a worker process, started now (all of them at
     once), which imports it and reports what it declares. Either way a bad name, an import error or a signature
-    that cannot work raises UserError before any model loads. Call close_rewards() when done."""
+    that cannot work raises UserError before any model loads. Call close_rewards() when done.
+
+    A reward whose target is a factory (`fn.reward_factory` true, e.g. reward_model) is a model, not a function:
+    it is built here, once, as fn(args, device, dtype) with the trainer's device and compute dtype (loading is not
+    timed), and the reward it returns runs in this process (never in a torch-free plugin worker)."""
     built: list[NamedReward] = []
     names_seen: dict[str, int] = {}
     in_process = _in_process()
@@ -91,8 +95,11 @@ def build_rewards(specs: list[Any]) -> list[NamedReward]:
             target, what = reward_target(spec.name)
             if in_process or is_builtin(target):
                 fn = load_reward(spec.name)
-                check_reward_signature(fn, spec.name, spec.args)  # unknown args, or no **kwargs: an error, not zeros
-                reward = named(label, fn, spec.weight, spec.args)
+                if is_factory(fn):
+                    reward = NamedReward(label, build_factory(fn, spec.name, spec.args, device, dtype), spec.weight)
+                else:
+                    check_reward_signature(fn, spec.name, spec.args)  # unknown args, no **kwargs: an error, not zeros
+                    reward = named(label, fn, spec.weight, spec.args)
             else:
                 from rewards import plugin_pool
 
@@ -118,6 +125,28 @@ def build_rewards(specs: list[Any]) -> list[NamedReward]:
     return built
 
 
+def is_factory(fn: Any) -> bool:
+    """A setup-time factory make(settings, device, dtype) -> reward, rather than a reward function."""
+    return bool(getattr(fn, "reward_factory", False))
+
+
+def build_factory(fn: Any, name: str, args: dict | None, device: Any, dtype: Any) -> Callable[..., list]:
+    problems = factory_problems(fn, args)
+    if problems:
+        raise UserError("; ".join(problems))
+    if device is None:
+        raise UserError(f"reward '{name}' loads a model and is only available where a trainer builds it with its "
+                        f"device (grpo train); use another reward here.")
+    return fn(dict(args or {}), device, dtype)
+
+
+def factory_problems(fn: Any, args: dict | None) -> list[str]:
+    """A factory checks its own settings (it takes no per-call keyword options, so the signature rules do not
+    apply)."""
+    check = getattr(fn, "settings_problems", None)
+    return list(check(args)) if check is not None else []
+
+
 def reward_problems(name: str, args: dict | None = None) -> list[str]:
     """What is wrong with a recipe's reward that would make every call fail (recipe args it does not take, no
     **kwargs), for `grpo validate`, without importing a user's plugin in this process: a throwaway worker imports
@@ -127,7 +156,8 @@ def reward_problems(name: str, args: dict | None = None) -> list[str]:
 
     target, what = reward_target(name)
     if _in_process() or is_builtin(target):
-        return reward_signature_problems(load_reward(name), name, args)
+        fn = load_reward(name)
+        return factory_problems(fn, args) if is_factory(fn) else reward_signature_problems(fn, name, args)
     worker = plugin_pool.start(name, target, what, args, plugin_pool.memory_cap_mb())
     try:
         return worker.probe()
@@ -151,7 +181,8 @@ def broken_rewards(sources: dict[str, Any]) -> dict[str, str]:
             what = whats[name]
             if is_builtin(source.target):
                 try:
-                    problems = reward_signature_problems(_import_target(source.target, what), name)
+                    fn = _import_target(source.target, what)
+                    problems = [] if is_factory(fn) else reward_signature_problems(fn, name)
                 except Exception as exc:  # noqa: BLE001 - a broken built-in is listed as broken, like a plugin
                     problems = [str(exc) if isinstance(exc, UserError) else f"{what}: {_describe(exc)}"]
                 if problems:
