@@ -49,11 +49,11 @@ from grpo.plan import FRAGMENTATION, GB, model_shape, plan_memory, with_override
 from grpo.sampling.base import Completion  # noqa: E402
 from grpo.resolve import strategy as resolve_strategy  # noqa: E402
 from grpo.train.layout import choose_layout  # noqa: E402
-from grpo.train.packing import make_micro_batch, plan_micro_batches  # noqa: E402
+from grpo.train.episodes import Episode, token_batch  # noqa: E402
+from grpo.train.packing import micro_batch, plan_micro_batches  # noqa: E402
 from grpo.train.precision import resolve_precision  # noqa: E402
-from grpo.train.rollouts import Rollout  # noqa: E402
 from grpo.train.sharding import wrap  # noqa: E402
-from grpo.train.update import completion_logprobs, policy_update  # noqa: E402
+from grpo.train.update import build_objective, completion_logprobs, policy_update, training_pass  # noqa: E402
 
 # The 1.5B shape is the shipped config grpo plan reads (real vocabulary, 151,936); tiny is for CPU.
 SHAPES = {
@@ -144,7 +144,7 @@ def build_policy(shape_name: str, cfg: RecipeConfig, device: torch.device, world
 
 
 def rows_for(groups: int, group_size: int, prompt_len: int, completion_len: int, vocab: int,
-             spread: bool = True) -> list[Rollout]:
+             spread: bool = True) -> list[Episode]:
     """A step's rollouts: completions from a quarter of completion_len to all of it (spread), or all full."""
     gen = torch.Generator().manual_seed(1)
     rollouts = []
@@ -154,15 +154,15 @@ def rows_for(groups: int, group_size: int, prompt_len: int, completion_len: int,
             length = (completion_len // 4 + (3 * completion_len // 4) * i // max(group_size - 1, 1)
                       if spread else completion_len)
             ids = torch.randint(3, vocab, (length,), generator=gen).tolist()
-            rollouts.append(Rollout("", prompt, Completion(ids, [-1.0] * length, "", "length"), {},
+            rollouts.append(Episode.one_turn(prompt, Completion(ids, [-1.0] * length, "", "length"), group_id=g,
                                     advantage=1.0 if i % 2 else -1.0))
     return rollouts
 
 
 def step(model, optimizer, rollouts, train: TrainConfig, layout, device, precision) -> Any:
-    return policy_update(model, None, optimizer, rollouts, train, temperature=1.0,
-                         loss_constant=max(len(r.completion.token_ids) for r in rollouts), pad_id=0, device=device,
-                         layout=layout, autocast=precision.autocast)
+    objective = build_objective(train, "none", max(r.length for r in rollouts))
+    passes = training_pass(train, layout, 1.0, device, autocast=precision.autocast)
+    return policy_update(model, None, optimizer, token_batch(rollouts, 0), objective, passes)
 
 
 def sync(device: torch.device) -> None:
@@ -289,11 +289,12 @@ def allocator_section(record: Recorder, device) -> None:
 def logprobs_by_rollout(model, rollouts, layout, device, precision) -> dict[int, torch.Tensor]:
     out = {}
     with torch.no_grad():
+        batch = token_batch(rollouts, 0)
         for chunk in plan_micro_batches(rollouts, layout):
-            mb = make_micro_batch(chunk, layout, 0, device)
+            mb = micro_batch(batch, chunk, layout, device)
             logp, _ = completion_logprobs(model, mb, 1.0, autocast=precision.autocast)
-            for i, r in enumerate(chunk):
-                out[id(r)] = logp[i, :len(r.completion.token_ids)].float().cpu()
+            for i, r in enumerate(rollouts[chunk.start:chunk.stop]):
+                out[id(r)] = logp[i, :r.length].float().cpu()
     return out
 
 
@@ -342,7 +343,7 @@ def speed_section(record: Recorder, args, model, optimizer, precision, device) -
     parameters = sum(p.numel() for p in model.parameters())  # at world size 1 a shard is the whole parameter
     vocab = SHAPES[args.shape]["vocab_size"]
     rollouts = rows_for(args.groups, args.group_size, args.prompt_len, args.completion_len, vocab)
-    real = sum(len(r.prompt_ids) + len(r.completion.token_ids) for r in rollouts)
+    real = sum(len(r.prompt_ids) + r.length for r in rollouts)
     peak = PEAK_BF16.get(next((k for k in PEAK_BF16 if device.type == "cuda" and k in torch.cuda.get_device_name(
         device)), ""), None)
     train = TrainConfig(micro_batch_size=args.micro_batch, loss_aggregation="token_mean", lr=1e-6)

@@ -203,4 +203,5 @@ def code_reward(prompts: list[str], completions: list[str], tests: list[Any] | N
     return _pool(int(max_parallel)).map(one, range(len(completions)))
 
 
+code_reward.crash_counts = crash_counts  # scored-0 crashes, for the trainer's reward/code/crashes
 code_reward.measures_correctness = True  # 1.0: every test passed (grpo logs `accuracy` from it)

@@ -45,6 +45,10 @@ class NamedReward:
     timeout_s: float | None = None  # per batch, retries included; None: called inline with no limit
     max_abs: float = math.inf  # a value beyond +-this is rejected like a raise
     failures: "FailureLog" = field(default_factory=lambda: FailureLog())
+    # Completions the reward scored 0 because its own code raised on them (declared by the function as
+    # fn.crash_counts() -> {exception type: count}, e.g. the code reward's): a count that grows is a bug in the
+    # reward that the model's output reaches, logged as reward/<name>/crashes.
+    crash_counts: Callable[[], dict[str, int]] | None = None
 
 
 @dataclass
@@ -221,7 +225,13 @@ def named(label: str, fn: Callable[..., list], weight: float = 1.0, args: dict |
     """A reward ready to call, with what the function declares about itself read before any args bind it."""
     return NamedReward(label, functools.partial(fn, **args) if args else fn, weight,
                        measures_correctness=bool(getattr(fn, "measures_correctness", False)),
-                       extract_answer=getattr(fn, "extract_answer", None))
+                       extract_answer=getattr(fn, "extract_answer", None),
+                       crash_counts=getattr(fn, "crash_counts", None))
+
+
+def crash_totals(rewards: list[NamedReward]) -> dict[str, int]:
+    """Each crash-counting reward's crashes so far in this process (the trainer logs the step's increase)."""
+    return {r.name: sum(r.crash_counts().values()) for r in rewards if r.crash_counts is not None}
 
 
 def reward_columns(rows: list[dict], answers: list, completion_ids: list[list[int]], finish_reasons: list[str],

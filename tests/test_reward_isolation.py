@@ -343,3 +343,20 @@ def test_memory_spread_over_processes_is_capped_for_the_tree():
     assert score(fenced(SPREAD), {"asserts": ["assert f(1) == 5"]}, executor=ex) == 0.0
     honest = "def f(x):\n    b = bytearray(120 << 20)\n    return 5"
     assert score(fenced(honest), {"asserts": ["assert f(1) == 5"]}, executor=ex) == 1.0
+
+
+def test_a_crash_in_the_code_reward_is_counted_where_the_trainer_reads_it(monkeypatch):
+    """The trainer logs reward/code/crashes as the step's increase of crash_totals() (grpo/train/trainer.py)."""
+    import rewards.code as code
+    from rewards.scoring import crash_totals, named
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("from the judge")
+
+    monkeypatch.setattr(code, "run_tests", boom)
+    monkeypatch.setattr(code, "_executor", lambda *a: Executor.__new__(Executor))
+    rewards = [named("code", code.code_reward, args={"max_parallel": 1}), named("plain", lambda **kw: [1.0])]
+    before = crash_totals(rewards)
+    assert set(before) == {"code"}  # only a reward that declares crash_counts is counted
+    rewards[0].fn(["p", "q"], [fenced("def f(x):\n    return x")] * 2, [{"asserts": ["assert f(1) == 1"]}] * 2)
+    assert crash_totals(rewards)["code"] == before["code"] + 2

@@ -89,6 +89,7 @@ class Experience:
     zero_variance_groups: int = 0  # among the groups sampled this step
     sampled_groups: int = 0
     reward_errors: dict[str, int] = field(default_factory=dict)
+    reward_crashes: dict[str, int] = field(default_factory=dict)  # completions scored 0 by a crash in the reward
     reward_values: dict[str, list[float | None]] = field(default_factory=dict)  # name -> values of sampled episodes
     skipped_prompts: int = 0  # longer than max_prompt_tokens
     generate_s: float = 0.0
@@ -111,6 +112,8 @@ def merge_experience(parts: list[Experience]) -> Experience:
         merged.score_s = max(merged.score_s, p.score_s)
         for name, count in p.reward_errors.items():
             merged.reward_errors[name] = merged.reward_errors.get(name, 0) + count
+        for name, count in p.reward_crashes.items():
+            merged.reward_crashes[name] = merged.reward_crashes.get(name, 0) + count
         for name, values in p.reward_values.items():
             merged.reward_values.setdefault(name, []).extend(values)
     return merged

@@ -12,8 +12,8 @@ import torch
 
 from grpo.errors import UserError
 from grpo.sampling.base import Completion
+from grpo.train.episodes import Episode
 from grpo.train.packing import Layout, make_micro_batch
-from grpo.train.rollouts import Rollout
 from grpo.train.sharding import unwrap
 from grpo.train.update import completion_logprobs
 
@@ -70,8 +70,9 @@ def checked_layout(layout: Layout, policy, pad_id: int, device: torch.device, ex
     ids = lambda n: torch.randint(0, vocab, (n,), generator=gen).tolist()  # noqa: E731
     # Two groups of three, and a long pair that makes rows wide enough for `sequences` to put two pairs in one:
     # every layout must then keep attention inside each sequence (and each completion) by itself.
-    probe = [Rollout("", prompt, Completion(ids(c), [0.0] * c, "", "stop"), {})
-             for prompt, lengths in ((ids(5), (4, 2, 6)), (ids(3), (4, 2, 6)), (ids(4), (14,))) for c in lengths]
+    probe = [Episode.one_turn(prompt, Completion(ids(c), [0.0] * c, "", "stop"), group_id=g)
+             for g, (prompt, lengths) in enumerate(((ids(5), (4, 2, 6)), (ids(3), (4, 2, 6)), (ids(4), (14,))))
+             for c in lengths]
     padded = make_micro_batch(probe, Layout("padded", len(probe), 0), pad_id, device)
     was_training = policy.training
     policy.eval()  # no dropout: both layouts must see the same function
@@ -81,7 +82,7 @@ def checked_layout(layout: Layout, policy, pad_id: int, device: torch.device, ex
                                   autocast=autocast)[0]  # [7, 14]
     finally:
         policy.train(was_training)
-    gap = float(((want - got).abs() * padded.mask).max())
+    gap = float(((want - got).abs() * padded.tokens.loss_mask).max())
     dtype = compute_dtype or next(policy.parameters()).dtype  # mixed precision computes in model.dtype
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2  # bf16 rounds differently per layout
     if gap <= tolerance:

@@ -60,7 +60,7 @@ class MicroBatch:
 
     @property
     def mask(self) -> torch.Tensor:
-        """[n, C] the loss mask (grpo/train/layout.py's probe reads it)."""
+        """[n, C] the loss mask of the micro-batch's rows."""
         return self.tokens.loss_mask
 
 

@@ -11,20 +11,11 @@ from grpo.data import PromptRenderer, PromptStream
 from grpo.errors import UserError
 from grpo.parallel import World
 from grpo.objectives.advantages import AdvantageFn, compute_advantages, zero_variance_groups
-from grpo.sampling.base import Completion, Sampler, SamplingSettings
+from grpo.sampling.base import Sampler, SamplingSettings
 from grpo.seeds import derive_seed
 from grpo.train.episodes import Episode, Experience
 from grpo.train.profiling import stage
 from rewards.scoring import NamedReward, reward_columns, score
-
-
-def Rollout(prompt_text: str, prompt_ids: list[int], completion: Completion, row: dict, *, advantage: float = 0.0,
-            reward: float = 0.0, group_id: int | None = None) -> Episode:
-    """The one-turn episode under its old constructor's name, for grpo/train/layout.py's probe (not this change's
-    file; it is to call Episode.one_turn with group ids). Without a group id the completions that share one prompt
-    list object are one group, as the probe builds them; the trainer never calls this."""
-    return Episode.one_turn(prompt_ids, completion, group_id=id(prompt_ids) if group_id is None else group_id,
-                            prompt_text=prompt_text, row=row, advantage=advantage, reward=reward)
 
 
 def collect_experience(settings: SamplingSettings, *, stream: PromptStream, renderer: PromptRenderer,

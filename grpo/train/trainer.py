@@ -48,7 +48,7 @@ from grpo.train.sharding import (full_model_state, full_optimizer_state, gathere
 from grpo.train.signals import StopFlag, Stopped
 from grpo.train.summary import closing_summary, read_metrics
 from grpo.train.update import Objective, TrainingPass, build_objective, policy_update, training_pass
-from rewards.scoring import NamedReward, build_rewards, close_rewards
+from rewards.scoring import NamedReward, build_rewards, close_rewards, crash_totals
 
 
 class PeriodicEvaluator(Protocol):
@@ -180,14 +180,17 @@ def setup(cfg: RecipeConfig, world: World, evaluator: PeriodicEvaluator | None =
     _seed_everything(cfg.seed)
     device = rank_device(resolve_device(cfg.device), world)
     strategy = resolve.strategy(cfg.distributed, world.size, cfg.model)
-    init_world(world, device, cfg.distributed.timeout_s, group_of_one=strategy == "fsdp")
+    init_world(world, device, cfg.distributed.timeout_s, group_of_one=strategy == "fsdp",
+               heartbeat_s=cfg.distributed.heartbeat_s)
     resume = resume_point(cfg, output_dir, world)  # after init_world: the ranks agree on it
     precision = resolve_precision(cfg.model, strategy, device, cfg.distributed.reduce_dtype)
     if world.is_main:
         for warning in precision_warnings(cfg):  # pure bf16 at an lr it cannot represent: said, not refused
             print(f"warning: {warning}", file=sys.stderr)
 
-    rewards = build_rewards(cfg.rewards)  # fail on a bad reward name before any model loads
+    # A bad reward name fails here, before the policy loads; a reward model (a reward factory) loads here, once,
+    # on this rank's device in the compute dtype.
+    rewards = build_rewards(cfg.rewards, device=device, dtype=precision.compute)
     rows, fingerprint = load_training_rows(cfg, resume, output_dir, world)
     model = build_model(cfg, world, device, strategy, precision, resume)
     layout = probe_layout(cfg, model, device, precision)
@@ -367,10 +370,12 @@ def sample_and_score(run: Run, step: int) -> Experience:
     seed = derive_seed(c.seed, step, rank=run.world.rank)
     settings = SamplingSettings.of(c.sampler, n=c.sampler.group_size, seed=seed)
     run.sampler.wake()
+    crashed_before = crash_totals(run.rewards)
     exp = collect_experience(settings, stream=run.stream, renderer=run.renderer, sampler=run.sampler,
                              rewards=run.rewards, advantage_fn=run.advantage_fn, data=c.data, train=c.train,
                              world=run.world, policy_version=step - 1)  # the weights synced after step - 1
     run.sampler.sleep()
+    exp.reward_crashes = {name: n - crashed_before[name] for name, n in crash_totals(run.rewards).items()}
     return exp
 
 
@@ -436,6 +441,8 @@ def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s:
         m[f"reward/{reward.name}/mean"] = _mean(applied)
         m[f"reward/{reward.name}/std"] = statistics.pstdev(applied) if len(applied) > 1 else 0.0
         m[f"reward/{reward.name}/errors"] = exp.reward_errors.get(reward.name, 0)
+        if reward.crash_counts is not None:
+            m[f"reward/{reward.name}/crashes"] = exp.reward_crashes.get(reward.name, 0)
         if reward.measures_correctness and "accuracy" not in m:  # the first correctness reward: 1.0 means right
             m["accuracy"] = _mean([v >= 1.0 for v in applied])
     if update is not None:
