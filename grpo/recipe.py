@@ -68,10 +68,11 @@ def load_eval_section(path: str | Path | None, values: dict[str, Any] | None = N
     return cfg.eval, cfg
 
 
-def read_structure(path: str | Path | None, overrides: list[str] = (),
-                   values: dict[str, Any] | None = None) -> tuple[RecipeConfig, list[str]]:
+def read_structure(path: str | Path | None, overrides: list[str] = (), values: dict[str, Any] | None = None,
+                   schema: type = RecipeConfig) -> tuple[Any, list[str]]:
     """Keys and types only: unknown keys, wrong types, bad choices. `values` set dotted keys to Python values
-    (from typed command-line options) after the overrides."""
+    (from typed command-line options) after the overrides. `schema`: the recipe's dataclass (grpo train's by
+    default; grpo rm reads its own with the same reader)."""
     raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     problems: list[str] = []
     for item in overrides:
@@ -83,7 +84,7 @@ def read_structure(path: str | Path | None, overrides: list[str] = (),
     for key, value in (values or {}).items():
         if value is not None:
             _set(raw, key, value)
-    return _build(RecipeConfig, raw, "", problems), problems
+    return _build(schema, raw, "", problems), problems
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -71,17 +71,9 @@ def load_rm_recipe(path: str | Path | None, overrides: list[str] = ()) -> RmReci
     """Read a recipe (or start from defaults when path is None), apply `a.b=value` overrides, check everything;
     every problem is raised together as one ConfigError (a UserError: exit 2)."""
     # grpo.recipe's reader, pointed at this schema: one reader for every recipe.
-    from grpo.recipe import OverrideText, _build, _read_yaml, _set
+    from grpo.recipe import read_structure
 
-    raw = _read_yaml(Path(path)) if path is not None else {}
-    problems: list[str] = []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            problems.append(f"override '{item}': expected key=value, e.g. train.lr=1e-5")
-            continue
-        _set(raw, key, OverrideText(text))
-    cfg = _build(RmRecipe, raw, "", problems)
+    cfg, problems = read_structure(path, overrides, schema=RmRecipe)
     problems += rm_rules(cfg)
     if problems:
         raise ConfigError(problems, str(path) if path else "defaults")
