@@ -164,21 +164,54 @@ def test_enospc_in_a_checkpoint_write_says_so_and_leaves_no_temp(tmp_path, tiny_
     assert again.returncode == 0, again.stderr[-2000:]
 
 
-@pytest.mark.slow
-def test_a_small_disk_is_refused_before_writing(tmp_path, tiny_model_dir, sums_file, plugin):
-    small = tmp_path / "small"
-    small.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(small)],
-                                           capture_output=True).returncode:
-        pytest.skip("needs root to mount a tmpfs")
-    try:
-        recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file, steps=1)
-        failed = grpo(plugin, "train", recipe, f"output_dir={small / 'run'}")
-        assert failed.returncode == 2, failed.stderr[-2000:]
-        assert "error: checkpoint step-000001: needs about" in failed.stderr and "MB free" in failed.stderr
-        assert not list((small / "run" / "checkpoints").glob("*.tmp-*"))
-    finally:
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of its own size at tmp_path/small (yields a mounter): a disk that can really be full."""
+    mounted = []
+
+    def mount(size):
+        small = tmp_path / "small"
+        small.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)],
+                                               capture_output=True).returncode:
+            pytest.skip("needs root to mount a tmpfs")
+        mounted.append(small)
+        return small
+
+    yield mount
+    for small in mounted:
         subprocess.run(["umount", str(small)])
+
+
+@pytest.mark.slow
+def test_a_small_disk_is_refused_at_start_before_writing(tmp_path, tiny_model_dir, sums_file, plugin, small_disk):
+    small = small_disk("600k")
+    recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file, steps=1)
+    failed = grpo(plugin, "train", recipe, f"output_dir={small / 'run'}")
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert f"output_dir: {small / 'run'} has" in failed.stderr and "one checkpoint of" in failed.stderr
+    assert "needs about" in failed.stderr and "Traceback" not in failed.stderr
+    assert not (small / "run" / "metrics.jsonl").exists()  # refused before the first step, not after it
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_during_the_run_is_named_before_the_checkpoint(tmp_path, tiny_model_dir, sums_file,
+                                                                         plugin, small_disk):
+    small = small_disk("64m")  # room for the tiny model's checkpoint at start
+    recipe = survive_recipe(tmp_path, tiny_model_dir, sums_file, steps=1)
+    # another process fills the disk while the step runs: the space left when the checkpoint is due is 64 KB
+    fill = ("import shutil, grpo.train.trainer as t\n"
+            "save = t.save_checkpoint\n"
+            "def filled_first(output_dir, *a, **k):\n"
+            "    free = shutil.disk_usage(output_dir).free\n"
+            "    (output_dir / 'filler').write_bytes(bytes(free - 65536))\n"
+            "    return save(output_dir, *a, **k)\n"
+            "t.save_checkpoint = filled_first")
+    failed = grpo(plugin, "train", recipe, f"output_dir={small / 'run'}", pre=fill)
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert "error: checkpoint step-000001: needs about" in failed.stderr and "MB free" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert not list((small / "run" / "checkpoints").glob("*.tmp-*"))
 
 
 @pytest.mark.slow
