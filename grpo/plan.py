@@ -229,6 +229,51 @@ def read_model_shape(path: str, recipe_dir: Path | None = None) -> tuple[ModelSh
     return model_shape(config, str(found)), found
 
 
+@dataclass(frozen=True)
+class ScoringModel:
+    """A reward model the trainer holds on its own device (rewards.reward_model, one copy per rank), in the
+    compute dtype, and the texts it scores in one forward."""
+
+    label: str  # the recipe's reward name and the model's path, for the note
+    shape: ModelShape
+    batch_size: int
+    max_tokens: int | None
+
+    def parameters(self) -> int:
+        """A sequence classifier: the decoder's layers, embeddings and final norm, and a one-row score head in place
+        of the LM head."""
+        s = self.shape
+        return s.layers * s.layer_parameters() + s.vocab * s.hidden + 2 * s.hidden
+
+
+def scoring_models(cfg: RecipeConfig, recipe_dir: Path | None = None) -> list[ScoringModel]:
+    """The reward models a recipe puts on the trainer's GPUs: grpo's own rewards that declare one (a
+    `planned_model` on the reward factory). A user's plugin is not imported here (plans never run user code)."""
+    from rewards.registry import is_builtin, load_reward, reward_target
+
+    found = []
+    for i, reward in enumerate(cfg.rewards):
+        try:
+            target, _ = reward_target(reward.name)
+        except UserError:
+            continue  # validate names the unknown reward; the plan counts what it can find
+        planned = getattr(load_reward(reward.name), "planned_model", None) if is_builtin(target) else None
+        if planned is None:
+            continue
+        model = planned(reward.args)
+        if not model["path"]:
+            raise UserError(f"rewards[{i}].args.path: required; grpo plan sizes the reward model from its "
+                            f"config.json")
+        try:
+            shape, _ = read_model_shape(model["path"], recipe_dir)
+        except UserError as exc:
+            raise UserError(f"rewards[{i}].args.path ({reward.name}): {str(exc).removeprefix('model.path: ')}") \
+                from exc
+        found.append(ScoringModel(f"{reward.name} {model['path']}", shape, int(model["batch_size"]),
+                                  model["max_tokens"]))
+    return found
+
+
 # ---------------------------------------------------------------------------------------------------- pure arithmetic
 
 
@@ -374,7 +419,7 @@ def resolve_layout(cfg: RecipeConfig, gpus: int) -> str:
 
 
 def plan_memory(cfg: RecipeConfig, shape: ModelShape, gpus: int, gpu_bytes: float, host_bytes: float | None = None,
-                recipe: str = "", config_file: str = "") -> Plan:
+                recipe: str = "", config_file: str = "", scorers: tuple[ScoringModel, ...] = ()) -> Plan:
     """Every item of memory per GPU in both phases; pure (the fixes are planned by plan_with_fixes)."""
     if gpus < 1:
         raise UserError(f"--gpus: must be >= 1, got {gpus}")
@@ -436,6 +481,14 @@ def plan_memory(cfg: RecipeConfig, shape: ModelShape, gpus: int, gpu_bytes: floa
         f"[{chunk:,} x {shape.vocab:,}] at {VOCAB_BYTES_PER_ELEMENT:g} bytes an element (measured on CPU)")
 
     full = cfg.data.max_prompt_tokens + s.max_new_tokens
+    if scorers:
+        weights = sum(r.parameters() * bc for r in scorers)
+        # scoring runs one forward at a time without autograd: one layer's tensors of one batch are alive at once
+        forward = max(r.batch_size * min(full, r.max_tokens or full) * layer_activation_bytes(r.shape, bc, flash)
+                      for r in scorers)
+        add("reward_models", weights + forward, weights,
+            f"{', '.join(r.label for r in scorers)}: {sum(r.parameters() for r in scorers) / 1e9:.2f} B parameters, "
+            f"{m.dtype}, whole on every GPU; scoring forwards of {max(r.batch_size for r in scorers)} texts")
     kv_info = None
     problems: list[str] = []
     rows = math.ceil(t.prompts_per_step / gpus) * s.group_size
@@ -582,18 +635,18 @@ def _describe(changes: dict[str, Any], gpus: int, base_gpus: int) -> list[str]:
 
 
 def plan_with_fixes(cfg: RecipeConfig, shape: ModelShape, gpus: int, gpu_bytes: float, host_bytes: float | None = None,
-                    recipe: str = "", config_file: str = "") -> Plan:
+                    recipe: str = "", config_file: str = "", scorers: tuple[ScoringModel, ...] = ()) -> Plan:
     """The plan, and when it does not fit, each kind of fix planned on its own: the mildest value that fits (fewest
     GPUs, largest token budget, ...), else the strongest value's figure; when no single fix fits, the first pairs
     of kinds that do."""
-    plan = plan_memory(cfg, shape, gpus, gpu_bytes, host_bytes, recipe, config_file)
+    plan = plan_memory(cfg, shape, gpus, gpu_bytes, host_bytes, recipe, config_file, scorers)
     if plan.fits:
         return plan
 
     def attempt(changes: dict[str, Any], n: int) -> Fix:
         if changes.get("model.lora.enabled") and n > 1:
             changes = {**changes, "distributed.strategy": "ddp"}  # LoRA adapters are not sharded (grpo.rules)
-        other = plan_memory(with_overrides(cfg, changes), shape, n, gpu_bytes, host_bytes)
+        other = plan_memory(with_overrides(cfg, changes), shape, n, gpu_bytes, host_bytes, scorers=scorers)
         return Fix(_describe(changes, n, gpus), other.fits, other.peak_bytes, n)
 
     def mildest(options: list[tuple[dict[str, Any], int]]) -> Fix:
@@ -629,7 +682,8 @@ LABELS = {"master_weights": "master weights", "optimizer": "optimizer state (Ada
           "parameters": "parameters (compute copies)", "reference": "reference model", "activations": "activations",
           "vocab_pass": "vocabulary pass", "vllm_weights": "vLLM weights", "vllm_activations": "vLLM activations",
           "kv_cache": "KV cache", "sampler_weights": "sampler weights", "sampler_logits": "sampler logits",
-          "cuda_context": "CUDA context", "fragmentation": "fragmentation"}
+          "cuda_context": "CUDA context", "fragmentation": "fragmentation",
+          "reward_models": "reward models"}
 
 
 def render(plan: Plan) -> str:
@@ -688,10 +742,12 @@ def plan_recipe(recipe: str, overrides: list[str], gpus: int, gpu_memory_gb: flo
     problems = world_rules(cfg, gpus)
     if problems:
         raise ConfigError(problems, f"{recipe} on {gpus} GPUs")
-    shape, found = read_model_shape(cfg.model.path, Path(recipe).resolve().parent)
+    recipe_dir = Path(recipe).resolve().parent
+    shape, found = read_model_shape(cfg.model.path, recipe_dir)
     return plan_with_fixes(cfg, shape, gpus, gpu_memory_gb * GB,
                            host_memory_gb * GB if host_memory_gb is not None else None,
-                           recipe=str(recipe), config_file=_short(found))
+                           recipe=str(recipe), config_file=_short(found),
+                           scorers=tuple(scoring_models(cfg, recipe_dir)))
 
 
 def _short(path: Path) -> str:

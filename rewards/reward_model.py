@@ -124,10 +124,20 @@ def make_reward_model(settings: dict[str, Any] | None, device: Any, dtype: Any) 
     return RewardModelScorer(model, tokenizer, torch.device(device), s, max_tokens)
 
 
+def planned_model(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """What `grpo plan` counts for this reward, read from the recipe's args without loading anything: the model
+    it puts on each trainer's device and the texts it scores in one forward."""
+    s = dict(settings or {})
+    return {"path": str(s.get("path") or ""), "batch_size": s.get("batch_size", RewardModelSettings.batch_size),
+            "max_tokens": s.get("max_tokens")}
+
+
 # Read by rewards/scoring.py: a factory is built once at setup and runs in the trainer's process; its args are
-# checked by settings_problems (grpo validate), not by the reward-function signature rules.
+# checked by settings_problems (grpo validate), not by the reward-function signature rules. grpo.plan reads
+# planned_model.
 make_reward_model.reward_factory = True
 make_reward_model.settings_problems = settings_problems
+make_reward_model.planned_model = planned_model
 
 
 class RewardModelScorer:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import recipe_config
 from typer.testing import CliRunner
 
@@ -247,6 +248,49 @@ def test_the_demo_model_plans_from_its_shipped_config():
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["shape"]["hidden"] == 128 and out["strategy"] == "none"  # float32 compute: nothing to cast
+
+
+def test_a_reward_model_is_counted_whole_on_every_gpu_in_the_compute_dtype(tmp_path):
+    """The reward_model reward (issue 30): its weights in both phases, one scoring forward's layer in the generation
+    phase; a sequence classifier has a one-row score head where the LM has its head."""
+    from grpo.plan import ScoringModel
+
+    scorer = ScoringModel("reward_model rm", model_shape(SMALL), batch_size=8, max_tokens=None)
+    assert scorer.parameters() == 2 * LAYER + 1000 * 64 + 64 + 64  # embeddings, final norm, score head
+    bare = plan_memory(recipe_config(SMALL_RECIPE), model_shape(SMALL), gpus=2, gpu_bytes=10 * GB)
+    plan = plan_memory(recipe_config(SMALL_RECIPE), model_shape(SMALL), gpus=2, gpu_bytes=10 * GB,
+                       scorers=(scorer,))
+    weights = scorer.parameters() * 2  # bf16 compute, not sharded: every rank scores its own completions
+    forward = 8 * 400 * layer_activation_bytes(model_shape(SMALL), 2, False)
+    item = plan.item("reward_models")
+    assert item.generation == pytest.approx(weights + forward) and item.update == weights
+    for phase in ("generation", "update"):  # the rest of the plan is the same, plus its share of fragmentation
+        grown = plan.phase_bytes(phase) - bare.phase_bytes(phase)
+        assert grown == pytest.approx(getattr(item, phase) * 1.05)
+
+
+def test_grpo_plan_reads_the_reward_models_config_from_the_recipe(tmp_path):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "config.json").write_text(json.dumps({**SMALL, "architectures": ["Qwen2ForSequenceClassification"],
+                                                "num_labels": 1}))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text((ROOT / "recipes" / "tiny.yaml").read_text().replace(
+        "  - {name: math, weight: 1.0}", f"  - {{name: reward_model, args: {{path: {rm}, batch_size: 4}}}}\n"
+                                         f"  - {{name: math, weight: 0.0}}"))
+    result = run(str(recipe), "--gpu-memory-gb", "8", "--json")
+    assert result.exit_code == 0, result.output
+    item = json.loads(result.output)["items"]["reward_models"]
+    with torch.device("meta"):  # what transformers builds for that config: the count the plan uses
+        built = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(rm))
+    assert item["update_bytes"] == sum(p.numel() for p in built.parameters()) * 4  # the recipe computes in float32
+    assert f"reward_model {rm}" in item["note"]
+    recipe.write_text(recipe.read_text().replace(str(rm), str(tmp_path / "none")))
+    missing = run(str(recipe), "--gpu-memory-gb", "8")
+    assert missing.exit_code == 2, missing.output
+    assert f"rewards[0].args.path (reward_model): {tmp_path / 'none'} is not a directory" in missing.output
 
 
 def test_validate_warns_on_pure_bf16_with_a_tiny_lr():
