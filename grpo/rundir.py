@@ -9,7 +9,7 @@ from pathlib import Path
 STATE_FILE = "trainer_state.pt"  # a checkpoint is complete when this is in it (written last)
 MANIFEST_FILE = "manifest.json"  # every file of a checkpoint with its size and checksum (grpo/train/checkpoint.py)
 ATTEMPTS = "attempts"  # earlier runs in this output_dir that could not be resumed, each in a folder of its own
-LOCK_FILE = ".lock"  # rank 0 holds an exclusive lock on it for the whole run (grpo/train/lock.py)
+LOCK_FILE = ".lock"  # rank 0 holds an exclusive lock on it for the whole run (grpo/lock.py)
 KEEP_IN_PLACE = (LOCK_FILE, ATTEMPTS)  # the lock is held by the run that sets the others aside
 
 

@@ -19,6 +19,7 @@ import yaml
 from grpo.data import PromptStream
 from grpo.errors import UserError
 from grpo.io import atomic_dir, write_lines, write_text
+from grpo.lock import RunLock
 from grpo.rm.checkpoint import (check_changes, load_optimizer, load_state, restore_rng, resume_path,
                                 save_checkpoint)
 from grpo.rm.config import RmRecipe
@@ -32,11 +33,20 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def train_reward_model(cfg: RmRecipe) -> Path:
-    """Train (or resume) the run `cfg` describes; returns the directory of the finished model."""
+    """Train (or resume) the run `cfg` describes, holding output_dir's lock (one run per output_dir, as grpo
+    train); returns the directory of the finished model."""
+    train_rows, eval_rows = read_pair_rows(cfg.data)  # every data problem before any model loads or file is written
+    lock = RunLock(Path(cfg.output_dir), "grpo rm").acquire()
+    try:
+        return _train(cfg, train_rows, eval_rows)
+    finally:
+        lock.release()
+
+
+def _train(cfg: RmRecipe, train_rows: list[dict], eval_rows: list[dict]) -> Path:
     from grpo.modeling import load_tokenizer, resolve_device, resolve_model_path
 
     output_dir = Path(cfg.output_dir)
-    train_rows, eval_rows = read_pair_rows(cfg.data)  # every data problem before any model loads
     resume = resume_path(output_dir, cfg.checkpoint.resume)
     recipe = dataclasses.asdict(cfg)
     state = load_state(resume) if resume is not None else None

@@ -34,7 +34,7 @@ from grpo.train.disk import sweep_stale_temps
 from grpo.train.environment import environment
 from grpo.train.health import Health
 from grpo.train.layout import training_layout
-from grpo.train.lock import RunLock
+from grpo.lock import RunLock
 from grpo.train.metrics import MetricsLog, SilentLog
 from grpo.train.packing import Layout
 from grpo.train.precision import Precision, resolve_precision
