@@ -447,9 +447,12 @@ def test_ctrl_c_mid_eval_exits_130_and_keeps_the_graded_problems(tmp_path, tiny_
                                                                  eval_graders):
     out = tmp_path / "out"
     env = {**on_path(eval_graders), "GRADER_COUNT": str(tmp_path / "count"), "GRPO_REWARDS_IN_PROCESS": ""}
+    # Python leaves SIGINT ignored in a process that inherits it ignored (a job started with `&` from a script, as
+    # a loaded CI harness may start the suite): Ctrl-C's handler is installed first, as a terminal's shell has it.
     result = grpo("eval", "--model", tiny_model_dir, "--data", five_problems, "--prompt-template", "{question}",
                   "--grader", "eval_rest_graders:interrupts_on_the_third_chunk", "--k", "2", "--batch-size", "2",
-                  "--max-tokens", "3", "--output-dir", out, env=env, timeout=600)
+                  "--max-tokens", "3", "--output-dir", out, env=env, timeout=600,
+                  pre="import signal; signal.signal(signal.SIGINT, signal.default_int_handler)")
     assert result.returncode == 130, result.stderr[-2000:]
     assert "eval stopped after 2 of 5 problems" in result.stderr and "Traceback" not in result.stderr
     assert len((out / "samples.partial.jsonl").read_text().splitlines()) == 2
