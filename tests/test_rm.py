@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import build_tiny_model
+from conftest import ROOT, build_tiny_model
 from grpo.errors import ConfigError, UserError
 from grpo.rm.loss import bradley_terry_loss, pairwise_accuracy
 from rewards.reward_model import postprocess, read_settings
@@ -82,11 +82,33 @@ def tiny_lm(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def arith_pairs(tmp_path_factory):
-    """The demo's arithmetic as preferences: the right worked answer chosen, a wrong one rejected."""
-    from grpo.rm.arith_pairs import write_pair_files
+def arith_pairs():
+    """The demo's arithmetic as preferences, as shipped (data/arith/prefs-*.jsonl, grpo.rm.arith_pairs): the right
+    worked answer chosen, a wrong one rejected; 2000 training pairs, 200 held out."""
+    return ROOT / "data" / "arith" / "prefs-train.jsonl", ROOT / "data" / "arith" / "prefs-test.jsonl"
 
-    return write_pair_files(tmp_path_factory.mktemp("prefs"), train_rows=2000, test_rows=60)
+
+def test_the_shipped_pairs_are_what_the_generator_writes(tmp_path, arith_pairs):
+    from grpo.rm.arith_pairs import WRONG_KINDS, write_pair_files
+
+    made = write_pair_files(tmp_path)
+    assert [p.read_bytes() for p in made] == [p.read_bytes() for p in arith_pairs]
+    rows = [json.loads(line) for line in arith_pairs[1].read_text().splitlines()]
+    assert len(rows) == 200 and len(WRONG_KINDS) == 4
+    for row in rows:  # every rejected completion ends in a wrong answer, every chosen one in the right answer
+        assert row["chosen"].endswith(f"The answer is {row['answer']}.")
+        assert not row["rejected"].endswith(f"The answer is {row['answer']}.")
+
+
+def test_miscalculated_working_carries_the_wrong_result_to_the_answer():
+    import random
+
+    from grpo.rm.arith_pairs import miscalculated
+
+    seen = {miscalculated(" 7 + 1 = 8. 8 - 5 = 3. The answer is 3.", random.Random(seed)) for seed in range(40)}
+    assert " 7 + 1 = 6. 6 - 5 = 1. The answer is 1." in seen  # the first step wrong, the second right from it
+    assert " 7 + 1 = 8. 8 - 5 = 0. The answer is 0." in seen  # the last step wrong
+    assert all(not text.endswith("The answer is 3.") for text in seen)
 
 
 def rm_args(tmp_path, model, pairs, *extra):
@@ -124,6 +146,19 @@ def test_a_missing_column_names_the_key_and_the_files_columns(tmp_path, tiny_lm)
     assert not (tmp_path / "rm").exists()  # stopped before anything was written
 
 
+def test_a_second_run_on_a_held_output_dir_is_refused_naming_the_holder(tmp_path, tiny_lm, arith_pairs):
+    from grpo.lock import RunLock
+    from grpo.rm.command import run_rm_command
+
+    held = RunLock(tmp_path / "rm", "grpo train").acquire()  # what a running trainer holds
+    try:
+        with pytest.raises(UserError, match=r"rm is in use by another grpo train \(pid \d+ on .*One run per output_dir"):
+            run_rm_command(None, rm_args(tmp_path, tiny_lm, arith_pairs))
+    finally:
+        held.release()
+    assert not (tmp_path / "rm" / "checkpoints").exists()
+
+
 def test_bad_rows_are_skipped_with_a_warning_or_stop_the_run(tmp_path, capsys):
     from grpo.rm.config import RmDataConfig
     from grpo.rm.data import checked_rows
@@ -141,26 +176,25 @@ def test_bad_rows_are_skipped_with_a_warning_or_stop_the_run(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ training
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_lm, arith_pairs):
-    """One grpo rm run on the tiny LM, shared by the tests that read its output. 160 steps of 16 pairs: the bare
-    guesses are told apart within 25 steps, the miscopied answers (the working right, the answer not what it says)
-    from about step 100 (held-out accuracy 0.90 at steps 150-200 with a constant lr, measured)."""
+def trained(tmp_path_factory, arith_pairs):
+    """One grpo rm run, shared by the tests that read its output: recipes/rm/tiny-arith.yaml as shipped (the demo
+    policy as the base, as RLHF starts the reward model from the SFT model), 400 steps of 32 pairs. Measured
+    held-out accuracy 0.75 at step 200, 0.835 at 300, 0.865 at 400; the bare guesses are told apart within 25
+    steps, the wrong working and the other problem's working only later."""
     from grpo.rm.command import run_rm_command
 
     folder = tmp_path_factory.mktemp("rm-run")
-    model_dir = run_rm_command(None, rm_args(folder, tiny_lm, arith_pairs, "train.steps=160", "train.batch_size=16",
-                                             "train.lr=3.0e-3", "train.lr_schedule=linear", "train.warmup_steps=10",
-                                             "train.eval_every=80",
-                                             "checkpoint.every=0"))
-    return model_dir
+    return run_rm_command(ROOT / "recipes" / "rm" / "tiny-arith.yaml",
+                          [f"output_dir={folder / 'rm'}", "device=cpu", "checkpoint.every=0",
+                           f"data.path={arith_pairs[0]}", f"data.eval_path={arith_pairs[1]}"])
 
 
 @pytest.mark.slow
 def test_grpo_rm_reaches_the_bar_on_held_out_arithmetic_pairs(trained):
     lines = [json.loads(line) for line in (trained.parent / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == list(range(1, 161))
+    assert [r["step"] for r in lines] == list(range(1, 401))
     evals = [r for r in lines if "eval/accuracy" in r]
-    assert [r["step"] for r in evals] == [80, 160] and evals[-1]["eval/pairs"] == 60
+    assert [r["step"] for r in evals] == [100, 200, 300, 400] and evals[-1]["eval/pairs"] == 200
     assert evals[-1]["eval/accuracy"] >= 0.8, evals
     assert evals[-1]["eval/loss"] < math.log(2)  # below the loss of a model that cannot tell (margin 0)
 
@@ -202,6 +236,34 @@ def test_the_reward_model_reward_scores_batched_as_the_model_does_one_by_one(tra
     normalised = make_reward_model({"path": str(trained), "normalize": True, "clip": 1.5}, "cpu", torch.float32)
     values = torch.tensor(normalised(prompts, completions))
     assert values.abs().max() <= 1.5 and abs(float(values.mean())) < 0.3
+
+
+@pytest.mark.slow
+def test_rl_on_the_reward_model_alone_raises_its_score_and_the_checked_accuracy(tmp_path, trained):
+    """The RLHF pipeline's last stage (issue 30's bar): recipes/tiny-reward-model.yaml as shipped, with the reward
+    model trained above as the only reward; the math checker runs with weight 0, logged and never rewarded. Over
+    the run both the reward model's score and the arithmetic accuracy rise (first vs last 20 steps)."""
+    from conftest import ROOT, grpo
+
+    out = tmp_path / "run"
+    result = grpo("train", ROOT / "recipes" / "tiny-reward-model.yaml", f"output_dir={out}",
+                  "logging.progress_bar=false", "logging.samples_every=0",
+                  f"rewards=[{{name: reward_model, args: {{path: {trained}, batch_size: 64}}}}, "
+                  f"{{name: math, weight: 0.0}}]", timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 60 and all(m["reward/reward_model/errors"] == 0 for m in metrics)
+    assert all(m["reward/mean"] == pytest.approx(m["reward/reward_model/mean"]) for m in metrics)  # math weighs 0
+
+    def mean(key, part):
+        return sum(m[key] for m in part) / len(part)
+
+    first, last = metrics[:20], metrics[-20:]
+    score = mean("reward/reward_model/mean", first), mean("reward/reward_model/mean", last)
+    accuracy = mean("reward/math/mean", first), mean("reward/math/mean", last)
+    assert score[1] > score[0] + 0.5, score
+    # a step's accuracy is the mean of 64 samples: over 20 steps noise moves it about +-0.015
+    assert accuracy[1] > accuracy[0] + 0.05, accuracy
 
 
 @pytest.mark.slow
