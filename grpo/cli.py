@@ -48,7 +48,7 @@ def train(recipe: str = typer.Argument(..., help="YAML recipe, e.g. recipes/tiny
         if cfg.eval.every:  # built once, here: sets read and checked, grader built, before any model loads
             from grpo.eval.periodic import PeriodicEval
 
-            evaluator = PeriodicEval(cfg.eval, cfg.sampler.backend)
+            evaluator = PeriodicEval(cfg.eval, cfg.sampler.backend, cfg.environment)
         output_dir = run_training(cfg, world, evaluator)
         together = True
     except UserError as exc:

@@ -239,6 +239,25 @@ class DistributedConfig:
 
 
 @dataclass
+class EnvironmentConfig:
+    """Tool use mid-reasoning (grpo/sampling/tools.py): the model's turn ends at the environment's stop string, the
+    environment's observation is appended, the model goes on. Read by `grpo train` and by `grpo eval --recipe`."""
+
+    name: str | None = None  # calculator, python, an installed grpo.environments entry point, or module:function
+    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the environment (python: state, ...)
+    stop: list[str] = field(default_factory=list)  # what ends a tool call; empty: the environment's own (fn.stop)
+    # Per episode; each one that ends an episode is counted (tools/limit/<name> in metrics.jsonl).
+    max_turns: int = 4  # model turns
+    max_tool_calls: int = 3
+    max_observation_tokens: int = 256  # per observation; a longer one is cut
+    # Tokens after the prompt, the model's and the observations' together: with an environment this, not
+    # sampler.max_new_tokens (which caps each model turn), sizes the sequences (max_model_len, grpo plan).
+    max_total_tokens: int = 1024
+    max_tool_seconds: float = 30.0  # tool time, all calls together
+    workers: int = 8  # tool calls run at once
+
+
+@dataclass
 class EvalConfig(PromptConfig, GenerationConfig):
     data: str = ""  # local file or hub name (several: comma-separated); empty disables eval
     split: str = "test"
@@ -269,6 +288,7 @@ class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
     rewards: list[RewardConfig] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

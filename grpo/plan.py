@@ -321,7 +321,7 @@ def micro_batch_tokens(cfg: RecipeConfig, gpus: int) -> int:
     """Positions of the largest micro-batch: train.max_tokens_per_micro_batch when set (a sequence is never split,
     so at least one full-length sequence), else micro_batch_size full-length sequences; never more than a rank's
     share of the step."""
-    full = cfg.data.max_prompt_tokens + cfg.sampler.max_new_tokens
+    full = cfg.data.max_prompt_tokens + resolve.completion_tokens(cfg.sampler, cfg.environment)
     rows = math.ceil(cfg.train.prompts_per_step / gpus) * cfg.sampler.group_size
     if cfg.train.max_tokens_per_micro_batch > 0:
         return max(full, min(cfg.train.max_tokens_per_micro_batch, rows * full))
@@ -480,7 +480,7 @@ def plan_memory(cfg: RecipeConfig, shape: ModelShape, gpus: int, gpu_bytes: floa
     add("vocab_pass", 0, vocab_pass_bytes(shape, t.vocab_chunk_tokens, tokens),
         f"[{chunk:,} x {shape.vocab:,}] at {VOCAB_BYTES_PER_ELEMENT:g} bytes an element (measured on CPU)")
 
-    full = cfg.data.max_prompt_tokens + s.max_new_tokens
+    full = cfg.data.max_prompt_tokens + resolve.completion_tokens(s, cfg.environment)
     if scorers:
         weights = sum(r.parameters() * bc for r in scorers)
         # scoring runs one forward at a time without autograd: one layer's tensors of one batch are alive at once
@@ -496,7 +496,7 @@ def plan_memory(cfg: RecipeConfig, shape: ModelShape, gpus: int, gpu_bytes: floa
         v = s.vllm
         tp = max(1, v.tensor_parallel_size)
         weights = P * bc / tp
-        model_len = resolve.max_model_len(cfg.data, s)
+        model_len = resolve.max_model_len(cfg.data, s, cfg.environment)
         batched = v.max_num_batched_tokens or max(VLLM_MIN_BATCHED_TOKENS, model_len)
         seqs = v.max_num_seqs or min(rows, VLLM_DEFAULT_SEQS_CAP, batched)
         vact = vllm_activation_bytes(shape, bc, batched, seqs)
@@ -606,7 +606,7 @@ def _candidate_fixes(cfg: RecipeConfig, plan: Plan) -> list[list[tuple[dict[str,
         kinds.append([({}, n) for n in (2, 4, 8, 16, 32, 64) if n > plan.gpus])
     if not m.gradient_checkpointing:
         kinds.append([({"model.gradient_checkpointing": True}, plan.gpus)])
-    full = cfg.data.max_prompt_tokens + s.max_new_tokens
+    full = cfg.data.max_prompt_tokens + resolve.completion_tokens(s, cfg.environment)
     budgets = []
     budget = 1 << int(math.log2(max(plan.tokens_per_micro_batch - 1, 1)))  # the next power of two down
     while budget >= full:

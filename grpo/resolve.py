@@ -4,7 +4,7 @@ function, once at setup; the loop, the rules, the planner and the CLIs read the 
 
 from __future__ import annotations
 
-from grpo.config import DataConfig, DistributedConfig, ModelConfig, SamplerConfig, TrainConfig
+from grpo.config import DataConfig, DistributedConfig, EnvironmentConfig, ModelConfig, SamplerConfig, TrainConfig
 
 
 def strategy(distributed: DistributedConfig, world_size: int, model: ModelConfig | None = None) -> str:
@@ -30,14 +30,22 @@ def sampler_correction(train: TrainConfig, backend: str) -> str:
     return "tis"
 
 
-def loss_constant(train: TrainConfig, sampler: SamplerConfig) -> int:
+def completion_tokens(sampler: SamplerConfig, environment: EnvironmentConfig | None = None) -> int:
+    """The most tokens an episode holds after its prompt: sampler.max_new_tokens for one turn; with an environment,
+    environment.max_total_tokens (the model's turns and the observations between them)."""
+    if environment is not None and environment.name:
+        return environment.max_total_tokens
+    return sampler.max_new_tokens
+
+
+def loss_constant(train: TrainConfig, sampler: SamplerConfig, environment: EnvironmentConfig | None = None) -> int:
     """The normaliser of loss_aggregation=constant (Dr. GRPO): train.loss_constant, else the generation budget."""
-    return train.loss_constant or sampler.max_new_tokens
+    return train.loss_constant or completion_tokens(sampler, environment)
 
 
-def max_model_len(data: DataConfig, sampler: SamplerConfig) -> int:
-    """The longest sequence the sampler must hold: sampler.vllm.max_model_len, else prompt budget + new tokens."""
-    return sampler.vllm.max_model_len or data.max_prompt_tokens + sampler.max_new_tokens
+def max_model_len(data: DataConfig, sampler: SamplerConfig, environment: EnvironmentConfig | None = None) -> int:
+    """The longest sequence the sampler must hold: sampler.vllm.max_model_len, else prompt budget + episode."""
+    return sampler.vllm.max_model_len or data.max_prompt_tokens + completion_tokens(sampler, environment)
 
 
 def eval_sampler(requested: str, training_backend: str | None = None) -> str:

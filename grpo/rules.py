@@ -83,12 +83,30 @@ def recipe_rules(cfg: RecipeConfig) -> list[str]:
     if cfg.eval.data:
         p += eval_rules(cfg.eval)
     p += precision_rules(cfg)
+    p += environment_rules(cfg)
     if cfg.distributed.timeout_s <= 0:
         p.append(f"distributed.timeout_s: must be > 0, got {cfg.distributed.timeout_s}")
     beat = cfg.distributed.heartbeat_s
     if beat is not None and not 0 <= beat < cfg.distributed.timeout_s:
         p.append(f"distributed.heartbeat_s: must be 0 (off) or below distributed.timeout_s "
                  f"({cfg.distributed.timeout_s}), got {beat}; leave it unset for timeout_s / 5")
+    return p
+
+
+def environment_rules(cfg: RecipeConfig) -> list[str]:
+    """The episode limits of a tool-using recipe (nothing to check without environment.name)."""
+    e = cfg.environment
+    if not e.name:
+        return []
+    p = [f"environment.{key}: must be >= 1, got {value}" for key, value in [
+        ("max_turns", e.max_turns), ("max_tool_calls", e.max_tool_calls), ("workers", e.workers),
+        ("max_observation_tokens", e.max_observation_tokens), ("max_total_tokens", e.max_total_tokens)] if value < 1]
+    if e.max_tool_seconds <= 0:
+        p.append(f"environment.max_tool_seconds: must be > 0, got {e.max_tool_seconds}")
+    if e.max_turns < 2:
+        p.append(f"environment.max_turns: {e.max_turns} turn leaves no turn to read a tool's output; use at least 2")
+    if any(not isinstance(s, str) or not s for s in e.stop):
+        p.append(f"environment.stop: every stop string must be non-empty text, got {e.stop}")
     return p
 
 

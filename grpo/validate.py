@@ -39,6 +39,8 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
                 problems += [f"rewards[{i}].args: {p}" for p in reward_problems(reward.name, reward.args)]
         except UserError as exc:
             problems.append(f"rewards[{i}].name: {exc}")
+    if cfg.environment.name:
+        problems += environment_problems(cfg)
     recipe_dir = Path(path).resolve().parent if path is not None else None
     problems += _check_data(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.prompt_template,
                             cfg.data.answer_column, "data", recipe_dir)
@@ -65,6 +67,18 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
     if problems:
         raise ConfigError(problems, str(path))
     return cfg
+
+
+def environment_problems(cfg: RecipeConfig) -> list[str]:
+    """The environment loads: a known name, args it takes, and its own setup check (python: this host sandboxes)."""
+    from environments.registry import load_environment
+
+    e = cfg.environment
+    try:
+        load_environment(e.name, e.args, e.stop)
+    except UserError as exc:
+        return [str(exc) if str(exc).startswith("environment") else f"environment.name: {exc}"]
+    return []
 
 
 def _where(local: Path, recipe_dir: Path | None) -> str:

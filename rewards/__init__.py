@@ -7,7 +7,10 @@ The contract (shared by built-ins and plugins):
 - ``prompts`` and ``completions`` have one entry per completion (B*G entries; a prompt is repeated G times).
 - Every dataset column arrives as a keyword argument, also one entry per completion (``answer=[...]``).
 - The trainer adds ``completion_ids`` (token ids), ``finish_reasons`` ("stop" / "length") and
-  ``max_new_tokens`` (an int). Accept ``**kwargs`` so new columns never break a reward.
+  ``max_new_tokens`` (an int); with a tool-using environment, ``tool_calls`` (per completion, a list of
+  ``{"call", "output", "error", "seconds"}``) and ``final_text`` (what the model wrote after the last tool output:
+  the math reward reads its answer there). The completion itself is the whole transcript, tool outputs included.
+  Accept ``**kwargs`` so new columns never break a reward.
 - Return one float per completion, or None where the reward does not apply to that completion.
 - Recipe ``args`` are passed as extra keyword arguments.
 - Optional attributes on the function say what it is: ``fn.measures_correctness = True`` when 1.0 means

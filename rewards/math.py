@@ -54,12 +54,18 @@ def math_reward(prompts: list[str], completions: list[str], answer: list | None 
     reasons = kwargs.get("finish_reasons")  # the trainer's and eval's reward_columns pass the sampler's
     if not isinstance(reasons, (list, tuple)) or len(reasons) != len(completions):
         reasons = [None] * len(completions)
+    # A tool-using episode's answer is what the model stated after the last tool output: a tool's output (or a
+    # number the model wrote before calling it) is not an answer.
+    finals = kwargs.get("final_text")
+    if not isinstance(finals, (list, tuple)) or len(finals) != len(completions):
+        finals = [None] * len(completions)
     out: list[float | None] = []
-    for completion, gold, reason in zip(completions, answers, reasons):
+    for completion, gold, reason, final in zip(completions, answers, reasons, finals):
         if gold is None or (isinstance(gold, str) and not gold.strip()):
             out.append(None)
             continue
-        out.append(score(completion or "", gold if isinstance(gold, str) else str(gold), reason))
+        text = final if isinstance(final, str) else completion
+        out.append(score(text or "", gold if isinstance(gold, str) else str(gold), reason))
     return out
 
 

@@ -117,7 +117,7 @@ def _import_target(target: str, what: str) -> RewardFn:
 
 
 # Keyword arguments the trainer passes besides the dataset's own columns (rewards/scoring.reward_columns).
-TRAINER_KEYWORDS = ("answer", "completion_ids", "finish_reasons", "max_new_tokens")
+TRAINER_KEYWORDS = ("answer", "completion_ids", "finish_reasons", "max_new_tokens", "tool_calls", "final_text")
 
 
 def check_reward_signature(fn: RewardFn, name: str, args: dict | None = None) -> None:

@@ -235,9 +235,11 @@ def crash_totals(rewards: list[NamedReward]) -> dict[str, int]:
 
 
 def reward_columns(rows: list[dict], answers: list, completion_ids: list[list[int]], finish_reasons: list[str],
-                   max_new_tokens: int) -> dict[str, Any]:
+                   max_new_tokens: int, tools: list | None = None) -> dict[str, Any]:
     """The keyword arguments of the reward contract for N completions: every dataset column under its own name,
-    `answer` (the gold answer, after any extraction the caller did), and what the sampler knows."""
+    `answer` (the gold answer, after any extraction the caller did), and what the sampler knows. tools: each
+    completion's ToolTrace (grpo.sampling.base) when episodes used a tool; then `tool_calls` (each call's text,
+    output, error, seconds) and `final_text` (what the model wrote after the last tool output) are added."""
     columns: dict[str, Any] = {}
     for key in dict.fromkeys(k for row in rows for k in row):
         if key not in RESERVED:
@@ -246,6 +248,9 @@ def reward_columns(rows: list[dict], answers: list, completion_ids: list[list[in
     columns["completion_ids"] = completion_ids
     columns["finish_reasons"] = finish_reasons
     columns["max_new_tokens"] = max_new_tokens
+    if tools is not None and any(t is not None for t in tools):
+        columns["tool_calls"] = [list(t.calls) if t is not None else [] for t in tools]
+        columns["final_text"] = [t.final_text if t is not None else None for t in tools]
     return columns
 
 

@@ -256,7 +256,7 @@ def test_vllm_sampler_is_built_from_the_model_directory(tmp_path, problems_file,
             built.update(model_path=model_path, **kwargs)
             built["calls"] = []
 
-        def generate(self, prompt_ids, settings):
+        def generate(self, prompt_ids, settings, rows=None):
             built["calls"].append((len(prompt_ids), settings))
             return [Group(list(p), [Completion([5], [0.0], "4", "stop") for _ in range(settings.n)])
                     for p in prompt_ids]

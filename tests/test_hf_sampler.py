@@ -140,3 +140,26 @@ def test_draws_follow_the_tempered_distribution_and_top_p_cuts_its_tail():
     token, _ = _sample(logits, 0.7, 0.9)  # the first two tokens hold 0.95 of the mass: the rest never drawn
     seen = torch.bincount(token, minlength=5).float() / len(token)
     assert seen[2:].sum() == 0 and abs(seen[0] - want[0] / want[:2].sum()) < 0.01
+
+
+def test_include_stop_keeps_a_tool_calls_closing_tag_and_decoding_ends_there():
+    from grpo.demo import resolve_demo_model
+    from grpo.sampling.decode import draw
+
+    model, tok = load(resolve_demo_model("demo:tiny-arith"))  # a character tokenizer: "= " is two tokens
+    sampler = HFSampler(model, tok)
+    prompt = [tok("Question: Tom has 3 pens and buys 4 more. How many pens now?\nAnswer:").input_ids]
+    settings = SamplingSettings(n=8, temperature=1.0, max_new_tokens=40, seed=0, stop=("= ",), include_stop=True)
+    kept = [c for c in sampler.generate(prompt, settings)[0].completions if c.finish_reason == "stop"
+            and c.token_ids[-1] != tok.eos_token_id]
+    assert kept, "some completion should write '= '"
+    for c in kept:
+        assert c.text.endswith("= ") and c.text.count("= ") == 1 and tok.decode(c.token_ids) == c.text
+        assert len(c.token_ids) == len(c.logprobs)
+    cut = sampler.generate(prompt, SamplingSettings(**{**settings.__dict__, "include_stop": False}))
+    assert all(not c.text.endswith("= ") for c in cut[0].completions)
+    # the stop tokens end a row's decoding like EOS: when every row has met them, the loop stops
+    space = tok(" ", add_special_tokens=False).input_ids
+    early = draw(model, prompt, 4, temperature=1.0, top_p=1.0, max_new_tokens=40, pad_id=tok.pad_token_id,
+                 eos_ids={tok.eos_token_id}, stop_sequences=[space])
+    assert max(len(t) for t in early.tokens) < 10 and all(space[0] in t for t in early.tokens)

@@ -336,7 +336,7 @@ class ScriptedSampler:
     def __init__(self, texts, fail=None):
         self.texts, self.fail, self.calls, self.drawn = texts, fail or {}, 0, 0
 
-    def generate(self, prompt_ids, settings):
+    def generate(self, prompt_ids, settings, rows=None):
         from grpo.sampling.base import Completion, Group
 
         self.calls += 1

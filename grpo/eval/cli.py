@@ -73,6 +73,9 @@ def eval_command(
     generation_batch_size: Optional[int] = typer.Option(None, "--batch-size", "--generation-batch-size",
                                                         help="hf sampler: rows generated at once"),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="also report per value of this column"),
+    environment: Optional[str] = typer.Option(None, "--environment", help="a tool the model may call mid-reasoning "
+                                                                          "(calculator, python, module:function); "
+                                                                          "default: --recipe's environment.name"),
     engine: Optional[List[str]] = typer.Option(None, "--vllm", help="a vLLM engine option as KEY=VALUE (a "
                                                                     "sampler.vllm key, e.g. gpu_memory_utilization=0.9)"),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="default: eval_results/<model>__<data>__..."),
@@ -100,11 +103,11 @@ def eval_command(
 
 
 # The options that are not EvalConfig fields; every other parameter of eval_command is one, by the same name.
-NOT_FIELDS = ("model", "recipe", "engine", "output_dir", "dtype", "device")
+NOT_FIELDS = ("model", "recipe", "engine", "output_dir", "dtype", "device", "environment")
 
 
 def _run(world, model: str, recipe: str | None, engine: list[str] | None, output_dir: str | None, dtype: str,
-         device: str, **fields) -> dict:
+         device: str, environment: str | None = None, **fields) -> dict:
     from grpo.eval.run import run_eval
     from grpo.modeling import resolve_device
     from grpo.parallel import close_world, init_world, rank_device
@@ -117,7 +120,8 @@ def _run(world, model: str, recipe: str | None, engine: list[str] | None, output
     if dtype != "auto" and dtype not in DTYPES:
         raise UserError(f"--dtype: {dtype!r} is not one of auto, {', '.join(DTYPES)}")
     cfg, full = load_eval_section(recipe, values={f"eval.{name}": value for name, value in fields.items()},
-                                  overrides=[f"sampler.vllm.{item}" for item in engine or []])
+                                  overrides=[f"sampler.vllm.{item}" for item in engine or []]
+                                  + ([f"environment.name={environment}"] if environment else []))
     if not cfg.data:
         raise UserError("--data: required (a local .jsonl/.json/.parquet/.csv file or a datasets hub name), "
                         "unless --recipe has eval.data")
@@ -129,6 +133,6 @@ def _run(world, model: str, recipe: str | None, engine: list[str] | None, output
     try:
         return run_eval(cfg, model_path=resolve_eval_model(model), output_dir=out, dtype=dtype, device=device,
                         engine=full.sampler.vllm if recipe or engine else STANDALONE_ENGINE, world=world,
-                        console=world.is_main)
+                        console=world.is_main, environment=full.environment)
     finally:
         close_world(world)

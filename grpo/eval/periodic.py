@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from grpo.config import EvalConfig
+from grpo.config import EnvironmentConfig, EvalConfig
 from grpo.data import PromptRenderer
 from grpo.errors import ConfigError
 from grpo.eval.run import Item, close_grader, load_grader, load_model, render_items, sample_grade_report
@@ -23,11 +23,12 @@ class PeriodicEval:
     metrics for the training log (eval/avg@k, eval/pass@j, eval/maj@k, eval/length_mean, eval/truncation_rate, and
     the same under eval/<dataset>/ when several sets are evaluated); files go to OUTPUT_DIR/eval/step_NNNNNN/."""
 
-    def __init__(self, cfg: EvalConfig, training_backend: str):
+    def __init__(self, cfg: EvalConfig, training_backend: str, environment: EnvironmentConfig | None = None):
         problems = eval_rules(cfg)
         if problems:
             raise ConfigError(problems, "eval config")
         self.cfg = cfg
+        self.environment = environment  # for a sampler of its own; the training sampler already runs episodes
         # Reuse the training sampler (its weights are synced each step) unless eval asks for another backend;
         # a second vLLM engine would not fit beside training's, so the policy then generates through transformers.
         self.reuse_training_sampler = eval_sampler(cfg.sampler, training_backend) == "training"
@@ -53,7 +54,8 @@ class PeriodicEval:
             self._items = render_items(self.sets, PromptRenderer(tokenizer, self.cfg), self.cfg)
         own = None if self.reuse_training_sampler else "hf"
         loaded = load_model(self.cfg, policy, tokenizer, None, sampler if own is None else None, "auto",
-                            next(policy.parameters()).device.type, None, world, backend=own)
+                            next(policy.parameters()).device.type, None, world, backend=own,
+                            environment=self.environment)
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         try:
             summary = sample_grade_report(self.cfg, self.sets, self._items, self.grader, loaded,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from grpo.config import EvalConfig, ModelConfig, VllmConfig
+from grpo.config import EnvironmentConfig, EvalConfig, ModelConfig, VllmConfig
 from grpo.data import PromptRenderer
 from grpo.errors import ConfigError, UserError
 from grpo.eval.metrics import ProblemResult, majority_vote, normalize_answer
@@ -29,7 +29,7 @@ from grpo.eval.summary import build_summary, write_eval_files
 from grpo.parallel import World
 from grpo.rules import eval_rules
 from grpo.resolve import eval_sampler
-from grpo.sampling.base import Group, Sampler, SamplingSettings
+from grpo.sampling.base import Completion, Group, Sampler, SamplingSettings
 from grpo.seeds import derive_seed
 from rewards.scoring import NamedReward, reward_columns, score
 
@@ -62,7 +62,8 @@ class Graded:
 def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_path: Path | str | None = None,
              sampler: Sampler | None = None, output_dir: Path | str = Path("eval"), step: int | None = None, *,
              dtype: str = "auto", device: str = "auto", engine: VllmConfig | None = None,
-             progress: bool = True, console: bool = True, world: World = World.single()) -> dict:
+             progress: bool = True, console: bool = True, world: World = World.single(),
+             environment: EnvironmentConfig | None = None) -> dict:
     """Evaluate and write samples.jsonl, summary.json and summary.md under output_dir; returns the summary.
     While it runs, each graded problem is appended to output_dir/samples.partial.jsonl (grpo/eval/partial.py),
     which a crash or Ctrl-C leaves behind and a finished eval removes.
@@ -70,7 +71,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
     Give a loaded `model` + `tokenizer` (during training), or `model_path` (a directory, checkpoint or demo:NAME)
     to load from. `sampler` overrides the one built from cfg.sampler ("same" means hf here); `engine` holds the
     vLLM options (a recipe's sampler.vllm). On several ranks each evaluates its share of the problems; rank 0
-    gathers them and writes the files."""
+    gathers them and writes the files. `environment` (a recipe's): episodes call its tool, as in training."""
     problems = eval_rules(cfg)
     if problems:
         raise ConfigError(problems, "eval config")
@@ -80,7 +81,8 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, model_pa
         if model is None and sampler is None:  # a protocol that cannot fit is refused before anything loads
             check_protocol_fits(cfg, sum(len(s.rows) for s in sets), model_path, dtype, device)
         # A sharded model (FSDP, during training) decodes in lockstep over the ranks.
-        loaded = load_model(cfg, model, tokenizer, model_path, sampler, dtype, device, engine, world)
+        loaded = load_model(cfg, model, tokenizer, model_path, sampler, dtype, device, engine, world,
+                            environment=environment)
         try:
             items = render_items(sets, PromptRenderer(loaded.tokenizer, cfg), cfg)
             return sample_grade_report(cfg, sets, items, grader, loaded, output_dir, step, progress, console,
@@ -107,7 +109,7 @@ def sample_grade_report(cfg: EvalConfig, sets: list[EvalSet], items: list[Item],
             for start in range(0, len(mine), chunk):
                 part = mine[start:start + chunk]
                 settings = SamplingSettings.of(cfg, n=cfg.k, seed=derive_seed(cfg.seed, part[0].order))
-                groups = loaded.sampler.generate([it.prompt_ids for it in part], settings)
+                groups = loaded.sampler.generate([it.prompt_ids for it in part], settings, rows=[it.row for it in part])
                 real = [it for it in part if not it.padding]
                 before = len(graded.records)
                 grade(real, groups[:len(real)], grader, cfg, graded)
@@ -214,9 +216,11 @@ class Loaded:
 
 
 def load_model(cfg: EvalConfig, model, tokenizer, model_path, sampler, dtype: str, device: str,
-               engine: VllmConfig | None, world: World = World.single(), backend: str | None = None) -> Loaded:
+               engine: VllmConfig | None, world: World = World.single(), backend: str | None = None,
+               environment: EnvironmentConfig | None = None) -> Loaded:
     """The model, tokenizer and sampler to evaluate with: those given, the rest loaded. `backend` overrides
-    the sampler cfg.sampler names (periodic eval: hf, when it cannot reuse training's)."""
+    the sampler cfg.sampler names (periodic eval: hf, when it cannot reuse training's). A sampler built here runs
+    tool-using episodes when `environment` names one (a given sampler already does, or does not)."""
     import transformers
 
     from grpo.modeling import load_policy, load_tokenizer, resolve_device, resolve_model_path
@@ -238,7 +242,7 @@ def load_model(cfg: EvalConfig, model, tokenizer, model_path, sampler, dtype: st
         sampler = build_sampler(backend, model=model, tokenizer=tokenizer, model_path=path,
                                 generation_batch_size=cfg.generation_batch_size, engine=engine or VllmConfig(),
                                 seed=cfg.seed, dtype=dtype, synced=world.distributed, world=world,
-                                max_model_len=(engine or VllmConfig()).max_model_len)
+                                max_model_len=(engine or VllmConfig()).max_model_len, environment=environment)
     return Loaded(model, tokenizer, sampler, path, torch_device, dtype)
 
 
@@ -288,11 +292,17 @@ def problems_per_call(cfg: EvalConfig, backend: str) -> int:
 # ---------------------------------------------------------------------------------------------------- grade
 
 
+def answer_text(c: Completion) -> str:
+    """Where a completion's answer is read: after the last tool output of a tool-using episode, else all of it."""
+    return c.tools.final_text if c.tools is not None else c.text
+
+
 def grade(part: list[Item], groups: list[Group], grader: NamedReward, cfg: EvalConfig, graded: Graded) -> None:
     """Grade every completion of a chunk in one grader call; add one record and one result per problem."""
     flat = [(it, c) for it, group in zip(part, groups) for c in group.completions]
     columns = reward_columns([it.row for it, _ in flat], [it.gold for it, _ in flat],
-                             [c.token_ids for _, c in flat], [c.finish_reason for _, c in flat], cfg.max_new_tokens)
+                             [c.token_ids for _, c in flat], [c.finish_reason for _, c in flat], cfg.max_new_tokens,
+                             tools=[c.tools for _, c in flat])
     grader.timeout_s = grade_time_limit(grader, len(flat))
     scores = score([grader], [it.prompt for it, _ in flat], [c.text for _, c in flat], columns)
     values = iter(scores.per_reward[grader.name])
@@ -301,9 +311,10 @@ def grade(part: list[Item], groups: list[Group], grader: NamedReward, cfg: EvalC
         for c in group.completions:
             value = next(values)
             graded.not_applicable += value is None
-            samples.append({"text": c.text, "extracted": safe_extract(grader.extract_answer, c.text),
+            samples.append({"text": c.text, "extracted": safe_extract(grader.extract_answer, answer_text(c)),
                             "score": value, "correct": value is not None and value >= 1.0,
-                            "tokens": len(c.token_ids), "finish_reason": c.finish_reason})
+                            "tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+                            **({"tool_calls": c.tools.calls} if c.tools is not None else {})})
         result = ProblemResult(correct=[x["correct"] for x in samples], answers=[x["extracted"] for x in samples],
                                lengths=[x["tokens"] for x in samples],
                                truncated=[x["finish_reason"] == "length" for x in samples])

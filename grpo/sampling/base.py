@@ -20,6 +20,7 @@ class SamplingSettings:
     top_p: float = 1.0
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
+    include_stop: bool = False  # keep the stop string that ended a completion in its text and tokens (tool calls)
     # The call's base seed: hf seeds the call with it; vllm derives a seed per prompt from it (seed_mode=request)
     # or seeds the call's batched draw with it (seed_mode=engine).
     seed: int = 0
@@ -39,6 +40,22 @@ class Completion:
     logprobs: list[float]  # sampler's log-prob of each generated token (same length as token_ids)
     text: str  # decoded completion, stop string and special tokens removed
     finish_reason: FinishReason  # "stop": EOS or a stop string; "length": hit max_new_tokens
+    tools: "ToolTrace | None" = None  # a multi-turn episode's tool use (grpo/sampling/tools.py); None: one turn
+
+
+@dataclass
+class ToolTrace:
+    """What happened between a multi-turn completion's model turns. The completion's token_ids hold every token
+    after the prompt, model's and environment's; `observations` says which are the environment's (their logprobs
+    entries are 0.0 placeholders: context, never trained on)."""
+
+    calls: list[dict] = field(default_factory=list)  # each: call (the turn's text), output, error, seconds
+    observations: list[tuple[int, int]] = field(default_factory=list)  # [start, end) token spans of observations
+    turns: int = 1  # model turns
+    observation_tokens: int = 0
+    seconds: float = 0.0  # tool time, summed over calls
+    limit: str | None = None  # the episode limit that ended it (turns, tool_calls, total_tokens, tool_seconds)
+    final_text: str = ""  # what the model wrote after the last observation (where its answer is read)
 
 
 @dataclass
@@ -54,8 +71,10 @@ class Sampler(Protocol):
 
     backend: str  # "hf" or "vllm": recorded beside eval scores
 
-    def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings) -> list[Group]:
-        """One Group per prompt, in order, each with settings.n completions."""
+    def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings,
+                 rows: list[dict] | None = None) -> list[Group]:
+        """One Group per prompt, in order, each with settings.n completions. rows: each prompt's dataset row
+        (what a tool-using episode's environment reads: grpo/sampling/tools.py; the plain samplers ignore it)."""
         ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:

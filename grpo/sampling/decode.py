@@ -27,9 +27,10 @@ class Drawn:
 
 @torch.no_grad()
 def draw(model, prompts: list[list[int]], n: int, *, temperature: float, top_p: float, max_new_tokens: int,
-         pad_id: int, eos_ids: set[int], synced: bool = False) -> Drawn:
+         pad_id: int, eos_ids: set[int], synced: bool = False, stop_sequences: list[list[int]] = ()) -> Drawn:
     """n completions of each prompt (rows prompt-major). temperature <= 0: greedy. synced: the model is sharded
-    (FSDP), so every forward is a collective and this rank keeps stepping until every rank is done."""
+    (FSDP), so every forward is a collective and this rank keeps stepping until every rank is done.
+    stop_sequences: token sequences that end a row like EOS does (the caller cuts the text at its stop string)."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     # Left padding: every prompt ends at the same column, so the new tokens line up across rows.
@@ -56,6 +57,7 @@ def draw(model, prompts: list[list[int]], n: int, *, temperature: float, top_p: 
     tokens = torch.full((total, max_new_tokens), pad_id, dtype=torch.long, device=device)  # [N, M]
     logprobs = torch.zeros((total, max_new_tokens), device=device)  # [N, M]
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)  # [E]
+    stops = [torch.tensor(seq, dtype=torch.long, device=device) for seq in stop_sequences]  # each [k]
     finished = torch.zeros(total, dtype=torch.bool, device=device)  # [A]
     steps = 0
     for t in range(max_new_tokens):
@@ -64,6 +66,9 @@ def draw(model, prompts: list[list[int]], n: int, *, temperature: float, top_p: 
         logprobs[rows, t] = logprob
         steps = t + 1
         finished |= torch.isin(token, eos)
+        for seq in stops:
+            if t + 1 >= len(seq):
+                finished |= (tokens[rows, t + 1 - len(seq):t + 1] == seq).all(-1)
         done = int(finished.sum())
         if _all_done(done == finished.numel(), synced, device) or t + 1 == max_new_tokens:
             break

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from grpo.config import VllmConfig
+from grpo.config import EnvironmentConfig, VllmConfig
 from grpo.errors import UserError
 from grpo.parallel import World
 from grpo.sampling.base import Sampler
@@ -15,14 +15,38 @@ from grpo.sampling.base import Sampler
 def build_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path | str | None,
                   generation_batch_size: int, engine: VllmConfig, seed: int, dtype: str,
                   max_model_len: int | None = None, synced: bool = False, decode_context: Any = None,
-                  rows_per_step: int | None = None, world: World = World.single()) -> Sampler:
+                  rows_per_step: int | None = None, world: World = World.single(),
+                  environment: EnvironmentConfig | None = None) -> Sampler:
     """backend "hf": the policy generates itself (weights are shared, sync is free). backend "vllm": an engine
     loads `model_path` in this process with the options in `engine`; `max_model_len` as the caller resolved it
     (training: grpo.resolve.max_model_len; eval: engine.max_model_len, None meaning the model's own); `dtype` is the compute dtype (model.dtype), which vLLM must get. synced: the hf
     model is sharded over ranks (see HFSampler). decode_context: what the hf sampler's generate runs in (the
     trainer's precision and FSDP gather; None: nothing). rows_per_step: completions one rank generates per
     training step (prompts per rank x group size); on GPU it sizes vLLM's max_num_seqs unless
-    engine.max_num_seqs is set (None, e.g. for eval: vLLM's default). world: this process's place in the launch."""
+    engine.max_num_seqs is set (None, e.g. for eval: vLLM's default). world: this process's place in the launch.
+    environment: with a name, the sampler runs tool-using episodes (grpo/sampling/tools.py) over the backend's."""
+    sampler = _backend_sampler(backend, model=model, tokenizer=tokenizer, model_path=model_path,
+                               generation_batch_size=generation_batch_size, engine=engine, seed=seed, dtype=dtype,
+                               max_model_len=max_model_len, synced=synced, decode_context=decode_context,
+                               rows_per_step=rows_per_step, world=world)
+    return with_environment(sampler, tokenizer, environment)
+
+
+def with_environment(sampler: Sampler, tokenizer: Any, environment: EnvironmentConfig | None) -> Sampler:
+    """The sampler itself for one-turn episodes; wrapped to run tool-using episodes when an environment is named."""
+    if environment is None or not environment.name:
+        return sampler
+    from environments.registry import load_environment
+    from grpo.sampling.tools import EpisodeLimits, ToolSampler
+
+    env = load_environment(environment.name, environment.args, environment.stop)
+    return ToolSampler(sampler, tokenizer, env, EpisodeLimits.of(environment))
+
+
+def _backend_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path | str | None,
+                     generation_batch_size: int, engine: VllmConfig, seed: int, dtype: str,
+                     max_model_len: int | None, synced: bool, decode_context: Any, rows_per_step: int | None,
+                     world: World) -> Sampler:
     if backend == "hf":
         from grpo.sampling.hf import HFSampler
 

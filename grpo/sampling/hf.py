@@ -30,7 +30,8 @@ class HFSampler:
         # generation_config knows only <|endoftext|>, while a chat-templated prompt is answered up to <|im_end|>)
         self.eos_ids = stop_token_ids(None, tokenizer, model.generation_config.eos_token_id)
 
-    def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings) -> list[Group]:
+    def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings,
+                 rows: list[dict] | None = None) -> list[Group]:
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(settings.seed)  # reproducible draws for a given seed, whatever ran before
         groups = [Group(prompt_ids=list(ids)) for ids in prompt_ids]
@@ -48,11 +49,15 @@ class HFSampler:
 
     def _draw_all(self, prompt_ids: list[list[int]], settings: SamplingSettings, groups: list[Group],
                   per_chunk: int) -> None:
+        # A row ends early on a stop string's tokens as the tokenizer spells it alone (exact for the demo's
+        # characters; a BPE tokenizer may spell it otherwise in context, and then the cut below still finds it).
+        stop_sequences = [ids for s in settings.stop if s
+                          for ids in [self.tokenizer(s, add_special_tokens=False)["input_ids"]] if ids]
         for start in range(0, len(prompt_ids), per_chunk):
             drawn = draw(self.model, prompt_ids[start:start + per_chunk], settings.n,
                          temperature=settings.temperature, top_p=settings.top_p,
                          max_new_tokens=settings.max_new_tokens, pad_id=self.pad_id, eos_ids=self.eos_ids,
-                         synced=self.synced)
+                         synced=self.synced, stop_sequences=stop_sequences)
             for row, (tokens, logprobs) in enumerate(zip(drawn.tokens, drawn.logprobs)):
                 groups[start + row // settings.n].completions.append(self._finish(tokens, logprobs, settings))
 
@@ -61,11 +66,15 @@ class HFSampler:
         reason = "stop" if tokens and tokens[-1] in self.eos_ids else "length"
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         if settings.stop:
-            cut = _first_stop(text, settings.stop)
-            if cut is not None:
-                keep = self._tokens_covering(tokens, cut)
+            found = _first_stop(text, settings.stop)
+            if found is not None:
+                cut, stop = found
+                # Without include_stop the text ends before the stop string and the tokens at its first token
+                # (so the model learns to begin it); with it, both end after it (a tool call's closing tag).
+                end = cut + len(stop) if settings.include_stop else cut
+                keep = self._tokens_covering(tokens, end - 1 if settings.include_stop else end)
                 tokens, logprobs, reason = tokens[:keep], logprobs[:keep], "stop"
-                text = text[:cut]
+                text = text[:end]
         return Completion(token_ids=tokens, logprobs=logprobs, text=text, finish_reason=reason)
 
     def _tokens_covering(self, tokens: list[int], chars: int) -> int:
@@ -88,6 +97,7 @@ class HFSampler:
         """See sleep()."""
 
 
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return min(hits) if hits else None
+def _first_stop(text: str, stops: tuple[str, ...]) -> tuple[int, str] | None:
+    """Where the first stop string starts, and which it is (the longest of those starting there)."""
+    hits = [(text.find(s), -len(s), s) for s in stops if s and s in text]
+    return (min(hits)[0], min(hits)[2]) if hits else None

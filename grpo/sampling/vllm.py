@@ -415,7 +415,8 @@ class VLLMSampler:
 
     # ------------------------------------------------------------------------------------------------ generate
 
-    def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings) -> list[Group]:
+    def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings,
+                 rows: list[dict] | None = None) -> list[Group]:
         from vllm import SamplingParams
 
         if not prompt_ids:
@@ -449,7 +450,7 @@ class VLLMSampler:
         params = dict(n=settings.n, temperature=0.0 if greedy else settings.temperature,
                       top_p=1.0 if greedy else settings.top_p, max_tokens=settings.max_new_tokens,
                       stop=list(settings.stop) or None, stop_token_ids=sorted(self.eos_ids) or None,
-                      logprobs=0, skip_special_tokens=True)
+                      include_stop_str_in_output=settings.include_stop, logprobs=0, skip_special_tokens=True)
         if self.seed_mode == "request":
             params["seed"] = prompt_seed(settings.seed, index)
         return params

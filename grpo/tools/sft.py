@@ -24,7 +24,23 @@ def encode_pair(tokenizer, prompt: str, target: str) -> tuple[list[int], list[in
     return prompt_ids, target_ids
 
 
-def supervised_fine_tune(model, tokenizer, pairs: list[tuple[str, str]], steps: int, batch_size: int = 32,
+def encode_pieces(tokenizer, prompt: str, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[int], list[float]]:
+    """A tool-using target: (text, trained) pieces, the tool's outputs untrained (the model reads them in an
+    episode, never writes them). Prompt ids, target ids + EOS, and the loss weight of each target token."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    target_ids: list[int] = []
+    weights: list[float] = []
+    for text, trained in pieces:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        target_ids += ids
+        weights += [1.0 if trained else 0.0] * len(ids)
+    if tokenizer.eos_token_id is not None:
+        target_ids.append(tokenizer.eos_token_id)
+        weights.append(1.0)
+    return prompt_ids, target_ids, weights
+
+
+def supervised_fine_tune(model, tokenizer, pairs: list[tuple[str, str | list[tuple[str, bool]]]], steps: int, batch_size: int = 32,
                          lr: float = 1e-3, warmup: int = 20, schedule: str = "cosine", weight_decay: float = 0.0,
                          max_grad_norm: float = 1.0, prompt_loss_weight: float = 0.0, seed: int = 0,
                          log: Callable[[int, float], None] | None = None, log_every: int = 50) -> dict:
@@ -43,7 +59,7 @@ def supervised_fine_tune(model, tokenizer, pairs: list[tuple[str, str]], steps: 
     device = next(model.parameters()).device
     # Padding is masked out of attention and loss, so any id will do when the tokenizer has no pad token.
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    encoded = [encode_pair(tokenizer, p, t) for p, t in pairs]
+    encoded = [encode_pair(tokenizer, p, t) if isinstance(t, str) else encode_pieces(tokenizer, p, t) for p, t in pairs]
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, schedule,
@@ -67,7 +83,7 @@ def supervised_fine_tune(model, tokenizer, pairs: list[tuple[str, str]], steps: 
         value = float(loss.detach())
         first = value if step == 0 else first
         recent = (recent + [value])[-log_every:]
-        tokens += sum(len(t) for _, t in batch)
+        tokens += sum(len(item[1]) for item in batch)
         if log is not None and (step + 1) % log_every == 0:
             log(step + 1, sum(recent) / len(recent))
     model.eval()
@@ -78,14 +94,16 @@ def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device,
              prompt_loss_weight: float = 0.0) -> tuple[torch.Tensor, ...]:
     """Right-padded ids, the loss weight of each token (1 on targets, prompt_loss_weight on the prompt after its
     first token, 0 on padding), and the attention mask."""
-    width = max(len(p) + len(t) for p, t in batch)
+    width = max(len(item[0]) + len(item[1]) for item in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # [N, T]
     weights = torch.zeros((len(batch), width))  # [N, T] weight of predicting token t
     attention = torch.zeros((len(batch), width), dtype=torch.long)  # [N, T] 1 on real tokens
-    for i, (p, t) in enumerate(batch):
+    for i, item in enumerate(batch):
+        p, t = item[0], item[1]
         ids = p + t
         input_ids[i, :len(ids)] = torch.tensor(ids)
         weights[i, 1:len(p)] = prompt_loss_weight
-        weights[i, len(p):len(ids)] = 1.0
+        # a third element weighs each target token (encode_pieces: tool outputs 0); else every one is 1
+        weights[i, len(p):len(ids)] = torch.tensor(item[2]) if len(item) > 2 else 1.0
         attention[i, :len(ids)] = 1
     return input_ids.to(device), weights.to(device), attention.to(device)

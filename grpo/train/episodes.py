@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grpo.sampling.base import Completion
+from grpo.sampling.base import Completion, ToolTrace
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,21 @@ def environment_segment(token_ids: list[int]) -> Segment:
     return Segment(list(token_ids), None)
 
 
+def segments_of(completion: Completion) -> list[Segment]:
+    """A completion's tokens as segments: the spans its ToolTrace names as observations are the environment's."""
+    ids, logprobs = completion.token_ids, completion.logprobs
+    spans = completion.tools.observations if completion.tools is not None else []
+    segments, at = [], 0
+    for start, end in spans:
+        if start > at:
+            segments.append(model_segment(ids[at:start], logprobs[at:start]))
+        segments.append(environment_segment(ids[start:end]))
+        at = end
+    if at < len(ids) or not segments:
+        segments.append(model_segment(ids[at:], logprobs[at:]))
+    return segments
+
+
 @dataclass
 class Episode:
     """One rollout: what the update trains on and what the logs show."""
@@ -54,15 +69,17 @@ class Episode:
     reward: float = 0.0
     advantage: float = 0.0
     per_reward: dict[str, float | None] = field(default_factory=dict)
+    tools: ToolTrace | None = None  # a tool-using episode's calls and limits (None: one turn)
 
     @classmethod
     def one_turn(cls, prompt_ids: list[int], completion: Completion, *, group_id: int, policy_version: int = 0,
                  prompt_text: str = "", row: dict | None = None, advantage: float = 0.0,
                  reward: float = 0.0) -> "Episode":
-        """A prompt and one sampled completion: one model segment."""
-        return cls(prompt_ids, [model_segment(completion.token_ids, completion.logprobs)], group_id, policy_version,
-                   prompt_text, completion.text, completion.finish_reason, row if row is not None else {},
-                   reward, advantage)
+        """A prompt and one sampled completion: one model segment, or, for a tool-using episode, its model turns
+        with the observations between them as environment segments."""
+        return cls(prompt_ids, segments_of(completion), group_id, policy_version, prompt_text, completion.text,
+                   completion.finish_reason, row if row is not None else {}, reward, advantage,
+                   tools=completion.tools)
 
     @property
     def completion_ids(self) -> list[int]:
@@ -93,6 +110,7 @@ class Experience:
     reward_values: dict[str, list[float | None]] = field(default_factory=dict)  # name -> values of sampled episodes
     skipped_prompts: int = 0  # longer than max_prompt_tokens
     generate_s: float = 0.0
+    tool_s: float = 0.0  # wall time of tool calls, within generate_s
     score_s: float = 0.0
     generated_tokens: int = 0
 
@@ -109,6 +127,7 @@ def merge_experience(parts: list[Experience]) -> Experience:
         merged.sampled_groups += p.sampled_groups
         merged.generated_tokens += p.generated_tokens
         merged.generate_s = max(merged.generate_s, p.generate_s)
+        merged.tool_s = max(merged.tool_s, p.tool_s)
         merged.score_s = max(merged.score_s, p.score_s)
         for name, count in p.reward_errors.items():
             merged.reward_errors[name] = merged.reward_errors.get(name, 0) + count
@@ -117,6 +136,30 @@ def merge_experience(parts: list[Experience]) -> Experience:
         for name, values in p.reward_values.items():
             merged.reward_values.setdefault(name, []).extend(values)
     return merged
+
+
+def tool_figures(episodes: list[Episode], tool_wall_s: float = 0.0) -> dict[str, float]:
+    """metrics.jsonl's tools/* figures for a step of tool-using episodes (empty for one-turn episodes): calls,
+    failed calls, turns, observation tokens per episode, tool time, and how many episodes each limit ended."""
+    traces = [e.tools for e in episodes if e.tools is not None]
+    if not traces:
+        return {}
+    n = len(traces)
+    figures = {
+        "tools/calls_mean": sum(len(t.calls) for t in traces) / n,
+        "tools/errors": sum(c.get("error", False) for t in traces for c in t.calls),
+        "tools/error_fraction": sum(c.get("error", False) for t in traces for c in t.calls)
+        / max(sum(len(t.calls) for t in traces), 1),
+        "tools/turns_mean": sum(t.turns for t in traces) / n,
+        "tools/observation_tokens_mean": sum(t.observation_tokens for t in traces) / n,
+        "tools/seconds": sum(t.seconds for t in traces),
+        "time/tool_s": tool_wall_s,
+    }
+    from grpo.sampling.tools import LIMITS
+
+    for limit in LIMITS:
+        figures[f"tools/limit/{limit}"] = sum(t.limit == limit for t in traces)
+    return figures
 
 
 @dataclass

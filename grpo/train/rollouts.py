@@ -38,8 +38,9 @@ def collect_experience(settings: SamplingSettings, *, stream: PromptStream, rend
         round_seed = derive_seed(settings.seed, round=round_index)
         round_settings = SamplingSettings(**{**settings.__dict__, "seed": round_seed})
         with stage("grpo/generate") as timed:
-            groups = sampler.generate(ids, round_settings)
+            groups = sampler.generate(ids, round_settings, rows=rows)
         exp.generate_s += timed.seconds
+        exp.tool_s += getattr(sampler, "tool_wall_s", 0.0)  # a tool-using sampler's share of that time
         first_id = prompts_taken + world.rank * per_rank
         prompts_taken += per_rank * world.size
         episodes = [Episode.one_turn(ids[g], c, group_id=first_id + g, policy_version=policy_version,
@@ -119,7 +120,7 @@ def _score(episodes: list[Episode], rewards: list[NamedReward], answer_column: s
            exp: Experience) -> None:
     columns = reward_columns([e.row for e in episodes], [e.row.get(answer_column) for e in episodes],
                              [e.completion_ids for e in episodes], [e.finish_reason for e in episodes],
-                             max_new_tokens)
+                             max_new_tokens, tools=[e.tools for e in episodes])
     scores = score(rewards, [e.prompt_text for e in episodes], [e.text for e in episodes], columns)
     for i, r in enumerate(episodes):
         r.reward = scores.total[i]

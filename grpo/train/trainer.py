@@ -41,7 +41,7 @@ from grpo.train.precision import Precision, resolve_precision
 from grpo.train.profiling import StepProfiler, stage
 from grpo.train.progress import Progress
 from grpo.train.resume import check_resume, rows_fingerprint
-from grpo.train.episodes import Experience, UpdateStats, merge_experience, token_batch
+from grpo.train.episodes import Experience, UpdateStats, merge_experience, token_batch, tool_figures
 from grpo.train.rollouts import collect_experience
 from grpo.train.sharding import (full_model_state, full_optimizer_state, gathered, load_full_optimizer_state,
                                  reshard_all, unwrap, wrap_from_rank0)
@@ -206,7 +206,7 @@ def setup(cfg: RecipeConfig, world: World, evaluator: PeriodicEvaluator | None =
     sampler, log = build_sampler_and_logs(cfg, model, world, strategy, precision, start_step, device, layout)
     # The objective and the passes are fixed here, once: the loop hands them to every update as they are.
     objective = build_objective(cfg.train, resolve.sampler_correction(cfg.train, cfg.sampler.backend),
-                                resolve.loss_constant(cfg.train, cfg.sampler))
+                                resolve.loss_constant(cfg.train, cfg.sampler, cfg.environment))
     passes = training_pass(cfg.train, layout, cfg.sampler.temperature, device, world, precision.autocast)
     return Run(cfg=cfg, output_dir=output_dir, device=device, tokenizer=model.tokenizer, policy=model.policy,
                reference=model.reference, sampler=sampler, rewards=rewards,
@@ -329,7 +329,8 @@ def build_sampler_and_logs(cfg: RecipeConfig, model: Model, world: World, strate
     sampler = build_sampler(cfg.sampler.backend, model=unwrap(policy), tokenizer=model.tokenizer,
                             model_path=model.path, generation_batch_size=cfg.sampler.generation_batch_size,
                             engine=cfg.sampler.vllm, seed=cfg.seed, dtype=cfg.model.dtype,
-                            max_model_len=resolve.max_model_len(cfg.data, cfg.sampler),
+                            max_model_len=resolve.max_model_len(cfg.data, cfg.sampler, cfg.environment),
+                            environment=cfg.environment,
                             synced=strategy == "fsdp" and world.distributed, world=world,
                             rows_per_step=-(-cfg.train.prompts_per_step // world.size) * cfg.sampler.group_size,
                             decode_context=lambda: _decoding(policy, precision, cfg.distributed.reshard_after_forward))
@@ -436,6 +437,7 @@ def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s:
         "throughput/generated_tokens_per_s": exp.generated_tokens / max(exp.generate_s, 1e-9),
         "throughput/tokens_per_s": exp.generated_tokens / max(step_s, 1e-9),
     }
+    m.update(tool_figures(episodes, exp.tool_s))
     for reward in run.rewards:
         applied = [v for v in exp.reward_values.get(reward.name, []) if v is not None]
         m[f"reward/{reward.name}/mean"] = _mean(applied)
@@ -468,7 +470,8 @@ def write_samples(run: Run, exp: Experience, step: int) -> None:
     picks = exp.episodes[:: max(1, len(exp.episodes) // max(run.cfg.logging.num_samples, 1))]
     run.log.samples(step, [{"prompt": e.prompt_text, "completion": e.text, "finish_reason": e.finish_reason,
                             "reward": e.reward, "rewards": e.per_reward, "advantage": e.advantage,
-                            "answer": e.row.get(run.cfg.data.answer_column)}
+                            "answer": e.row.get(run.cfg.data.answer_column),
+                            **({"tool_calls": e.tools.calls} if e.tools is not None else {})}
                            for e in picks[:run.cfg.logging.num_samples]])
 
 

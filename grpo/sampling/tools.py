@@ -1,0 +1,207 @@
+"""Multi-turn episodes: a sampler that lets the model call a tool mid-reasoning. Any backend's sampler generates
+the model's turns; between them the environment (environments/) answers each tool call and its observation is
+appended to the episode as context.
+
+One generate call: the first turn draws G completions of each prompt (one prefill shared, as for one-turn
+training); every row that ended on the environment's stop string (a tool call) pauses; the batch's calls run
+concurrently in threads; each observation is tokenized, cut to its budget and appended; then every paused row
+continues from its own context (prompt + everything so far, as token ids, re-prefilled), n = 1 each, until no
+row calls a tool or a limit ends it. A row's G episodes stay its group.
+
+The limits of an episode, each counted when it ends one (ToolTrace.limit): model turns, tool calls, tokens after
+the prompt (model's and environment's), tool seconds; an observation longer than its budget is cut (counted in
+observation tokens, not a limit)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from environments import as_reply
+from environments.registry import Environment
+from grpo.sampling.base import Completion, Group, Sampler, SamplingSettings, ToolTrace
+from grpo.seeds import derive_seed
+
+LIMITS = ("turns", "tool_calls", "total_tokens", "tool_seconds")
+
+
+@dataclass(frozen=True)
+class EpisodeLimits:
+    max_turns: int = 4
+    max_tool_calls: int = 3
+    max_observation_tokens: int = 256
+    max_total_tokens: int = 1024
+    max_tool_seconds: float = 30.0
+    workers: int = 8  # tool calls run at once
+
+    @classmethod
+    def of(cls, cfg) -> "EpisodeLimits":
+        """From a recipe's environment section (grpo.config.EnvironmentConfig)."""
+        return cls(cfg.max_turns, cfg.max_tool_calls, cfg.max_observation_tokens, cfg.max_total_tokens,
+                   cfg.max_tool_seconds, cfg.workers)
+
+
+@dataclass
+class _Episode:
+    """One episode while it runs: its pieces after the prompt (model turns with log-probs, observations without)."""
+
+    prompt_ids: list[int]
+    row: dict
+    pieces: list[tuple[list[int], list[float] | None, str]] = field(default_factory=list)
+    trace: ToolTrace = field(default_factory=lambda: ToolTrace(turns=0))
+    finish_reason: str = "stop"
+    open: bool = True  # paused on a tool call, waiting for its observation
+
+    @property
+    def length(self) -> int:
+        return sum(len(ids) for ids, _, _ in self.pieces)
+
+    @property
+    def text(self) -> str:
+        return "".join(text for _, _, text in self.pieces)
+
+    def context(self) -> list[int]:
+        return self.prompt_ids + [t for ids, _, _ in self.pieces for t in ids]
+
+    def end(self, limit: str | None = None) -> None:
+        self.open = False
+        if limit is not None:
+            self.trace.limit = limit
+            self.finish_reason = "length"  # cut by a budget: no answer-less fallback reading (rewards/math.py)
+
+    def completion(self) -> Completion:
+        tokens, logprobs, spans = [], [], []
+        for ids, lps, _ in self.pieces:
+            if lps is None:
+                spans.append((len(tokens), len(tokens) + len(ids)))
+            tokens += ids
+            logprobs += lps if lps is not None else [0.0] * len(ids)
+        self.trace.observations = spans
+        after = max((i for i, (_, lps, _) in enumerate(self.pieces) if lps is None), default=-1)
+        self.trace.final_text = "".join(text for _, _, text in self.pieces[after + 1:])
+        return Completion(tokens, logprobs, self.text, self.finish_reason, tools=self.trace)
+
+
+class ToolSampler:
+    """Wraps a sampler (hf or vllm) to run tool-using episodes; the rest of the Sampler interface is the inner's."""
+
+    def __init__(self, inner: Sampler, tokenizer, environment: Environment, limits: EpisodeLimits):
+        self.inner = inner
+        self.backend = inner.backend
+        self.tokenizer = tokenizer
+        self.environment = environment
+        self.limits = limits
+        self.tool_wall_s = 0.0  # the last generate's wall time spent waiting for tools (part of time/generate_s)
+        self._threads = ThreadPoolExecutor(max_workers=max(1, limits.workers), thread_name_prefix="tool")
+
+    def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings,
+                 rows: list[dict] | None = None) -> list[Group]:
+        """rows: each prompt's dataset row, which the environment gets with the transcript ({} when not given)."""
+        lim = self.limits
+        turn_settings = replace(settings, stop=tuple(settings.stop) + self.environment.stop, include_stop=True,
+                                max_new_tokens=min(settings.max_new_tokens, lim.max_total_tokens))
+        groups = self.inner.generate(prompt_ids, turn_settings)
+        rows = rows if rows is not None else [{} for _ in prompt_ids]
+        episodes = [[_Episode(list(g.prompt_ids), row) for _ in g.completions] for g, row in zip(groups, rows)]
+        flat = [e for row in episodes for e in row]
+        for e, c in zip(flat, [c for g in groups for c in g.completions]):
+            self._add_turn(e, c)
+        self.tool_wall_s = 0.0
+        turn = 1
+        while True:
+            waiting = [e for e in flat if e.open]
+            if not waiting:
+                break
+            self._observe(waiting)
+            going = [e for e in waiting if e.open]
+            if not going:
+                break
+            turn += 1
+            room = max(lim.max_total_tokens - e.length for e in going)
+            next_settings = replace(turn_settings, n=1, seed=derive_seed(settings.seed, turn),
+                                    max_new_tokens=min(settings.max_new_tokens, room))
+            drawn = self.inner.generate([e.context() for e in going], next_settings)
+            for e, g in zip(going, drawn):
+                self._add_turn(e, g.completions[0])
+        return [Group(prompt_ids=list(g.prompt_ids), completions=[e.completion() for e in row])
+                for g, row in zip(groups, episodes)]
+
+    def _add_turn(self, e: _Episode, c: Completion) -> None:
+        """Append a model turn (cut to the episode's token budget); pause the episode if it called the tool."""
+        room = self.limits.max_total_tokens - e.length
+        ids, lps, text, reason = c.token_ids, c.logprobs, c.text, c.finish_reason
+        if len(ids) > room:  # the call's budget was the roomiest row's
+            ids, lps = ids[:room], lps[:room]
+            text, reason = self.tokenizer.decode(ids, skip_special_tokens=True), "length"
+        e.pieces.append((list(ids), list(lps), text))
+        e.trace.turns += 1
+        e.finish_reason = reason
+        called = reason == "stop" and any(text.endswith(s) for s in self.environment.stop)
+        if not called:
+            e.end("total_tokens" if reason == "length" and e.length >= self.limits.max_total_tokens else None)
+        elif e.trace.turns >= self.limits.max_turns:
+            e.end("turns")
+        elif len(e.trace.calls) >= self.limits.max_tool_calls:
+            e.end("tool_calls")
+        elif e.trace.seconds >= self.limits.max_tool_seconds:
+            e.end("tool_seconds")
+
+    def _observe(self, waiting: list[_Episode]) -> None:
+        """Run the waiting episodes' tool calls at once and append each observation (or end the episode)."""
+        started = time.perf_counter()
+        futures = [self._threads.submit(_timed_call, self.environment, e) for e in waiting]
+        budget = max(self.limits.max_tool_seconds - min(e.trace.seconds for e in waiting), 0.0)
+        wait(futures, timeout=budget + 1.0)
+        self.tool_wall_s += time.perf_counter() - started
+        for e, future in zip(waiting, futures):
+            if not future.done():  # past every budget: its thread is abandoned (a sandboxed run ends on its own)
+                e.trace.seconds = max(e.trace.seconds, self.limits.max_tool_seconds)
+                e.trace.calls.append({"call": e.pieces[-1][2], "output": "", "error": True,
+                                      "seconds": round(budget, 3)})
+                e.end("tool_seconds")
+                continue
+            reply, seconds = future.result()
+            e.trace.seconds += seconds
+            if reply is None:  # no call the environment could read: the episode ends as the model left it
+                e.end()
+                continue
+            text, error = reply
+            e.trace.calls.append({"call": e.pieces[-1][2], "output": text, "error": error, "seconds": round(seconds, 4)})
+            if e.trace.seconds > self.limits.max_tool_seconds:
+                e.end("tool_seconds")
+                continue
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:self.limits.max_observation_tokens]
+            room = self.limits.max_total_tokens - e.length
+            if len(ids) >= room:  # no room left for the model to read it and answer
+                e.end("total_tokens")
+                continue
+            e.pieces.append((ids, None, self.tokenizer.decode(ids, skip_special_tokens=True)))
+            e.trace.observation_tokens += len(ids)
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        self.inner.sync_weights(model)
+
+    def sleep(self) -> None:
+        self.inner.sleep()
+
+    def wake(self) -> None:
+        self.inner.wake()
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        self.inner.close()
+
+
+def _timed_call(environment: Environment, e: _Episode) -> tuple[tuple[str, bool] | None, float]:
+    """The environment's reply to the episode's transcript, and how long it took. An exception in the environment
+    is an error observation (the model sees it, the run goes on)."""
+    started = time.perf_counter()
+    try:
+        reply = as_reply(environment(dict(e.row), e.text))
+    except Exception as exc:  # noqa: BLE001 - an environment's failure is the episode's, never the run's
+        reply = (f"environment error: {type(exc).__name__}: {str(exc)[:200]}", True)
+    return reply, time.perf_counter() - started
+
