@@ -33,10 +33,12 @@ def installed_environments() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def load_environment(name: str, args: dict | None = None, stop: list[str] | None = None) -> Environment:
+def load_environment(name: str, args: dict | None = None, stop: list[str] | None = None,
+                     setup: bool = True) -> Environment:
     """The environment a recipe names, checked: its stop strings (the recipe's, else its own), its args (unknown
     ones refused unless it takes **kwargs), and its own setup hook (fn.setup(**args): e.g. the python environment
-    checks that this host can sandbox). Raises UserError naming the key and the fix."""
+    checks that this host can sandbox; setup=False skips it, to check a recipe for another machine). Raises
+    UserError naming the key and the fix."""
     args = dict(args or {})
     what = f"environment '{name}'"
     if ":" in name:
@@ -54,9 +56,9 @@ def load_environment(name: str, args: dict | None = None, stop: list[str] | None
         raise UserError(f"environment.stop: {what} declares no stop strings (fn.stop) and the recipe gives none; "
                         f"set environment.stop to the text that ends a tool call, e.g. ['</call>'].")
     _check_args(fn, what, args)
-    setup = getattr(fn, "setup", None)
-    if callable(setup):
-        setup(**args)
+    hook = getattr(fn, "setup", None)
+    if setup and callable(hook):
+        hook(**args)
     return Environment(name, fn, stops, args)
 
 

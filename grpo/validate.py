@@ -40,7 +40,7 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
         except UserError as exc:
             problems.append(f"rewards[{i}].name: {exc}")
     if cfg.environment.name:
-        problems += environment_problems(cfg)
+        problems += environment_problems(cfg, check_environment)
     recipe_dir = Path(path).resolve().parent if path is not None else None
     problems += _check_data(cfg.data.path, cfg.data.split, cfg.data.subset, cfg.data.prompt_template,
                             cfg.data.answer_column, "data", recipe_dir)
@@ -69,13 +69,14 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
     return cfg
 
 
-def environment_problems(cfg: RecipeConfig) -> list[str]:
-    """The environment loads: a known name, args it takes, and its own setup check (python: this host sandboxes)."""
+def environment_problems(cfg: RecipeConfig, on_this_machine: bool = True) -> list[str]:
+    """The environment loads: a known name, args it takes, and (on_this_machine) its own setup check (python: this
+    host can sandbox)."""
     from environments.registry import load_environment
 
     e = cfg.environment
     try:
-        load_environment(e.name, e.args, e.stop)
+        load_environment(e.name, e.args, e.stop, setup=on_this_machine)
     except UserError as exc:
         return [str(exc) if str(exc).startswith("environment") else f"environment.name: {exc}"]
     return []

@@ -111,3 +111,22 @@ def test_python_output_is_cut_to_its_budget():
 def test_python_setup_refuses_a_bad_state():
     with pytest.raises(UserError, match="state='sometimes' is not one of keep, fresh"):
         load_environment("python", {"state": "sometimes"})
+
+
+def test_validate_names_the_environment_key_and_the_fix():
+    from pathlib import Path
+
+    from grpo.errors import ConfigError
+    from grpo.validate import validate_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny-tools.yaml"
+    with pytest.raises(ConfigError) as caught:
+        validate_recipe(recipe, ["environment.name=calculater", "output_dir=/tmp/grpo-validate-tools"])
+    assert "environment.name: 'calculater' is not installed. Did you mean 'calculator'" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        validate_recipe(recipe, ["environment.max_turns=1", "environment.max_tool_seconds=0",
+                                 "environment.args={state: keep}", "output_dir=/tmp/grpo-validate-tools"])
+    text = str(caught.value)
+    assert "environment.max_turns: 1 turn leaves no turn to read a tool's output" in text
+    assert "environment.max_tool_seconds: must be > 0" in text
+    assert "environment.args: environment 'calculator' takes no argument 'state'" in text

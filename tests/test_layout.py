@@ -37,6 +37,8 @@ def test_train_and_eval_do_not_import_each_other():
 def test_tools_and_rewards_stay_below_the_trainer():
     assert offenders("grpo.tools", "grpo.train") == []
     assert offenders("rewards", "grpo.train") == []
+    # environments are plugins' peers: like a plugin they import nothing from grpo (rewards' sandbox they may)
+    assert offenders("environments", "grpo") == []
     # grpo rm is a second trainer beside grpo train: it shares grpo's modules below both, never the RL loop's
     for other in ("grpo.train", "grpo.eval", "grpo.tools"):
         assert offenders("grpo.rm", other) == []

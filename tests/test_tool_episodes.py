@@ -145,3 +145,28 @@ def test_the_environment_gets_the_row_and_the_transcript():
     env = Environment("spy", lambda row, text: got.append((row, text)) or "<out>1</out>", ("</calc>",), {})
     run(tool_user, env=env, n=1)
     assert got == [({"question": "q"}, " <calc>37*48</calc>")]
+
+
+def test_eval_with_a_tool_grades_the_final_answer_and_records_the_protocol(tmp_path):
+    import json
+
+    from grpo.config import EvalConfig
+    from grpo.eval.run import run_eval
+
+    data = tmp_path / "products.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is 37 * 48? #{i}", "answer": "1776"}) + "\n"
+                            for i in range(3)))
+    cfg = EvalConfig(data=str(data), prompt_template="Question: {question}\nAnswer:", k=2, temperature=1.0,
+                     max_new_tokens=64, bootstrap=0)
+    limits = EpisodeLimits(max_turns=3, max_tool_calls=2, max_total_tokens=96)
+    sampler = ToolSampler(Scripted(tool_user), TOK, load_environment("calculator"), limits)
+    summary = run_eval(cfg, tokenizer=TOK, sampler=sampler, output_dir=tmp_path / "out", progress=False,
+                       console=False)
+    assert summary["metrics"]["overall"]["metrics"]["avg@2"] == 0.5  # row 0 calls and is right, row 1 guesses
+    assert summary["tools"]["environment"] == "calculator" and summary["tools"]["limits"]["max_turns"] == 3
+    assert summary["tools"]["calls_mean"] == 0.5 and summary["tools"]["errors"] == 0
+    assert "tool calculator (at most 3 turns, 2 calls, 96 tokens)" in summary["protocol"]
+    samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    first = samples[0]["samples"][0]
+    assert first["extracted"] == "1776" and first["tool_calls"][0]["output"] == "<out>1776</out>"
+    assert "| tool | calculator" in (tmp_path / "out" / "summary.md").read_text()

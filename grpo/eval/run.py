@@ -25,7 +25,7 @@ from grpo.errors import ConfigError, UserError
 from grpo.eval.metrics import ProblemResult, majority_vote, normalize_answer
 from grpo.eval.partial import PartialSamples
 from grpo.eval.sets import EvalSet, gold_answer, load_eval_sets
-from grpo.eval.summary import build_summary, write_eval_files
+from grpo.eval.summary import build_summary, tool_protocol, write_eval_files
 from grpo.parallel import World
 from grpo.rules import eval_rules
 from grpo.resolve import eval_sampler
@@ -124,7 +124,8 @@ def sample_grade_report(cfg: EvalConfig, sets: list[EvalSet], items: list[Item],
             graded = merge_graded(world.gather(graded))
         summary = build_summary(cfg, sets, graded, grader, step=step, seconds=time.perf_counter() - started,
                                 backend=loaded.sampler.backend, chunk=chunk, model=loaded.model,
-                                model_path=loaded.path, device=loaded.device, dtype=loaded.dtype)
+                                model_path=loaded.path, device=loaded.device, dtype=loaded.dtype,
+                                tools=tool_protocol(loaded.sampler))
         if log is not None:
             write_eval_files(Path(output_dir), graded.records, summary, console)
     except BaseException:

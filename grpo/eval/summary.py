@@ -16,8 +16,10 @@ from grpo.eval.sets import model_fingerprint
 
 
 def build_summary(cfg: EvalConfig, sets: list, graded: Any, grader: Any, *, step: int | None, seconds: float,
-                  backend: str, chunk: int, model: Any, model_path: Any, device: Any, dtype: str) -> dict:
-    """The scores with everything that says how they were made (summary.json)."""
+                  backend: str, chunk: int, model: Any, model_path: Any, device: Any, dtype: str,
+                  tools: dict | None = None) -> dict:
+    """The scores with everything that says how they were made (summary.json). tools: the environment the
+    episodes called and its limits (tool_protocol), None for one-turn sampling."""
     import grpo
 
     keys = [r["dataset"] for r in graded.records]
@@ -30,7 +32,9 @@ def build_summary(cfg: EvalConfig, sets: list, graded: Any, grader: Any, *, step
         "grpo_version": grpo.__version__,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "step": step,
-        "protocol": protocol_line(cfg),
+        "protocol": protocol_line(cfg) + (f", tool {tools['environment']} (at most {tools['limits']['max_turns']} "
+                                          f"turns, {tools['limits']['max_tool_calls']} calls, "
+                                          f"{tools['limits']['max_total_tokens']} tokens)" if tools else ""),
         "model": {**model_fingerprint(model_path, model), "device": str(device),
                   "dtype": str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None
                   else dtype},
@@ -47,6 +51,7 @@ def build_summary(cfg: EvalConfig, sets: list, graded: Any, grader: Any, *, step
                                                     f"{getattr(fn, '__qualname__', '?')}",
                    "correct_if": "score >= 1.0", "errors": graded.grader_errors,
                    "not_applicable": graded.not_applicable},
+        **({"tools": {**tools, **tool_figures(graded.records)}} if tools else {}),
         "seed": cfg.seed,
         "bootstrap_resamples": cfg.bootstrap,
         "environment": environment(),
@@ -54,6 +59,27 @@ def build_summary(cfg: EvalConfig, sets: list, graded: Any, grader: Any, *, step
         "config": asdict(cfg),
         "metrics": metrics,
     }
+
+
+def tool_protocol(sampler: Any) -> dict | None:
+    """What a tool-using sampler's episodes were allowed: the environment, its args and stop strings, the limits."""
+    from dataclasses import asdict as fields
+
+    from grpo.sampling.tools import ToolSampler
+
+    if not isinstance(sampler, ToolSampler):
+        return None
+    env = sampler.environment
+    return {"environment": env.name, "args": dict(env.args), "stop": list(env.stop), "limits": fields(sampler.limits)}
+
+
+def tool_figures(records: list[dict]) -> dict:
+    """How the episodes used the tool: calls per completion, failed calls, completions that made any call."""
+    samples = [x for r in records for x in r.get("samples", [])]
+    calls = [len(x.get("tool_calls", [])) for x in samples]
+    return {"calls_mean": sum(calls) / max(len(calls), 1),
+            "completions_calling": sum(c > 0 for c in calls) / max(len(calls), 1),
+            "errors": sum(bool(c.get("error")) for x in samples for c in x.get("tool_calls", []))}
 
 
 def environment() -> dict:
@@ -129,6 +155,12 @@ def markdown_report(summary: dict) -> str:
               f"{summary['grader']['errors']} grader error(s) |",
               f"| seed | {summary['seed']} |", f"| grpo | {summary['grpo_version']} |",
               f"| step | {summary['step']} |", f"| seconds | {summary['seconds']} |"]
+    if "tools" in summary:
+        t = summary["tools"]
+        lines += [f"| tool | {t['environment']} (args {t['args']}, stop {t['stop']}) |",
+                  f"| tool limits | {', '.join(f'{k} {v}' for k, v in t['limits'].items())} |",
+                  f"| tool use | {t['calls_mean']:.2f} calls per completion, {100 * t['completions_calling']:.1f}% "
+                  f"of completions call, {t['errors']} failed call(s) |"]
     return "\n".join(lines) + "\n"
 
 
