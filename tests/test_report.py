@@ -182,3 +182,26 @@ def test_a_run_still_going_and_a_standalone_eval_in_the_run_dir(tmp_path):
     head, rows = table([run])
     assert [r[1] for r in rows] == ["step 3", "step 6", "final-eval"]
     assert rows[-1][4] == "avg@2: 75.0 [60.0, 90.0]" and rows[-1][-1].startswith("2 sample(s) per problem")
+
+
+def test_a_tool_using_run_gets_the_tools_panel_and_episodes_turn_by_turn(tmp_path):
+    run = write_run(tmp_path / "tools", REWARDS[:3])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    with (run / "metrics.jsonl").open("w") as f:
+        for row in rows:
+            row.update({"tools/calls_mean": 0.25 * row["step"], "tools/error_fraction": 0.0, "tools/turns_mean": 1.5,
+                        "tools/limit/turns": 0, "tools/wall_s": 0.01})
+            f.write(json.dumps(row) + "\n")
+    with (run / "samples.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 3, "prompt": "What is 37 * 48?", "completion": " <calc>37*48</calc><out>1776</out> 1776.",
+                            "reward": 1.0, "rewards": {"math": 1.0}, "advantage": 0.5, "finish_reason": "stop",
+                            "tool_calls": [{"call": " <calc>37*48</calc>", "output": "<out>1776</out>", "error": False}],
+                            "turns": [{"role": "model", "text": " <calc>37*48</calc>"},
+                                      {"role": "tool", "text": "<out>1776</out>"},
+                                      {"role": "model", "text": " The answer is 1776."}]}) + "\n")
+    page, _, _ = make_report([str(run)])
+    page = page.read_text()
+    assert "tools/calls_mean" in panel_html(page, "tools")
+    assert '<span class="tool" title="tool output: read by the model, masked from the loss">&lt;out&gt;1776&lt;/out&gt;' \
+           '</span>' in page
+    assert '<span class="turn"> The answer is 1776.</span>' in page and "1 tool call(s)" in page

@@ -315,7 +315,8 @@ def grade(part: list[Item], groups: list[Group], grader: NamedReward, cfg: EvalC
             samples.append({"text": c.text, "extracted": safe_extract(grader.extract_answer, answer_text(c)),
                             "score": value, "correct": value is not None and value >= 1.0,
                             "tokens": len(c.token_ids), "finish_reason": c.finish_reason,
-                            **({"tool_calls": c.tools.calls} if c.tools is not None else {})})
+                            **({"tool_calls": c.tools.calls, "turns": c.tools.transcript}
+                               if c.tools is not None else {})})
         result = ProblemResult(correct=[x["correct"] for x in samples], answers=[x["extracted"] for x in samples],
                                lengths=[x["tokens"] for x in samples],
                                truncated=[x["finish_reason"] == "length" for x in samples])

@@ -23,7 +23,7 @@ section.panel svg{max-width:100%;height:auto;display:block}
 table{border-collapse:collapse;font-size:12px;margin:6px 0}td,th{border:1px solid #ddd;padding:3px 6px;
 text-align:left;vertical-align:top}th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:12px;max-width:520px}
-table.samples pre{max-height:240px;overflow:auto}.meta{color:#777;font-size:11px;margin-top:3px}
+table.samples pre{max-height:240px;overflow:auto}.tool{background:#e8eefc;color:#335;border-bottom:1px dotted #88a}.meta{color:#777;font-size:11px;margin-top:3px}
 .filters{display:flex;flex-wrap:wrap;gap:10px;align-items:center;margin:6px 0}details{margin:4px 0}
 summary{cursor:pointer;color:#345}
 """

@@ -36,6 +36,9 @@ PANELS: tuple[Panel, ...] = (
           why="Spikes in grad norm precede instabilities; lr shows warmup and the schedule."),
     Panel("sampler", "Sampler / trainer gap", ("sampler/*",), log_scale=("sampler/logprob_gap",),
           why="Mean |sampler - trainer| token log-prob: near 0 means the sampler runs the weights being trained."),
+    Panel("tools", "Tool use", ("tools/calls_mean", "tools/error_fraction", "tools/turns_mean", "tools/*"),
+          why="With an environment: tool calls and model turns per episode, failed calls, observation tokens, tool "
+              "time (tools/wall_s: within time/generate_s) and the episodes each limit ended."),
     Panel("groups", "Groups with no signal",
           ("groups/zero_variance_fraction", "groups/*", "prompts/*", "advantage/*"),
           why="A group whose completions all score the same has zero advantage and teaches nothing."),

@@ -15,6 +15,23 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else escape(str(value))
 
 
+def _completion(sample: dict) -> str:
+    """The completion; a tool-using episode turn by turn, the tool's outputs marked (context, never trained on)."""
+    turns = sample.get("turns")
+    if not isinstance(turns, list) or not turns:
+        return f"<pre>{escape(str(sample.get('completion', '')))}</pre>"
+    parts = []
+    for turn in turns:
+        text = escape(str(turn.get("text", ""))) if isinstance(turn, dict) else ""
+        if isinstance(turn, dict) and turn.get("role") == "tool":
+            parts.append(f'<span class="tool" title="tool output: read by the model, masked from the loss">{text}</span>')
+        else:
+            parts.append(f'<span class="turn">{text}</span>')
+    calls = len(sample.get("tool_calls") or [])
+    return (f'<pre class="episode">{"".join(parts)}</pre><div class=meta>{len(turns)} part(s), {calls} tool '
+            f'call(s); <span class="tool">marked</span>: tool output, not trained on</div>')
+
+
 def sample_rows(runs: list[RunData]) -> tuple[list[str], list[str], list[int], list[str]]:
     """(rows html, reward names, steps, notes)."""
     names: list[str] = []
@@ -37,7 +54,7 @@ def sample_rows(runs: list[RunData]) -> tuple[list[str], list[str], list[int], l
                 f"data-rewards='{escape(json.dumps(data, default=str))}'>"
                 f"<td>{escape(run.name)}</td><td>{s['step']}</td>"
                 f"<td><pre>{escape(str(s.get('prompt', '')))}</pre></td>"
-                f"<td><pre>{escape(str(s.get('completion', '')))}</pre>"
+                f"<td>{_completion(s)}"
                 f"<div class=meta>finish: {escape(str(s.get('finish_reason', '-')))}"
                 f" &middot; answer: {escape(str(s.get('answer', '-')))}</div></td>"
                 f"<td>{_fmt(s.get('reward', '-'))}</td><td>{per or '-'}</td><td>{_fmt(s.get('advantage', '-'))}</td>"

@@ -56,6 +56,7 @@ class ToolTrace:
     seconds: float = 0.0  # tool time, summed over calls
     limit: str | None = None  # the episode limit that ended it (turns, tool_calls, total_tokens, tool_seconds)
     final_text: str = ""  # what the model wrote after the last observation (where its answer is read)
+    transcript: list[dict] = field(default_factory=list)  # turn by turn: {"role": "model" | "tool", "text"}
 
 
 @dataclass

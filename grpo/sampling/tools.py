@@ -82,6 +82,8 @@ class _Episode:
         self.trace.observations = spans
         after = max((i for i, (_, lps, _) in enumerate(self.pieces) if lps is None), default=-1)
         self.trace.final_text = "".join(text for _, _, text in self.pieces[after + 1:])
+        self.trace.transcript = [{"role": "model" if lps is not None else "tool", "text": text}
+                                 for _, lps, text in self.pieces]
         return Completion(tokens, logprobs, self.text, self.finish_reason, tools=self.trace)
 
 

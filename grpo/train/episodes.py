@@ -153,7 +153,7 @@ def tool_figures(episodes: list[Episode], tool_wall_s: float = 0.0) -> dict[str,
         "tools/turns_mean": sum(t.turns for t in traces) / n,
         "tools/observation_tokens_mean": sum(t.observation_tokens for t in traces) / n,
         "tools/seconds": sum(t.seconds for t in traces),
-        "time/tool_s": tool_wall_s,
+        "tools/wall_s": tool_wall_s,  # the step's wall time waiting for tools (within time/generate_s)
     }
     from grpo.sampling.tools import LIMITS
 

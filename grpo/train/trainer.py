@@ -471,7 +471,8 @@ def write_samples(run: Run, exp: Experience, step: int) -> None:
     run.log.samples(step, [{"prompt": e.prompt_text, "completion": e.text, "finish_reason": e.finish_reason,
                             "reward": e.reward, "rewards": e.per_reward, "advantage": e.advantage,
                             "answer": e.row.get(run.cfg.data.answer_column),
-                            **({"tool_calls": e.tools.calls} if e.tools is not None else {})}
+                            **({"tool_calls": e.tools.calls, "turns": e.tools.transcript}
+                               if e.tools is not None else {})}
                            for e in picks[:run.cfg.logging.num_samples]])
 
 
