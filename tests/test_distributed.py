@@ -201,3 +201,15 @@ def test_periodic_eval_on_two_ranks_gathers_every_problem(tmp_path):
     assert summary["data"][0]["problems"] == 5
     assert [r["index"] for r in rows(out / "eval" / "step_000002" / "samples.jsonl")] == list(range(5))
     assert "eval/avg@2" in rows(out / "metrics.jsonl")[-1]
+
+
+def test_tool_episodes_on_two_sharded_ranks_take_their_turns_together(tmp_path):
+    """FSDP decodes in lockstep: ranks whose episodes call the calculator a different number of times must still
+    make the same generate calls (a rank with nothing left decodes a stand-in), or the job would hang."""
+    out = tmp_path / "tools"
+    result = torchrun("-m", "grpo", "train", "recipes/tiny-tools.yaml", f"output_dir={out}", "train.steps=2",
+                      "train.prompts_per_step=4", "sampler.group_size=4", "train.micro_batch_size=8",
+                      "distributed.strategy=fsdp", "checkpoint.every=0", "eval.every=0", "logging.progress_bar=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = rows(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2] and all("tools/calls_mean" in m for m in metrics)

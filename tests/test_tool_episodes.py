@@ -170,3 +170,17 @@ def test_eval_with_a_tool_grades_the_final_answer_and_records_the_protocol(tmp_p
     first = samples[0]["samples"][0]
     assert first["extracted"] == "1776" and first["tool_calls"][0]["output"] == "<out>1776</out>"
     assert "| tool | calculator" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_in_lockstep_a_rank_with_no_episode_left_decodes_a_stand_in_while_another_continues():
+    other_rank_rounds = iter([True, False])  # the other rank still has an episode after this rank's first turn
+
+    def any_rank(mine: bool) -> bool:
+        return mine or next(other_rank_rounds)
+
+    inner = Scripted(lambda context, i: " The answer is 5.")  # this rank never calls the tool
+    sampler = ToolSampler(inner, TOK, load_environment("calculator"), EpisodeLimits(max_total_tokens=80),
+                          any_rank=any_rank)
+    [group] = sampler.generate([prompt()], SamplingSettings(n=2, max_new_tokens=64, seed=0))
+    assert [c.text for c in group.completions] == [" The answer is 5."] * 2  # the stand-in's draw is discarded
+    assert [(k, s.n, s.max_new_tokens) for k, s in inner.calls] == [(1, 2, 64), (1, 1, 64)]  # one budget for all

@@ -29,18 +29,21 @@ def build_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path 
                                generation_batch_size=generation_batch_size, engine=engine, seed=seed, dtype=dtype,
                                max_model_len=max_model_len, synced=synced, decode_context=decode_context,
                                rows_per_step=rows_per_step, world=world)
-    return with_environment(sampler, tokenizer, environment)
+    return with_environment(sampler, tokenizer, environment, world if synced and backend == "hf" else None)
 
 
-def with_environment(sampler: Sampler, tokenizer: Any, environment: EnvironmentConfig | None) -> Sampler:
-    """The sampler itself for one-turn episodes; wrapped to run tool-using episodes when an environment is named."""
+def with_environment(sampler: Sampler, tokenizer: Any, environment: EnvironmentConfig | None,
+                     lockstep: World | None = None) -> Sampler:
+    """The sampler itself for one-turn episodes; wrapped to run tool-using episodes when an environment is named.
+    lockstep: the ranks of a sharded policy that decodes in lockstep, which must take their turns together."""
     if environment is None or not environment.name:
         return sampler
     from environments.registry import load_environment
     from grpo.sampling.tools import EpisodeLimits, ToolSampler
 
     env = load_environment(environment.name, environment.args, environment.stop)
-    return ToolSampler(sampler, tokenizer, env, EpisodeLimits.of(environment))
+    any_rank = (lambda going: lockstep.max(1.0 if going else 0.0) > 0) if lockstep is not None else None
+    return ToolSampler(sampler, tokenizer, env, EpisodeLimits.of(environment), any_rank=any_rank)
 
 
 def _backend_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path | str | None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -90,8 +91,13 @@ class _Episode:
 class ToolSampler:
     """Wraps a sampler (hf or vllm) to run tool-using episodes; the rest of the Sampler interface is the inner's."""
 
-    def __init__(self, inner: Sampler, tokenizer, environment: Environment, limits: EpisodeLimits):
+    def __init__(self, inner: Sampler, tokenizer, environment: Environment, limits: EpisodeLimits,
+                 any_rank: Callable[[bool], bool] | None = None):
+        """any_rank: for a sharded policy decoding in lockstep (FSDP under torchrun), whether any rank still has an
+        episode to continue: every rank then makes the same generate calls with the same budget, a rank with none
+        left decoding a stand-in row it discards (as the decoding loop itself steps on for ranks that are done)."""
         self.inner = inner
+        self.any_rank = any_rank
         self.backend = inner.backend
         self.tokenizer = tokenizer
         self.environment = environment
@@ -115,17 +121,19 @@ class ToolSampler:
         turn = 1
         while True:
             waiting = [e for e in flat if e.open]
-            if not waiting:
-                break
-            self._observe(waiting)
+            if waiting:
+                self._observe(waiting)
             going = [e for e in waiting if e.open]
-            if not going:
+            if not (self.any_rank(bool(going)) if self.any_rank is not None else going):
                 break
             turn += 1
-            room = max(lim.max_total_tokens - e.length for e in going)
+            # In lockstep every rank decodes with one budget; alone, no more than the roomiest episode can take
+            room = lim.max_total_tokens if self.any_rank is not None else \
+                max(lim.max_total_tokens - e.length for e in going)
             next_settings = replace(turn_settings, n=1, seed=derive_seed(settings.seed, turn),
                                     max_new_tokens=min(settings.max_new_tokens, room))
-            drawn = self.inner.generate([e.context() for e in going], next_settings)
+            contexts = [e.context() for e in going] or [flat[0].prompt_ids]  # the stand-in row, discarded
+            drawn = self.inner.generate(contexts, next_settings)
             for e, g in zip(going, drawn):
                 self._add_turn(e, g.completions[0])
         return [Group(prompt_ids=list(g.prompt_ids), completions=[e.completion() for e in row])
