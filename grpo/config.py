@@ -239,14 +239,10 @@ class DistributedConfig:
 
 
 @dataclass
-class EnvironmentConfig:
-    """Tool use mid-reasoning (grpo/sampling/tools.py): the model's turn ends at the environment's stop string, the
-    environment's observation is appended, the model goes on. Read by `grpo train` and by `grpo eval --recipe`."""
+class EpisodeLimits:
+    """What one tool-using episode may do (grpo/sampling/tools.py reads these); each limit that ends an episode is
+    counted (tools/limit/<name> in metrics.jsonl)."""
 
-    name: str | None = None  # calculator, python, an installed grpo.environments entry point, or module:function
-    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the environment (python: state, ...)
-    stop: list[str] = field(default_factory=list)  # what ends a tool call; empty: the environment's own (fn.stop)
-    # Per episode; each one that ends an episode is counted (tools/limit/<name> in metrics.jsonl).
     max_turns: int = 4  # model turns
     max_tool_calls: int = 3
     max_observation_tokens: int = 256  # per observation; a longer one is cut
@@ -255,6 +251,16 @@ class EnvironmentConfig:
     max_total_tokens: int = 1024
     max_tool_seconds: float = 30.0  # tool time, all calls together
     workers: int = 8  # tool calls run at once
+
+
+@dataclass
+class EnvironmentConfig(EpisodeLimits):
+    """Tool use mid-reasoning (grpo/sampling/tools.py): the model's turn ends at the environment's stop string, the
+    environment's observation is appended, the model goes on. Read by `grpo train` and by `grpo eval --recipe`."""
+
+    name: str | None = None  # calculator, python, an installed grpo.environments entry point, or module:function
+    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the environment (python: state, ...)
+    stop: list[str] = field(default_factory=list)  # what ends a tool call; empty: the environment's own (fn.stop)
 
 
 @dataclass

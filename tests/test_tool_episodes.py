@@ -9,7 +9,8 @@ import pytest
 
 from environments.registry import Environment, load_environment
 from grpo.sampling.base import SamplingSettings
-from grpo.sampling.tools import EpisodeLimits, ToolSampler
+from grpo.config import EpisodeLimits
+from grpo.sampling.tools import ToolSampler
 from grpo.train.episodes import Episode, token_batch, tool_figures
 from rewards.math import math_reward
 from rewards.scoring import reward_columns

@@ -10,7 +10,8 @@ import pytest
 
 from environments.registry import load_environment
 from grpo.sampling.base import SamplingSettings
-from grpo.sampling.tools import EpisodeLimits, ToolSampler
+from grpo.config import EpisodeLimits
+from grpo.sampling.tools import ToolSampler
 from rewards.math import math_reward
 from rewards.sandbox import capabilities
 from rewards.scoring import reward_columns

@@ -63,14 +63,16 @@ def build_summary(cfg: EvalConfig, sets: list, graded: Any, grader: Any, *, step
 
 def tool_protocol(sampler: Any) -> dict | None:
     """What a tool-using sampler's episodes were allowed: the environment, its args and stop strings, the limits."""
-    from dataclasses import asdict as fields
+    from dataclasses import fields
 
+    from grpo.config import EpisodeLimits
     from grpo.sampling.tools import ToolSampler
 
     if not isinstance(sampler, ToolSampler):
         return None
     env = sampler.environment
-    return {"environment": env.name, "args": dict(env.args), "stop": list(env.stop), "limits": fields(sampler.limits)}
+    limits = {f.name: getattr(sampler.limits, f.name) for f in fields(EpisodeLimits)}
+    return {"environment": env.name, "args": dict(env.args), "stop": list(env.stop), "limits": limits}
 
 
 def tool_figures(records: list[dict]) -> dict:

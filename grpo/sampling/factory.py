@@ -39,11 +39,11 @@ def with_environment(sampler: Sampler, tokenizer: Any, environment: EnvironmentC
     if environment is None or not environment.name:
         return sampler
     from environments.registry import load_environment
-    from grpo.sampling.tools import EpisodeLimits, ToolSampler
+    from grpo.sampling.tools import ToolSampler
 
     env = load_environment(environment.name, environment.args, environment.stop)
     any_rank = (lambda going: lockstep.max(1.0 if going else 0.0) > 0) if lockstep is not None else None
-    return ToolSampler(sampler, tokenizer, env, EpisodeLimits.of(environment), any_rank=any_rank)
+    return ToolSampler(sampler, tokenizer, env, environment, any_rank=any_rank)
 
 
 def _backend_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path | str | None,

@@ -23,26 +23,11 @@ import torch
 
 from environments import as_reply
 from environments.registry import Environment
+from grpo.config import EpisodeLimits
 from grpo.sampling.base import Completion, Group, Sampler, SamplingSettings, ToolTrace
 from grpo.seeds import derive_seed
 
 LIMITS = ("turns", "tool_calls", "total_tokens", "tool_seconds")
-
-
-@dataclass(frozen=True)
-class EpisodeLimits:
-    max_turns: int = 4
-    max_tool_calls: int = 3
-    max_observation_tokens: int = 256
-    max_total_tokens: int = 1024
-    max_tool_seconds: float = 30.0
-    workers: int = 8  # tool calls run at once
-
-    @classmethod
-    def of(cls, cfg) -> "EpisodeLimits":
-        """From a recipe's environment section (grpo.config.EnvironmentConfig)."""
-        return cls(cfg.max_turns, cfg.max_tool_calls, cfg.max_observation_tokens, cfg.max_total_tokens,
-                   cfg.max_tool_seconds, cfg.workers)
 
 
 @dataclass
