@@ -28,6 +28,10 @@ BUILDS = {
     "tiny-arith": {"seed": 0, "hidden": 128, "layers": 4, "heads": 2, "sft_steps": 2000, "sft_batch": 32,
                    "sft_lr": 3e-3, "sft_warmup": 30, "sft_schedule": "cosine", "sft_prompt_loss_weight": 0.0,
                    "sft_problems": 20000, "data_seed": 100, "sft_guess_fraction": 0.7},
+    # The tool demo (grpo/demo/products.py): 2-digit products; the teacher calls the calculator on half of them.
+    "tiny-tools": {"task": "products", "seed": 0, "hidden": 128, "layers": 4, "heads": 2, "sft_steps": 1500,
+                   "sft_batch": 32, "sft_lr": 3e-3, "sft_warmup": 30, "sft_schedule": "cosine",
+                   "sft_prompt_loss_weight": 0.0, "sft_problems": 20000, "data_seed": 100, "sft_call_fraction": 0.5},
 }
 
 
@@ -93,7 +97,6 @@ def shipped_copy(name: str, settings: dict) -> Path | None:
 def build_demo_model(out_dir: Path, settings: dict) -> dict:
     """Tokenizer + seeded tiny Llama + SFT warm start, saved in Hugging Face format to `out_dir`."""
     from grpo.demo.model import build_tiny_llama
-    from grpo.demo.task import PROMPT_TEMPLATE, make_problems, with_guesses
     from grpo.demo.tokenizer import build_char_tokenizer
     from grpo.tools.sft import supervised_fine_tune
 
@@ -101,9 +104,7 @@ def build_demo_model(out_dir: Path, settings: dict) -> dict:
     model = build_tiny_llama(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
                              seed=settings["seed"], hidden=settings["hidden"], layers=settings["layers"],
                              heads=settings["heads"])
-    problems = with_guesses(make_problems(settings["sft_problems"], seed=settings["data_seed"]),
-                            settings.get("sft_guess_fraction", 0.0), seed=settings["data_seed"] + 1)
-    pairs = [(PROMPT_TEMPLATE.format(**p), p["solution"]) for p in problems]
+    pairs = warm_start_pairs(settings)
     steps = settings["sft_steps"]
     start = time.perf_counter()
 
@@ -121,3 +122,18 @@ def build_demo_model(out_dir: Path, settings: dict) -> dict:
     write_json(out_dir / "demo_build.json", {"version": BUILD_VERSION, "settings": settings,
                                              "cache_key": cache_key(settings), "sft": stats})
     return stats
+
+
+def warm_start_pairs(settings: dict) -> list:
+    """The teacher's (prompt, target) pairs of a build's task: the word problems (a target string) or the tool
+    demo's products (targets as (text, trained) pieces, the calculator's output untrained)."""
+    if settings.get("task", "arith") == "products":
+        from grpo.demo import products
+
+        return products.warm_start_pairs(settings["sft_problems"], settings["data_seed"],
+                                         settings["sft_call_fraction"], settings.get("sft_guess", "any"))
+    from grpo.demo.task import PROMPT_TEMPLATE, make_problems, with_guesses
+
+    problems = with_guesses(make_problems(settings["sft_problems"], seed=settings["data_seed"]),
+                            settings.get("sft_guess_fraction", 0.0), seed=settings["data_seed"] + 1)
+    return [(PROMPT_TEMPLATE.format(**p), p["solution"]) for p in problems]
