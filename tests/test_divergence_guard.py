@@ -77,3 +77,13 @@ def test_a_learning_rate_that_destroys_the_model_in_one_step_is_refused():
     assert any(p.startswith("train.lr: 1e+30 moves every weight") for p in guard_rules(cfg))
     cfg.train.lr = 1e-4
     assert not any(p.startswith("train.lr") for p in guard_rules(cfg))
+
+
+def test_a_run_that_solved_its_batches_is_not_diverging(tmp_path):
+    """Every group right: no advantage, a gradient of ~0 and entropy falling. That is convergence, not the
+    destroyed weights the guard is for (it stopped the tool demo at step 61 when it tested both ways)."""
+    guard, rng = health(tmp_path), random.Random(3)
+    for step in range(1, 41):
+        guard.check_update(healthy(rng, step), step)
+    for step in range(41, 61):
+        guard.check_update(UpdateStats(entropy=0.01, grad_norm=0.0), step)

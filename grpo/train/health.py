@@ -79,14 +79,17 @@ class Health:
 
 
     def check_divergence(self, update: UpdateStats | None, step: int) -> None:
-        """Stop a run whose update size or entropy leaves its own trend for guard.divergence_steps steps in a row:
-        a learning rate far too high destroys the weights in a few steps while every number stays finite."""
+        """Stop a run whose update size or entropy leaves its own trend upwards for guard.divergence_steps steps in
+        a row: a learning rate far too high destroys the weights in a few steps while every number stays finite,
+        the updates growing and the policy spreading towards uniform. Falling is not divergence: a run that has
+        solved its batches has groups with no signal and a gradient near zero, and a converging policy's entropy
+        falls (tools demo: grad norm 1e-30 once every group was right, which a two-sided test stopped)."""
         if update is None or not self.trends:
             return
         g = self.cfg.guard
         values = {"log grad norm": math.log(max(update.grad_norm, 1e-30)), "entropy": update.entropy}
         scores = {name: self.trends[name].score(v) for name, v in values.items()}
-        far = {name: z for name, z in scores.items() if z is not None and abs(z) > g.divergence_z}
+        far = {name: z for name, z in scores.items() if z is not None and z > g.divergence_z}
         if not far:
             self.diverging = 0
             for name, v in values.items():  # only healthy steps make the trend
