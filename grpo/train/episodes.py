@@ -145,11 +145,12 @@ def tool_figures(episodes: list[Episode], tool_wall_s: float = 0.0) -> dict[str,
     if not traces:
         return {}
     n = len(traces)
+    calls = sum(len(t.calls) for t in traces)
+    errors = sum(bool(c.get("error", False)) for t in traces for c in t.calls)
     figures = {
-        "tools/calls_mean": sum(len(t.calls) for t in traces) / n,
-        "tools/errors": sum(c.get("error", False) for t in traces for c in t.calls),
-        "tools/error_fraction": sum(c.get("error", False) for t in traces for c in t.calls)
-        / max(sum(len(t.calls) for t in traces), 1),
+        "tools/calls_mean": calls / n,
+        "tools/errors": errors,
+        "tools/error_fraction": errors / max(calls, 1),
         "tools/turns_mean": sum(t.turns for t in traces) / n,
         "tools/observation_tokens_mean": sum(t.observation_tokens for t in traces) / n,
         "tools/seconds": sum(t.seconds for t in traces),
