@@ -196,8 +196,31 @@ class CheckpointConfig:
 
 
 @dataclass
+class HackingAlarms:
+    """The reward-hacking alarms' thresholds (grpo/hacking/rules.py: each rule, what it reads and why these values).
+    Every rule compares the last `window` steps with the run's first `window` (its baseline) or with the first
+    periodic eval; an alarm fires once its rule has held `steps` steps in a row. The defaults leave the honest demo
+    runs (recipes/tiny.yaml, tiny-tools.yaml) silent and trip on the planted causes of tests/test_hacking_alarms.py."""
+
+    window: int = 10  # steps each rule averages over
+    steps: int = 3  # steps in a row a rule must hold before its alarm fires
+    reward_rise: float = 0.5  # "the reward rose": by this many of its early within-step standard deviations
+    flat_accuracy: float = 0.05  # "accuracy is flat": it rose by less than this (training's, or held-out's)
+    length_correlation: float = 0.3  # reward and length correlate within groups at least this much ...
+    length_growth: float = 0.25  # ... while completions grew by this fraction (0.25: a quarter longer)
+    shaping_share: float = 0.5  # shaping rewards carry this share of the within-group reward variance
+    answer_share: float = 0.6  # this share of the step's groups give the same answer to different questions
+    wrong_consensus: float = 0.5  # this share of groups agree on an answer the correctness reward calls wrong
+    repeated_ngrams: float = 0.5  # this share of a completion's 4-token n-grams repeat earlier ones
+    collapse_rise: float = 0.2  # the diversity signals count only once this far above the run's baseline
+    learned_agreement: float = 0.0  # a learned reward's within-group correlation with correctness at most this
+    trend_z: float = 6.0  # KL up, or entropy down, this many robust deviations from its own trend (grpo/trend.py)
+
+
+@dataclass
 class GuardConfig:
-    """What stops a run that has gone numerically wrong."""
+    """What stops a run that has gone numerically wrong, and what it says when the reward rises for the wrong
+    reason."""
 
     max_nonfinite_updates: int = 3  # a NaN/inf loss or gradient skips the update; this many in a row stop the run
     # Divergence: the update's log grad norm or the policy's entropy this many robust deviations from the run's
@@ -206,6 +229,10 @@ class GuardConfig:
     divergence_z: float = 10.0
     divergence_steps: int = 2
     divergence_warmup: int = 5  # steps of trend before the guard judges
+    # Reward-hacking alarms (grpo/hacking/): warn = print and log them (alarms/<name> in metrics.jsonl, the report);
+    # stop = also end the run with the alarm's message (exit 2); off = compute nothing.
+    on_hacking: Literal["warn", "stop", "off"] = "warn"
+    alarms: HackingAlarms = field(default_factory=HackingAlarms)
 
 
 @dataclass

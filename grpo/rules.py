@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 
-from grpo.config import EvalConfig, RecipeConfig
+from grpo.config import EvalConfig, HackingAlarms, RecipeConfig
 from grpo import resolve
 from grpo.dtypes import DTYPES
 
@@ -179,6 +179,23 @@ def objective_rules(cfg: RecipeConfig) -> list[str]:
     return p
 
 
+def alarm_rules(a: HackingAlarms) -> list[str]:
+    """guard.alarms: counts that are counts, shares that are shares (grpo/hacking/rules.py reads them)."""
+    p = []
+    if a.window < 2 or a.steps < 1:
+        p.append(f"guard.alarms.window / steps: need window >= 2 and steps >= 1 (got {a.window}, {a.steps})")
+    for key in ("length_correlation", "shaping_share", "answer_share", "wrong_consensus", "repeated_ngrams"):
+        if not 0 <= getattr(a, key) <= 1:
+            p.append(f"guard.alarms.{key}: a share or a correlation in [0, 1], got {getattr(a, key)}")
+    if not -1 <= a.learned_agreement <= 1:
+        p.append(f"guard.alarms.learned_agreement: a correlation in [-1, 1], got {a.learned_agreement}")
+    for key in ("reward_rise", "flat_accuracy", "length_growth", "collapse_rise", "trend_z"):
+        if getattr(a, key) <= 0:
+            p.append(f"guard.alarms.{key}: must be > 0, got {getattr(a, key)} (guard.on_hacking=off turns the "
+                     f"alarms off)")
+    return p
+
+
 def guard_rules(cfg: RecipeConfig) -> list[str]:
     """Value rules of the settings that stop a failing run (the reward limits, data.on_bad_row's companions)."""
     p = []
@@ -197,6 +214,7 @@ def guard_rules(cfg: RecipeConfig) -> list[str]:
     if g.divergence_z < 0 or g.divergence_z and (g.divergence_steps < 1 or g.divergence_warmup < 3):
         p.append(f"guard.divergence_z: {g.divergence_z} needs divergence_steps >= 1 and divergence_warmup >= 3 "
                  f"(got {g.divergence_steps}, {g.divergence_warmup}); 0 turns the guard off")
+    p += alarm_rules(cfg.guard.alarms)
     if cfg.train.lr >= 1:
         p.append(f"train.lr: {cfg.train.lr:g} moves every weight by about that much per AdamW step and destroys the "
                  f"model in one update; fine-tuning rates are 1e-7 to 1e-3 (RL on LLMs: about 1e-6)")

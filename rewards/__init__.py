@@ -15,7 +15,9 @@ The contract (shared by built-ins and plugins):
 - Recipe ``args`` are passed as extra keyword arguments.
 - Optional attributes on the function say what it is: ``fn.measures_correctness = True`` when 1.0 means
   "right" (training then logs ``accuracy`` from it, and eval can grade with it); ``fn.extract_answer`` a
-  ``str -> str | None`` giving the answer it judged (eval's majority vote counts those).
+  ``str -> str | None`` giving the answer it judged (eval's majority vote counts those); ``fn.shaping = True``
+  for a reward that pays for form rather than for being right (format, length), ``fn.learned = True`` for a
+  model's opinion (a reward model, a judge): the reward-hacking alarms (grpo/hacking/) watch those two kinds.
 
 A reward never needs to guard against its own crashes: the scorer catches an exception, scores the
 offending completion 0 and counts it in the metrics. It should still return 0.0 (not raise) on a

@@ -47,3 +47,6 @@ def format_reward(prompts: list[str], completions: list[str], style: str = "answ
     else:
         raise UserError(f"reward format: style {style!r} is not one of answer, think, pattern")
     return [1.0 if rule.search(c or "") else 0.0 for c in completions]
+
+
+format_reward.shaping = True  # pays for form, not for being right (the reward-hacking alarms watch its share)

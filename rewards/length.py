@@ -87,3 +87,7 @@ def overlong_penalty(prompts: list[str], completions: list[str], completion_ids:
         else:
             out.append(-1.0)
     return out
+
+
+# Each pays for a length, not for being right: the reward-hacking alarms watch their share of the advantage.
+length_penalty.shaping = cosine_length_reward.shaping = overlong_penalty.shaping = True

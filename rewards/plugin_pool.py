@@ -192,6 +192,7 @@ class PluginReward:
         self.__qualname__ = self.__name__ = target.partition(":")[2]
         self.worker: _Worker | None = _Worker(self.hello, memory_mb)
         self.measures_correctness = False
+        self.shaping = self.learned = False  # what the plugin declares (fn.shaping, fn.learned), read by probe()
         self.has_extract_answer = False
         _LIVE.add(self)
 
@@ -225,6 +226,7 @@ class PluginReward:
                               f"{MEMORY_ENV}=0 lifts it)")
                 raise UserError(error)
             self.measures_correctness = probe["measures_correctness"]
+            self.shaping, self.learned = bool(probe.get("shaping")), bool(probe.get("learned"))
             self.has_extract_answer = probe["extract_answer"]
             return list(probe["problems"])
 

@@ -14,8 +14,8 @@ MemoryError here, not in the trainer's memory.
 Protocol, on two pipes (IN_FD, OUT_FD; the plugin keeps stdin/stdout/stderr, so its prints cannot corrupt it):
 frames of an 8-byte big-endian length and a pickle of plain data (lists, dicts, str, numbers, None).
   trainer -> {"target": "module:function", "what": str, "label": str, "args": dict, "sys_path": [str]}
-  worker  -> {"ok": True, "measures_correctness": bool, "extract_answer": bool, "problems": [str],
-              "module": str, "qualname": str}  or  {"ok": False, "error": str, "memory": bool}
+  worker  -> {"ok": True, "measures_correctness": bool, "shaping": bool, "learned": bool, "extract_answer": bool,
+              "problems": [str], "module": str, "qualname": str}  or  {"ok": False, "error": str, "memory": bool}
 then per request:
   ("call", prompts, completions, columns, max_abs) -> ("ok", [float | None]) | ("error", text) | ("memory", text)
   ("extract", text)                               -> ("ok", str | None)    | ("error", text) | ("memory", text)
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         fn = _import_target(hello["target"], hello["what"])
         problems = reward_signature_problems(fn, label, call_args)
         declared = {"measures_correctness": bool(getattr(fn, "measures_correctness", False)),
+                    "shaping": bool(getattr(fn, "shaping", False)), "learned": bool(getattr(fn, "learned", False)),
                     "extract_answer": callable(getattr(fn, "extract_answer", None))}
         extract = getattr(fn, "extract_answer", None) if declared["extract_answer"] else None
     except UserError as exc:

@@ -138,6 +138,7 @@ def planned_model(settings: dict[str, Any] | None) -> dict[str, Any]:
 make_reward_model.reward_factory = True
 make_reward_model.settings_problems = settings_problems
 make_reward_model.planned_model = planned_model
+make_reward_model.learned = True  # a model's opinion: the reward-hacking alarms compare it with correctness
 
 
 class RewardModelScorer:

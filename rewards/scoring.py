@@ -42,6 +42,10 @@ class NamedReward:
     # the answer that majority votes count.
     measures_correctness: bool = False
     extract_answer: Callable[[str], str | None] | None = None
+    # What it pays for, for the reward-hacking alarms (grpo/hacking/): shaping = form rather than being right
+    # (format, length); learned = a model's opinion (a reward model, a judge).
+    shaping: bool = False
+    learned: bool = False
     timeout_s: float | None = None  # per batch, retries included; None: called inline with no limit
     max_abs: float = math.inf  # a value beyond +-this is rejected like a raise
     failures: "FailureLog" = field(default_factory=lambda: FailureLog())
@@ -100,7 +104,8 @@ def build_rewards(specs: list[Any], device: Any = None, dtype: Any = None) -> li
             if in_process or is_builtin(target):
                 fn = load_reward(spec.name)
                 if is_factory(fn):
-                    reward = NamedReward(label, build_factory(fn, spec.name, spec.args, device, dtype), spec.weight)
+                    reward = NamedReward(label, build_factory(fn, spec.name, spec.args, device, dtype), spec.weight,
+                                         **declared_roles(fn))
                 else:
                     check_reward_signature(fn, spec.name, spec.args)  # unknown args, no **kwargs: an error, not zeros
                     reward = named(label, fn, spec.weight, spec.args)
@@ -121,6 +126,7 @@ def build_rewards(specs: list[Any], device: Any = None, dtype: Any = None) -> li
             if problems:
                 raise UserError("; ".join(problems))
             reward.measures_correctness = reward.fn.measures_correctness
+            reward.shaping, reward.learned = reward.fn.shaping, reward.fn.learned
             if reward.fn.has_extract_answer:  # called in the worker too: the plugin is never imported here
                 reward.extract_answer = ExtractAnswer(reward.fn, reward.timeout_s or 30.0)
     except BaseException:
@@ -226,7 +232,12 @@ def named(label: str, fn: Callable[..., list], weight: float = 1.0, args: dict |
     return NamedReward(label, functools.partial(fn, **args) if args else fn, weight,
                        measures_correctness=bool(getattr(fn, "measures_correctness", False)),
                        extract_answer=getattr(fn, "extract_answer", None),
-                       crash_counts=getattr(fn, "crash_counts", None))
+                       crash_counts=getattr(fn, "crash_counts", None), **declared_roles(fn))
+
+
+def declared_roles(fn: Any) -> dict[str, bool]:
+    """What a reward function (or factory) declares it pays for: fn.shaping, fn.learned (rewards/__init__.py)."""
+    return {"shaping": bool(getattr(fn, "shaping", False)), "learned": bool(getattr(fn, "learned", False))}
 
 
 def crash_totals(rewards: list[NamedReward]) -> dict[str, int]:

@@ -205,3 +205,23 @@ def test_a_tool_using_run_gets_the_tools_panel_and_episodes_turn_by_turn(tmp_pat
     assert '<span class="tool" title="tool output: read by the model, masked from the loss">&lt;out&gt;1776&lt;/out&gt;' \
            '</span>' in page
     assert '<span class="turn"> The answer is 1776.</span>' in page and "1 tool call(s)" in page
+
+
+def test_fired_alarms_are_listed_above_the_panels_and_their_signals_get_a_panel(tmp_path):
+    fired = write_run(tmp_path / "hacked", REWARDS)
+    quiet = write_run(tmp_path / "honest", REWARDS)
+    for run, flag_steps in ((fired, {2, 3, 5}), (quiet, set())):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        with (run / "metrics.jsonl").open("w") as f:
+            for row in rows:
+                row["hacking/length_reward_corr"] = 0.7
+                if row["step"] in flag_steps:
+                    row["alarms/length"] = 1.0
+                f.write(json.dumps(row) + "\n")
+    page, _, _ = make_report([str(fired), str(quiet)])
+    page = page.read_text()
+    table = re.search(r'<section id="alarms">.*?</section>', page, re.S).group(0)
+    assert "<b>length</b>" in table and "reward explained by length" in table and "2-3, 5" in table
+    assert "No alarm fired in honest" in table
+    assert page.index('id="alarms"') < page.index('class="panel"')
+    assert "hacking/length_reward_corr" in panel_html(page, "hacking")

@@ -24,3 +24,10 @@ def test_a_short_run_uses_windows_that_do_not_overlap(tmp_path):
     rows = [{"step": 1, "reward/mean": 0.0}, {"step": 2, "reward/mean": 1.0}]
     text = closing_summary(rows, Path("runs/x"), None, None)
     assert "first 1 vs last 1" in text and "reward     0.000 -> 1.000" in text
+
+
+def test_the_summary_names_the_alarms_that_fired_and_when():
+    rows = [{"step": s, "reward/mean": 0.5, **({"alarms/shaping": 1.0} if 4 <= s <= 6 else {})} for s in range(1, 9)]
+    text = closing_summary(rows, Path("runs/x"), None, None)
+    assert "alarms     shaping (steps 4-6): reward-hacking alarms, see the report" in text
+    assert "alarms" not in closing_summary(rows[:3], Path("runs/x"), None, None)

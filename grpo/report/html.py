@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from html import escape
 
-from grpo.report import evals, figures
+from grpo.report import alarms, evals, figures
 from grpo.report.load import RunData
 from grpo.report.panels import PANELS, Panel, assign
 from grpo.report.samples import SAMPLES_JS, samples_section
@@ -24,6 +24,7 @@ table{border-collapse:collapse;font-size:12px;margin:6px 0}td,th{border:1px soli
 text-align:left;vertical-align:top}th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:12px;max-width:520px}
 table.samples pre{max-height:240px;overflow:auto}.tool{background:#e8eefc;color:#335;border-bottom:1px dotted #88a}.meta{color:#777;font-size:11px;margin-top:3px}
+table.alarms td:nth-child(2){color:#a40000}
 .filters{display:flex;flex-wrap:wrap;gap:10px;align-items:center;margin:6px 0}details{margin:4px 0}
 summary{cursor:pointer;color:#345}
 """
@@ -157,7 +158,7 @@ def build(runs: list[RunData], smoothing: float = 0.8) -> Report:
 <body><h1>grpo report: {escape(names)}</h1>
 <p class=muted>Made {time.strftime('%Y-%m-%d %H:%M:%S')} by <code>grpo report</code> from the files in each run
 directory; a run still going is shown as far as it has got.</p>
-{_runs_table(runs)}<nav>{nav}</nav>{missing}
+{_runs_table(runs)}{alarms.section(runs)}<nav>{nav}</nav>{missing}
 {''.join(sections)}
 {_eval_table(runs)}
 {samples_section(runs)}

@@ -39,6 +39,10 @@ PANELS: tuple[Panel, ...] = (
     Panel("tools", "Tool use", ("tools/calls_mean", "tools/error_fraction", "tools/turns_mean", "tools/*"),
           why="With an environment: tool calls and model turns per episode, failed calls, observation tokens, tool "
               "time (tools/wall_s: within time/generate_s) and the episodes each limit ended."),
+    Panel("hacking", "Reward-hacking signals", ("alarms/*", "hacking/*"),
+          why="The figures the alarms read (grpo/hacking/): reward-length correlation within groups, the shaping "
+              "rewards' share of the advantage, answers shared across questions, repeated n-grams, a learned "
+              "reward's agreement with correctness; alarms/<name> is 1 on the steps an alarm fired."),
     Panel("groups", "Groups with no signal",
           ("groups/zero_variance_fraction", "groups/*", "prompts/*", "advantage/*"),
           why="A group whose completions all score the same has zero advantage and teaches nothing."),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from grpo.hacking.rules import fired_spans, spans_text
+
 FIGURES = [("reward/mean", "reward", "{:.3f}"), ("accuracy", "accuracy", "{:.3f}"),
            ("completion/length_mean", "length", "{:.1f}"), ("completion/truncated_fraction", "truncated", "{:.2f}"),
            ("entropy", "entropy", "{:.3f}"), ("kl", "kl", "{:.4f}")]
@@ -44,6 +46,10 @@ def closing_summary(rows: list[dict], output_dir: Path, checkpoint: Path | None,
         split = ", ".join(f"{p} {100 * v / step_s:.0f}%" for p, v in parts.items())
         other = max(0.0, step_s - sum(parts.values()))
         lines.append(f"  time/step  {step_s:.2f} s ({split}, other {100 * other / step_s:.0f}%)")
+    fired = fired_spans(rows)
+    if fired:
+        told = "; ".join(f"{name} (steps {spans_text(where)})" for name, where in fired.items())
+        lines.append(f"  alarms     {told}: reward-hacking alarms, see the report")
     if checkpoint is not None:
         lines.append(f"checkpoint: {checkpoint}")
     lines.append(f"see the curves:    grpo report {output_dir}")

@@ -18,6 +18,7 @@ from grpo import io, resolve
 from grpo.config import RecipeConfig
 from grpo.data import PromptRenderer, PromptStream, load_rows, usable_rows
 from grpo.errors import UserError
+from grpo.hacking.watch import HackingWatch
 from grpo.modeling import build_reference, load_policy, load_tokenizer, resolve_device, resolve_model_path
 from grpo.objectives.advantages import ADVANTAGES, AdvantageFn
 from grpo.parallel import World, close_world, init_world, launched_world, rank_device
@@ -110,6 +111,9 @@ def train(cfg: RecipeConfig, world: World | None = None, evaluator: PeriodicEval
 def _train(run: Run, stop: StopFlag) -> Path:
     cfg = run.cfg
     health = Health(cfg, run.rewards, run.world, run.output_dir)
+    # A resumed run's alarms replay its figures so far (metrics.jsonl, already cut back to the checkpoint's step).
+    history = read_metrics(run.output_dir / "metrics.jsonl") if run.start_step and run.world.is_main else []
+    alarms = HackingWatch(cfg, run.rewards, run.world, run.output_dir, history)
     progress = Progress(cfg.train.steps, run.start_step, enabled=cfg.logging.progress_bar and run.world.is_main)
     profiler = StepProfiler(cfg.logging.profile_step, cfg.logging.profiler, run.output_dir, run.world.is_main)
     profiler.warn_if_outside(run.start_step + 1, cfg.train.steps)
@@ -129,9 +133,11 @@ def _train(run: Run, stop: StopFlag) -> Path:
             metrics = step_metrics(run, step_exp, update, training.seconds, syncing.seconds, whole.seconds)
             metrics.update(health.update_metrics(update))
             metrics.update(periodic_eval(run, step))
+            metrics.update(alarms.observe(step, step_exp.episodes, metrics))  # hacking/* signals, alarms/* flags
             run.log.log(step, metrics)
             write_samples(run, step_exp, step)
             health.check_update(update, step)  # after its line is logged
+            alarms.act(step)  # print what started firing; guard.on_hacking = stop ends the run here
             saved = save_if_due(run, step)
             progress.update(step, metrics)
             profiler.end(step)
