@@ -218,7 +218,7 @@ def test_fired_alarms_are_listed_above_the_panels_and_their_signals_get_a_panel(
                 if row["step"] in flag_steps:
                     row["alarms/length"] = 1.0
                 f.write(json.dumps(row) + "\n")
-    page, _, _ = make_report([str(fired), str(quiet)])
+    page, _, _ = make_report([str(fired), str(quiet)], out=tmp_path / "both.html")
     page = page.read_text()
     table = re.search(r'<section id="alarms">.*?</section>', page, re.S).group(0)
     assert "<b>length</b>" in table and "reward explained by length" in table and "2-3, 5" in table
