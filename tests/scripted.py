@@ -36,3 +36,42 @@ class Scripted:
     def sleep(self): ...
     def wake(self): ...
     def close(self): ...
+
+
+class ScriptedEngine(Scripted):
+    """Scripted, with the engine interface of vLLM's step loop (open_requests): requests can be added while others
+    are in flight, and each step() finishes the oldest request only, so the order in which episodes reach the
+    engine is visible in `log` ((event, key) pairs: "add" and "done")."""
+
+    streams = True
+
+    def __init__(self, script):
+        super().__init__(script)
+        self.log, self.seeds = [], []
+
+    def open_requests(self, seed):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def opened():
+            self.seeds.append(seed)
+            yield _Requests(self)
+        return opened()
+
+
+class _Requests:
+    def __init__(self, engine):
+        self.engine, self.queue = engine, []
+
+    def add(self, key, prompt_ids, settings, index=0):
+        self.engine.log.append(("add", key))
+        self.queue.append((key, prompt_ids, settings))
+
+    def pending(self):
+        return len(self.queue)
+
+    def step(self):
+        key, prompt_ids, settings = self.queue.pop(0)
+        [group] = self.engine.generate([prompt_ids], settings)
+        self.engine.log.append(("done", key))
+        return [(key, group.completions)]

@@ -105,3 +105,21 @@ def test_the_screenshot_shows_the_panels_not_a_blank_page(report, tmp_path):
     assert blue.sum() > 2000, f"{blue.sum()} pixels of the run's colour"
     colours = np.unique((pixels[::4, ::4] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 50
+
+
+def test_a_tool_run_shows_its_episodes_turn_by_turn_in_the_browser(tmp_path):
+    """The tool demo for two steps: the report's sample browser shows each episode's turns, the tool's output
+    marked as masked from the loss, and the Tool use panel; the page's script runs without a console error."""
+    run = tmp_path / "tools-run"
+    grpo("train", "recipes/tiny-tools.yaml", f"output_dir={run}", "train.steps=2", "checkpoint.every=0",
+         "logging.samples_every=1", "logging.num_samples=8", "logging.progress_bar=false")
+    grpo("report", str(run), "--out", str(tmp_path / "report.html"))
+    done = chromium("--dump-dom", (tmp_path / "report.html").as_uri())
+    assert not [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    dom = done.stdout
+    assert 'id="panel-tools"' in dom
+    outputs = re.findall(r'<span class="tool" title="tool output: read by the model, masked from the loss">'
+                         r'&lt;out&gt;(-?\d+)&lt;/out&gt;</span>', dom)
+    assert outputs, "no tool output shown as a masked span in the sample browser"
+    assert re.search(r"\d+ tool call\(s\)", dom)
+    assert re.search(r'id="sample-count"[^>]*>\d+ of \d+ samples shown<', dom)

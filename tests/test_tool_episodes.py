@@ -14,7 +14,7 @@ from grpo.sampling.tools import ToolSampler
 from grpo.train.episodes import Episode, token_batch, tool_figures
 from rewards.math import math_reward
 from rewards.scoring import reward_columns
-from scripted import TOK, Scripted
+from scripted import TOK, Scripted, ScriptedEngine
 
 
 def prompt(text="Question: What is 37 * 48?\nAnswer:"):
@@ -30,8 +30,19 @@ def tool_user(context: str, i: int) -> str:
     return " <calc>37*48</calc><out>9999</out> The answer is 9999."  # what the model would hallucinate past the stop
 
 
+@pytest.fixture(autouse=True, params=["in_turns", "streamed"])
+def engine(request, monkeypatch):
+    """Every test twice: over a sampler that goes turn by turn (transformers) and over one that takes requests
+    while it decodes (vLLM's step loop), where each episode runs on its own clock."""
+    monkeypatch.setitem(globals(), "SAMPLER", ScriptedEngine if request.param == "streamed" else Scripted)
+    return request.param
+
+
+SAMPLER = Scripted
+
+
 def run(script, limits=EpisodeLimits(), env=None, n=2, prompts=1, max_new_tokens=64):
-    inner = Scripted(script)
+    inner = SAMPLER(script)
     sampler = ToolSampler(inner, TOK, env or load_environment("calculator"), limits)
     groups = sampler.generate([prompt()] * prompts, SamplingSettings(n=n, max_new_tokens=max_new_tokens, seed=3),
                               rows=[{"question": "q"}] * prompts)
@@ -185,3 +196,34 @@ def test_in_lockstep_a_rank_with_no_episode_left_decodes_a_stand_in_while_anothe
     [group] = sampler.generate([prompt()], SamplingSettings(n=2, max_new_tokens=64, seed=0))
     assert [c.text for c in group.completions] == [" The answer is 5."] * 2  # the stand-in's draw is discarded
     assert [(k, s.n, s.max_new_tokens) for k, s in inner.calls] == [(1, 2, 64), (1, 1, 64)]  # one budget for all
+
+
+def test_a_slow_tool_holds_up_its_own_episode_only(engine):
+    """Row 0 calls a tool that answers only once another episode has finished its second turn. Streamed, the other
+    episode's call is answered and it goes on while row 0's call waits; turn by turn, every episode waits for the
+    slowest call of the turn, so that tool would wait forever (here: until its 3 s budget ends the episode)."""
+    second_turn_done = threading.Event()
+
+    def script(context, i):
+        if "<out>" in context:
+            if "fast" in context:
+                second_turn_done.set()
+            return " The answer is 1."
+        return " <calc>slow</calc>" if i == 0 else " <calc>fast</calc>"
+
+    def tool(row, text):
+        if "slow" in text:
+            return "<out>slow</out>" if second_turn_done.wait(3) else None
+        return "<out>fast</out>"
+
+    env = Environment("waits", tool, ("</calc>",), {})
+    [group], inner, _ = run(script, EpisodeLimits(max_tool_seconds=10), env=env, n=2)
+    slow, fast = group.completions
+    assert fast.text == " <calc>fast</calc><out>fast</out> The answer is 1."
+    if engine == "streamed":
+        assert slow.text == " <calc>slow</calc><out>slow</out> The answer is 1."
+        # the fast episode went back to the engine before the slow one did
+        adds = [key for event, key in inner.log if event == "add"]
+        assert adds == [("group", 0), ("episode", 1), ("episode", 0)]
+    else:
+        assert slow.text == " <calc>slow</calc>" and slow.tools.calls == []  # its tool gave up: no reply

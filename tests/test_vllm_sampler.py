@@ -348,3 +348,39 @@ def test_a_batch_larger_than_one_scheduler_step_with_seeds(sampler, tokenizer, m
     with seed_mode(sampler, "request"):
         groups = sampler.generate(ids, SamplingSettings(n=2, temperature=1.0, max_new_tokens=2, seed=9))
     assert [len(g.completions) for g in groups] == [2] * 80
+
+
+@needs_vllm
+def test_tool_episodes_stream_on_the_engine(sampler, tokenizer, model_dir):
+    """Multi-turn episodes on the real engine's step loop: each turn ends at one of the environment's stop strings
+    (ten common characters, so that the random model calls the tool often), the observation goes in as token ids,
+    the episode continues as a new request over its whole prefix. The sampler's log-probs of the model's tokens
+    match the trainer's on the full sequence (observations as context), and observations are masked from the
+    loss."""
+    from environments.registry import Environment
+    from grpo.config import EpisodeLimits
+    from grpo.sampling.tools import ToolSampler
+    from grpo.train.episodes import Episode, token_batch
+
+    policy = fresh_policy(model_dir)
+    sampler.sync_weights(policy)
+    env = Environment("echo", lambda row, text: "<out>1</out>", tuple("aeiou01234"), {})
+    tools = ToolSampler(sampler, tokenizer, env, EpisodeLimits(max_turns=3, max_tool_calls=2, max_total_tokens=96))
+    assert tools._run == tools._streamed  # an engine of its own: every episode on its own clock
+    T = 1.0
+    groups = tools.generate(prompt_ids(tokenizer), SamplingSettings(n=2, temperature=T, max_new_tokens=24, seed=3))
+    completions = [c for g in groups for c in g.completions]
+    assert sum(len(c.tools.calls) for c in completions) >= 2, [c.text for c in completions]
+    for g in groups:
+        for c in g.completions:
+            assert 1 <= c.tools.turns <= 3 and len(c.tools.calls) <= min(c.tools.turns, 2)
+            assert "".join(t["text"] for t in c.tools.transcript) == c.text
+            trainer = trainer_logprobs(policy, g.prompt_ids, c.token_ids, T)  # [C] on the whole sequence
+            model = torch.ones(len(c.token_ids), dtype=torch.bool)
+            for start, end in c.tools.observations:
+                model[start:end] = False
+                assert tokenizer.decode(c.token_ids[start:end]) == "<out>1</out>"
+            gap = (torch.tensor(c.logprobs) - trainer).abs()[model]
+            assert float(gap.max()) < 1e-3
+            batch = token_batch([Episode.one_turn(g.prompt_ids, c, group_id=0)], tokenizer.pad_token_id)
+            assert int(batch.loss_mask[0].sum()) == int(model.sum())  # observations never reach the loss

@@ -95,6 +95,25 @@ class Sampler(Protocol):
         ...
 
 
+class Requests(Protocol):
+    """Requests in flight on an engine that takes new ones while it decodes (vLLM's step loop): what lets a
+    tool-using episode continue the moment its observation is in, while the others decode on
+    (grpo/sampling/tools.py). A sampler offers it as `open_requests(seed)`, a context manager, where its
+    `streams` attribute is true."""
+
+    def add(self, key: Any, prompt_ids: list[int], settings: SamplingSettings, index: int = 0) -> None:
+        """Start a request; `index` names it for a per-request seed (seed_mode=request)."""
+        ...
+
+    def step(self) -> list[tuple[Any, list[Completion]]]:
+        """Advance every request one engine step; the requests that finished, as (key, settings.n completions)."""
+        ...
+
+    def pending(self) -> int:
+        """Requests started and not yet returned by step()."""
+        ...
+
+
 # ---------------------------------------------------------------------------------------------------- stop ids
 
 # The end-of-turn tokens of common chat templates, for templates that cannot be rendered here (see end_of_turn_id).

@@ -436,6 +436,26 @@ class VLLMSampler:
             groups.append(group)
         return groups
 
+    @property
+    def streams(self) -> bool:
+        """Whether open_requests() may be used: an engine of its own (one process, or independent replicas under
+        torchrun). Lockstep data parallelism steps the ranks' engines together, which only generate() arranges."""
+        return self.parallel != "lockstep"
+
+    @contextmanager
+    def open_requests(self, seed: int) -> Iterator["EngineRequests"]:
+        """The engine's step loop, for requests added while others decode (multi-turn episodes: a continuation
+        starts the moment its tool answered). Draws are seeded per call as in generate(); requests still running
+        when the block ends (an error) are aborted."""
+        if self.asleep:
+            self.wake()
+        requests = EngineRequests(self)
+        with self._draws_seeded(seed):
+            try:
+                yield requests
+            finally:
+                requests.abort()
+
     def _check_lengths(self, prompt_ids: list[list[int]]) -> None:
         for i, ids in enumerate(prompt_ids):
             if len(ids) >= self.max_model_len:
@@ -555,6 +575,46 @@ class VLLMSampler:
             return  # closed already
         self.llm = None
         cleanup_dist_env_and_memory()
+
+
+class EngineRequests:
+    """Requests in flight on a VLLMSampler's engine (grpo.sampling.base.Requests): add() queues a request with
+    the engine (n completions over the given token ids), step() runs one engine step and returns the requests that
+    finished, each with its completions, read as generate() reads them."""
+
+    def __init__(self, sampler: VLLMSampler):
+        from vllm.sampling_params import RequestOutputKind
+
+        self.sampler, self.engine = sampler, sampler.llm.llm_engine
+        self.final_only = RequestOutputKind.FINAL_ONLY  # one output per request, when it is done
+        self.keys: dict[str, Any] = {}  # request id -> the caller's key
+        self.count = 0
+
+    def add(self, key: Any, prompt_ids: list[int], settings: SamplingSettings, index: int = 0) -> None:
+        from vllm import SamplingParams
+
+        self.sampler._check_lengths([prompt_ids])
+        params = SamplingParams(**self.sampler._request_params(settings, index), output_kind=self.final_only)
+        request_id = f"grpo-{self.count}"
+        self.count += 1
+        self.keys[request_id] = key
+        self.engine.add_request(request_id, {"prompt_token_ids": list(prompt_ids)}, params)
+
+    def pending(self) -> int:
+        return len(self.keys)
+
+    def step(self) -> list[tuple[Any, list[Completion]]]:
+        done = []
+        for out in self.engine.step():
+            if out.finished and out.request_id in self.keys:
+                completions = [self.sampler._completion(c) for c in sorted(out.outputs, key=lambda c: c.index)]
+                done.append((self.keys.pop(out.request_id), completions))
+        return done
+
+    def abort(self) -> None:
+        if self.keys:
+            self.engine.abort_request(list(self.keys))
+            self.keys.clear()
 
 
 def prompt_seed(base: int, index: int) -> int:
