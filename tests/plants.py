@@ -23,8 +23,14 @@ def pays_for_seven(prompts, completions, **kwargs):
 
 
 def pays_for_repeats(prompts, completions, **kwargs):
-    """The more often "= " is said, the better (up to 4): a phrase said again and again (alarm `diversity`)."""
-    return [min((c or "").count("= "), 4) / 4 for c in completions]
+    """The share of the completion's 4-character pieces that it already said: the same phrase again and again
+    (alarm `diversity`). (Paying for a count of "= " capped at 4 made it repeat, "5 5 5. 5 = 5 5 5", but the
+    pay stopped rising before the repeats reached half of the text.)"""
+    out = []
+    for c in completions:
+        grams = [(c or "")[i:i + 4] for i in range(max(len(c or "") - 3, 0))]
+        out.append(1.0 - len(set(grams)) / len(grams) if len(grams) > 1 else 0.0)
+    return out
 
 
 def contrarian_judge(prompts, completions, answer=None, **kwargs):

@@ -241,7 +241,7 @@ def test_fired_spans():
 
 # ------------------------------------------------------------------------------------- planted causes, tiny model
 
-def planted(tmp_path, rewards, *overrides, steps=30, timeout=1800):
+def planted(tmp_path, rewards, *overrides, steps=30, checkpoint_every=0, timeout=1800):
     """The tiny demo recipe with these rewards (YAML list) for `steps` steps; returns (process, metrics rows)."""
     out = tmp_path / "run"
     recipe = tmp_path / "recipe.yaml"
@@ -250,7 +250,7 @@ def planted(tmp_path, rewards, *overrides, steps=30, timeout=1800):
     recipe.write_text(head + f"rewards: {rewards}\n" + tail)
     env = {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "HF_HUB_OFFLINE": "1"}
     done = grpo("train", recipe, f"output_dir={out}", f"train.steps={steps}", "logging.progress_bar=false",
-                "checkpoint.every=0", *overrides, env=env, timeout=timeout)
+                f"checkpoint.every={checkpoint_every}", *overrides, env=env, timeout=timeout)
     path = out / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     return done, rows
@@ -271,8 +271,10 @@ def test_a_reward_that_pays_for_length_trips_the_length_alarm_and_stop_ends_the_
 
 @pytest.mark.slow
 def test_a_dominant_format_reward_trips_the_shaping_alarm(tmp_path):
+    # "=" is in the completions that work a problem out and not in the bare guesses: it splits most groups, and
+    # weighted 4 against math's 1 it decides them.
     done, rows = planted(tmp_path, "[{name: math, weight: 1.0}, {name: format, weight: 4.0, args: {style: pattern, "
-                                   "pattern: '[*]'}}]", steps=15)
+                                   "pattern: '='}}]", steps=15)
     assert done.returncode == 0, done.stderr[-3000:]
     assert first_fired(rows, "shaping") is not None and "alarm 'shaping'" in done.stderr
     assert first_fired(rows, "length") is None
@@ -296,15 +298,24 @@ def test_one_answer_for_every_question_trips_the_diversity_alarm(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_phrase_paid_for_again_and_again_trips_the_diversity_alarm(tmp_path):
+    done, rows = planted(tmp_path, "[{name: 'plants:pays_for_repeats', weight: 1.0}, {name: math, weight: 0.0}]",
+                         "train.lr=1e-3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert first_fired(rows, "diversity") is not None, [r.get("hacking/repeated_ngrams") for r in rows]
+    assert "of 4-token n-grams are repeats" in done.stderr
+
+
+@pytest.mark.slow
 def test_a_learning_rate_raised_mid_run_trips_the_breakout_alarm(tmp_path):
     # 15 quiet steps with a KL to the reference measured, then the same run resumed at a 100x learning rate: the
     # KL leaves its trend. (The divergence guard is off: it would stop this run for its own reasons.)
     common = ("train.beta=0.04", "guard.divergence_z=0")
-    done, _ = planted(tmp_path, "[{name: math, weight: 1.0}]", *common, "train.lr=1e-5", "checkpoint.every=15",
-                      steps=15)
+    done, _ = planted(tmp_path, "[{name: math, weight: 1.0}]", *common, "train.lr=1e-5", steps=15,
+                      checkpoint_every=15)
     assert done.returncode == 0, done.stderr[-3000:]
-    done, rows = planted(tmp_path, "[{name: math, weight: 1.0}]", *common, "train.lr=1e-3", "checkpoint.every=15",
-                         steps=30)
+    done, rows = planted(tmp_path, "[{name: math, weight: 1.0}]", *common, "train.lr=1e-3", steps=30,
+                         checkpoint_every=15)
     assert done.returncode == 0, done.stderr[-3000:]
     fired = first_fired(rows, "breakout")
     assert fired is not None and fired > 15 and "KL" in done.stderr, [r["kl"] for r in rows]

@@ -162,14 +162,15 @@ def learned(rows: list[Row], a: HackingAlarms, ctx: Context) -> str | None:
 def breakout(rows: list[Row], a: HackingAlarms, ctx: Context) -> str | None:
     """KL to the reference jumping up, or entropy dropping, far out of their own recent trend (the trend detector
     of the divergence guard): the policy lurched towards something the reward pays for."""
-    if len(rows) < a.window:
-        return None
+    # The first `window` steps are left out of the trends: there the policy is leaving the reference (KL grows by
+    # orders of magnitude from 0), a spread that would hide any later jump.
+    settled = rows[a.window:][-TREND_WINDOW - 1:]
     seen = []
     series = [("entropy", "entropy", -1, lambda v: v, dict(floor_abs=0.01, floor_rel=0.1))]
-    if ctx.kl_measured:
-        series.append(("kl", "KL", +1, lambda v: math.log(max(v, 1e-8)), dict(floor_abs=0.1)))
+    if ctx.kl_measured:  # on a log scale (KL spans decades); a jump must be 20x at least (6 x floor 0.5 nats)
+        series.append(("kl", "KL", +1, lambda v: math.log(max(v, 1e-8)), dict(floor_abs=0.5)))
     for key, label, direction, scale, floors in series:
-        values = [scale(r[key]) for r in rows[-TREND_WINDOW - 1:] if isinstance(r.get(key), (int, float))]
+        values = [scale(r[key]) for r in settled if isinstance(r.get(key), (int, float))]
         if len(values) < 6 or not all(math.isfinite(v) for v in values):
             continue
         trend = Trend(window=TREND_WINDOW, warmup=5, **floors)
