@@ -193,6 +193,7 @@ def test_stop_mode_raises_with_the_alarm_and_the_way_on(tmp_path):
             w.act(step)
     assert step == 12
     assert "'shaping'" in str(stopped.value) and "guard.on_hacking=warn" in str(stopped.value)
+    assert "guard.alarms.shaping_share" in str(stopped.value)  # the key that would let it train on
 
 
 def test_replay_of_a_resumed_runs_history_stands_where_an_unbroken_run_would(tmp_path):

@@ -34,6 +34,7 @@ class Alarm:
     title: str
     look_at: str
     rule: Callable[[list[Row], HackingAlarms, Context], str | None]
+    settings: tuple[str, ...] = ()  # the guard.alarms keys its rule reads (named when it stops a run)
 
 
 def mean_of(rows: list[Row], key: str) -> float | None:
@@ -187,19 +188,22 @@ def breakout(rows: list[Row], a: HackingAlarms, ctx: Context) -> str | None:
 ALARMS: tuple[Alarm, ...] = (
     Alarm("heldout", "reward rising, held-out accuracy not",
           "the eval samples under eval/step_*/ against the training samples: what is paid that the grader does not "
-          "count as right", heldout),
+          "count as right", heldout, ("reward_rise", "flat_accuracy")),
     Alarm("length", "reward explained by length",
           "samples.jsonl: are the longer completions better, or only longer? Check the rewards that read length "
-          "(reward/<name>/mean)", length),
+          "(reward/<name>/mean)", length, ("length_correlation", "length_growth", "flat_accuracy")),
     Alarm("shaping", "a shaping reward carries the advantage",
-          "the shaping rewards' weights (rewards[].weight): they should break ties, not decide groups", shaping),
+          "the shaping rewards' weights (rewards[].weight): they should break ties, not decide groups", shaping,
+          ("shaping_share",)),
     Alarm("diversity", "diversity collapse",
-          "samples.jsonl: the same answer or phrase across completions; entropy; sampler.temperature", diversity),
+          "samples.jsonl: the same answer or phrase across completions; entropy; sampler.temperature", diversity,
+          ("answer_share", "wrong_consensus", "repeated_ngrams", "collapse_rise")),
     Alarm("learned", "a learned reward disagrees with the verifiable one",
           "the completions the learned reward scores high and correctness scores 0: what the model found that "
-          "the reward model or judge pays for", learned),
+          "the reward model or judge pays for", learned, ("learned_agreement", "reward_rise", "flat_accuracy")),
     Alarm("breakout", "KL or entropy left its trend",
-          "the steps around it in samples.jsonl and reward/<name>/mean: what the policy jumped towards", breakout),
+          "the steps around it in samples.jsonl and reward/<name>/mean: what the policy jumped towards", breakout,
+          ("trend_z",)),
 )
 
 

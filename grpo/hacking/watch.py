@@ -30,7 +30,7 @@ class Firing:
     seen: str
 
 
-def roles_of(cfg: RecipeConfig, rewards: list[Any]) -> Roles:
+def roles_of(rewards: list[Any]) -> Roles:
     """What each reward declares itself to be (rewards/__init__.py: fn.shaping, fn.learned, measures_correctness)."""
     correctness = next((r.name for r in rewards if r.measures_correctness), None)
     return Roles(weights={r.name: r.weight for r in rewards},
@@ -58,7 +58,7 @@ class HackingWatch:
         self.thresholds = cfg.guard.alarms
         self.enabled = cfg.guard.on_hacking != "off"
         self.stops = cfg.guard.on_hacking == "stop"
-        self.roles = roles_of(cfg, rewards)
+        self.roles = roles_of(rewards)
         self.context = Context(learned=self.roles.learned, kl_measured=cfg.train.beta > 0)
         self.answer_of = answer_reader(rewards)
         self.rows: list[Row] = []
@@ -94,8 +94,9 @@ class HackingWatch:
             checkpoint = latest_checkpoint(self.output_dir)
             where = f" The latest checkpoint: {checkpoint}." if checkpoint else ""
             told = "; ".join(describe(f, step) for f in new) or "a reward-hacking alarm fired on rank 0"
-            raise UserError(f"{told}. guard.on_hacking = stop ended the run.{where} Set guard.on_hacking=warn to "
-                            f"train on, or change the threshold named in grpo/hacking/rules.py (guard.alarms.*).")
+            keys = ", ".join(f"guard.alarms.{k}" for f in new for k in f.alarm.settings) or "guard.alarms.*"
+            raise UserError(f"{told}. guard.on_hacking = stop ended the run.{where} Fix the cause, or set "
+                            f"guard.on_hacking=warn to train on, or change the alarm's thresholds ({keys}).")
 
     def _row(self, record: dict) -> Row:
         learned = tuple(f"reward/{n}/" for n in self.roles.learned)
