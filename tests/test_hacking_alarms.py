@@ -271,6 +271,19 @@ def test_a_reward_that_pays_for_length_trips_the_length_alarm_and_stop_ends_the_
 
 
 @pytest.mark.slow
+def test_a_reward_that_is_not_accuracy_trips_the_heldout_alarm(tmp_path):
+    # The length reward again, with the periodic eval on held-out problems every 10 steps: the training reward
+    # climbs, held-out accuracy does not.
+    done, rows = planted(tmp_path, "[{name: 'plants:pays_for_length', weight: 1.0}, {name: math, weight: 0.0}]",
+                         "train.lr=3e-4", "eval.every=10", "eval.data=data/arith/test.jsonl", "eval.limit=32",
+                         "eval.max_new_tokens=48", "eval.bootstrap=0",
+                         'eval.prompt_template="Question: {question}\\nAnswer:"')  # YAML's "\n" is a newline
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in rows if "eval/avg@1" in r] == [10, 20, 30]
+    assert first_fired(rows, "heldout") is not None and "held-out accuracy went" in done.stderr
+
+
+@pytest.mark.slow
 def test_a_dominant_format_reward_trips_the_shaping_alarm(tmp_path):
     # "=" is in the completions that work a problem out and not in the bare guesses: it splits most groups, and
     # weighted 4 against math's 1 it decides them.
