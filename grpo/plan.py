@@ -238,12 +238,23 @@ class ScoringModel:
     shape: ModelShape
     batch_size: int
     max_tokens: int | None
+    generates: int = 0  # a generative judge's reply tokens (rewards.judge, backend transformers); 0: a classifier
 
     def parameters(self) -> int:
         """A sequence classifier: the decoder's layers, embeddings and final norm, and a one-row score head in place
-        of the LM head."""
+        of the LM head; a generative judge keeps its LM head (counted untied: the larger case)."""
         s = self.shape
-        return s.layers * s.layer_parameters() + s.vocab * s.hidden + 2 * s.hidden
+        head = s.vocab * s.hidden if self.generates else s.hidden
+        return s.layers * s.layer_parameters() + s.vocab * s.hidden + s.hidden + head
+
+    def transient_bytes(self, tokens: int, dtype_bytes: int, flash: bool) -> float:
+        """One batch's forward without autograd (one layer's tensors alive at once), and a judge's KV cache over its
+        prompt and reply."""
+        tokens = min(tokens, self.max_tokens or tokens)
+        forward = self.batch_size * tokens * layer_activation_bytes(self.shape, dtype_bytes, flash)
+        if not self.generates:
+            return forward
+        return forward + self.batch_size * (tokens + self.generates) * kv_bytes_per_token(self.shape, dtype_bytes)
 
 
 def scoring_models(cfg: RecipeConfig, recipe_dir: Path | None = None) -> list[ScoringModel]:
@@ -261,16 +272,19 @@ def scoring_models(cfg: RecipeConfig, recipe_dir: Path | None = None) -> list[Sc
         if planned is None:
             continue
         model = planned(reward.args)
+        if model is None:  # e.g. a judge behind an endpoint: nothing on the trainer's device
+            continue
+        arg = model.get("arg", "path")  # the args key that names the model
         if not model["path"]:
-            raise UserError(f"rewards[{i}].args.path: required; grpo plan sizes the reward model from its "
+            raise UserError(f"rewards[{i}].args.{arg}: required; grpo plan sizes the reward model from its "
                             f"config.json")
         try:
             shape, _ = read_model_shape(model["path"], recipe_dir)
         except UserError as exc:
-            raise UserError(f"rewards[{i}].args.path ({reward.name}): {str(exc).removeprefix('model.path: ')}") \
+            raise UserError(f"rewards[{i}].args.{arg} ({reward.name}): {str(exc).removeprefix('model.path: ')}") \
                 from exc
         found.append(ScoringModel(f"{reward.name} {model['path']}", shape, int(model["batch_size"]),
-                                  model["max_tokens"]))
+                                  model["max_tokens"], int(model.get("generates", 0))))
     return found
 
 
@@ -483,9 +497,7 @@ def plan_memory(cfg: RecipeConfig, shape: ModelShape, gpus: int, gpu_bytes: floa
     full = cfg.data.max_prompt_tokens + resolve.completion_tokens(s, cfg.environment)
     if scorers:
         weights = sum(r.parameters() * bc for r in scorers)
-        # scoring runs one forward at a time without autograd: one layer's tensors of one batch are alive at once
-        forward = max(r.batch_size * min(full, r.max_tokens or full) * layer_activation_bytes(r.shape, bc, flash)
-                      for r in scorers)
+        forward = max(r.transient_bytes(full, bc, flash) for r in scorers)
         add("reward_models", weights + forward, weights,
             f"{', '.join(r.label for r in scorers)}: {sum(r.parameters() for r in scorers) / 1e9:.2f} B parameters, "
             f"{m.dtype}, whole on every GPU; scoring forwards of {max(r.batch_size for r in scorers)} texts")

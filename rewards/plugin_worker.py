@@ -17,10 +17,10 @@ frames of an 8-byte big-endian length and a pickle of plain data (lists, dicts, 
   worker  -> {"ok": True, "measures_correctness": bool, "shaping": bool, "learned": bool, "extract_answer": bool,
               "problems": [str], "module": str, "qualname": str}  or  {"ok": False, "error": str, "memory": bool}
 then per request:
-  ("call", prompts, completions, columns, max_abs) -> ("ok", [float | None]) | ("error", text) | ("memory", text)
+  ("call", prompts, completions, columns, max_abs) -> ("ok", output)       | ("error", text) | ("memory", text)
   ("extract", text)                               -> ("ok", str | None)    | ("error", text) | ("memory", text)
-The reply's values have passed rewards/scoring's checks (one finite float or None per completion, within
-max_abs), so a plugin's numpy array or tensor never crosses the pipe; "error" carries the same text an in-process
+The output has passed rewards/output.py's checks (one finite float or None per completion, within max_abs; or the
+mapping with named parts and counts), so a plugin's numpy array or tensor never crosses the pipe; "error" carries the same text an in-process
 call would have printed. After a "memory" reply the worker exits: what leaked is gone with it.
 """
 
@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     from rewards.errors import UserError
     from rewards.guard import call_with_limit
     from rewards.registry import _import_target, reward_signature_problems
-    from rewards.scoring import _checked, _describe
+    from rewards.output import checked
+    from rewards.scoring import _describe
 
     label, call_args = hello["label"], hello.get("args") or {}
     try:
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
             if request[0] == "call":
                 _, prompts, completions, columns, max_abs = request
                 values = call_with_limit(bound, (prompts, completions), columns, None)
-                answer = ("ok", _checked(values, len(completions), max_abs))
+                answer = ("ok", checked(values, len(completions), max_abs).plain())
             elif request[0] == "extract":
                 answer = ("ok", _plain_answer(call_with_limit(extract, (request[1],), {}, None)))
             else:

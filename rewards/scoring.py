@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from rewards.guard import Deadline, RewardTimeout, call_with_limit
 from rewards.errors import UserError
+from rewards.output import RewardOutput, checked, concatenated
 from rewards.registry import check_reward_signature, is_builtin, load_reward, reward_target
 
 
@@ -76,7 +77,10 @@ class FailureLog:
 class Scores:
     total: list[float]  # [N] weighted sum over rewards (None counts as 0)
     per_reward: dict[str, list[float | None]]  # name -> [N] raw values (None: not applicable)
-    errors: dict[str, int]  # name -> completions whose call raised or returned junk
+    errors: dict[str, int]  # name -> completions whose call raised or returned junk, or that it says failed
+    # What a reward reported beside its values (rewards/output.py): name -> its sub-scores ([N] each), its counts.
+    parts: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
+    counts: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def build_rewards(specs: list[Any], device: Any = None, dtype: Any = None) -> list[NamedReward]:
@@ -267,17 +271,21 @@ def reward_columns(rows: list[dict], answers: list, completion_ids: list[list[in
 
 def score(rewards: list[NamedReward], prompts: list[str], completions: list[str], columns: dict[str, list]) -> Scores:
     n = len(completions)
-    total = [0.0] * n
-    per_reward: dict[str, list[float | None]] = {}
-    errors: dict[str, int] = {}
+    scores = Scores([0.0] * n, {}, {})
     for reward in rewards:
-        values, failed = _call_safely(reward, prompts, completions, columns, n)
-        per_reward[reward.name] = values
-        errors[reward.name] = failed
-        for i, v in enumerate(values):
+        output, failed = _call_safely(reward, prompts, completions, columns, n)
+        if output.failure:
+            reward.failures.record(reward.name, output.failure, f"{output.failed} of a batch of {n}")
+        scores.per_reward[reward.name] = output.values
+        scores.errors[reward.name] = failed + output.failed
+        if output.parts:
+            scores.parts[reward.name] = output.parts
+        if output.counts:
+            scores.counts[reward.name] = output.counts
+        for i, v in enumerate(output.values):
             if v is not None:
-                total[i] += reward.weight * v
-    return Scores(total, per_reward, errors)
+                scores.total[i] += reward.weight * v
+    return scores
 
 
 def _invoke(reward: NamedReward, args: tuple, kwargs: dict, deadline: Deadline) -> Any:
@@ -289,40 +297,41 @@ def _invoke(reward: NamedReward, args: tuple, kwargs: dict, deadline: Deadline) 
     return call_with_limit(reward.fn, args, kwargs, deadline.left())
 
 
-def _call_safely(reward: NamedReward, prompts, completions, columns, n) -> tuple[list[float | None], int]:
+def _call_safely(reward: NamedReward, prompts, completions, columns, n) -> tuple[RewardOutput, int]:
+    """The reward's checked output for the batch, and how many completions scored 0 because the call itself
+    failed (raised, returned junk, ran out of time)."""
     from rewards.plugin_pool import WorkerLost
 
     deadline = Deadline(reward.timeout_s)
     try:
-        values = _checked(_invoke(reward, (prompts, completions), columns, deadline), n, reward.max_abs)
-        return values, 0
+        return checked(_invoke(reward, (prompts, completions), columns, deadline), n, reward.max_abs), 0
     except RewardTimeout as exc:  # no retries: one at a time would only take longer
         how = str(exc) if "worker" in str(exc) else "the call was abandoned"
         reward.failures.record(reward.name, f"no result after {reward.timeout_s:g} s (rewards[].timeout_s); {how}",
                                f"a batch of {n}")
-        return [0.0] * n, n
+        return RewardOutput([0.0] * n), n
     except WorkerLost as exc:  # no retries: each could cost a worker; the next batch gets a fresh one
         reward.failures.record(reward.name, f"{exc}; a fresh worker takes the next batch", f"a batch of {n}")
-        return [0.0] * n, n
+        return RewardOutput([0.0] * n), n
     except Exception as exc:  # noqa: BLE001 - a reward's bug must not stop training; isolate it per completion below
         batch_error = _describe(exc)
-    values: list[float | None] = []
+    outputs: list[RewardOutput] = []
     failed = 0
     for i in range(n):
         if deadline.passed():  # the batch's time is spent: the rest are not called
             reward.failures.record(reward.name, f"time limit of {reward.timeout_s:g} s spent on retries; first: "
                                    f"{batch_error}", f"a batch of {n}")
-            values.extend([0.0] * (n - i))
-            return values, failed + n - i
+            outputs.append(RewardOutput([0.0] * (n - i)))
+            return concatenated(outputs), failed + n - i
         one_columns = {k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
         try:
-            values.extend(_checked(_invoke(reward, ([prompts[i]], [completions[i]]), one_columns, deadline), 1,
+            outputs.append(checked(_invoke(reward, ([prompts[i]], [completions[i]]), one_columns, deadline), 1,
                                    reward.max_abs))
         except Exception as exc:  # noqa: BLE001 - score this completion 0 and count it
-            values.append(0.0)
+            outputs.append(RewardOutput([0.0]))
             failed += 1
             reward.failures.record(reward.name, _retry_text(batch_error, _describe(exc), i), f"a batch of {n}")
-    return values, failed
+    return concatenated(outputs), failed
 
 
 def _retry_text(batch_error: str, retry_error: str, i: int) -> str:
@@ -343,59 +352,3 @@ def _describe(exc: BaseException) -> str:
         return str(exc)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
-
-
-def _checked(values: Any, n: int, max_abs: float = math.inf) -> list[float | None]:
-    """The reward's result as one float (or None) per completion, or a ValueError saying what is wrong with it,
-    with the counts of this call."""
-    if not isinstance(values, (list, tuple)):
-        raise ValueError(f"returned {type(values).__name__}, expected a list of {n} floats (or None); convert a "
-                         f"numpy array or tensor with .tolist()")
-    if len(values) != n:
-        raise ValueError(f"returned {len(values)} value{'s' * (len(values) != 1)} for {_count(n)}; expected one "
-                         f"float (or None) per completion, in the order given")
-    out: list[float | None] = []
-    for i, v in enumerate(values):
-        if v is None:
-            out.append(None)
-            continue
-        where = f" as value {i + 1} of {n}" if n > 1 else ""
-        f = _number(v, where)
-        if not math.isfinite(f):
-            raise ValueError(f"returned the non-finite value {v!r}{where}")
-        if abs(f) > max_abs:
-            raise ValueError(f"returned {f:g}{where}, beyond rewards[].max_abs = {max_abs:g} (it would swamp the "
-                             f"advantages)")
-        out.append(f)
-    return out
-
-
-def _number(v: Any, where: str) -> float:
-    """A reward's value as a float. Text is refused, even "1.0": float() would take it, and a reward that returns
-    its dataset's column of strings (or a grader's verdict as text) would then train on whatever the text says.
-    bool is taken as 1.0 / 0.0: True is an int in Python, and a "was it right?" reward means exactly that.
-    Numbers of other kinds (int, numpy scalars, a 0-d tensor) are what float() makes of them."""
-    if isinstance(v, (str, bytes, bytearray)):
-        raise ValueError(f"returned the text {_short(v)}{where}, not a number; a reward returns floats (or None): "
-                         f"convert in the reward, e.g. float(x), and return 1.0, not \"1.0\"")
-    try:
-        return float(v)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"returned {_short(v)} (a {type(v).__name__}){where}, not a number; a reward returns one "
-                         f"float (or None) per completion") from None
-
-
-def _count(n: int) -> str:
-    return f"{n} completion{'s' * (n != 1)}"
-
-
-def _short(v: Any, limit: int = 60) -> str:
-    """repr of a value a reward returned, cut to `limit` characters (it may be a whole completion, or worse)."""
-    if isinstance(v, (str, bytes, bytearray)) and len(v) > limit:
-        v = v[:limit]  # cut before repr: repr of a huge string costs its size
-        return repr(v) + "..."
-    try:
-        text = repr(v)
-    except Exception:  # noqa: BLE001 - a value whose repr raises is still only reported
-        text = f"<{type(v).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -23,6 +23,11 @@ class Panel:
 
 
 PANELS: tuple[Panel, ...] = (
+    Panel("parts", "Reward sub-scores and calls",
+          ("reward/*/*/mean", "reward/*/*/failures", "reward/*/calls", "reward/*/cached", "reward/*/retries",
+           "reward/*/failed_judgements", "reward/*/seconds"),
+          why="What a reward reports beside its value: a judge's score per principle (0 to 1; a failed judgement "
+              "counts 0), its calls, cached and failed judgements, and its seconds a step (within time/score_s)."),
     Panel("reward", "Reward and accuracy", ("reward/mean", "reward/*/mean", "accuracy", "reward/std"),
           why="Should rise. reward/<name>/mean is each reward function alone; accuracy counts correctness "
               "rewards of 1.0."),

@@ -48,7 +48,8 @@ def sample_rows(runs: list[RunData]) -> tuple[list[str], list[str], list[int], l
                     names.append(name)
             steps.add(s["step"])
             data = {"total": s.get("reward"), **rewards}
-            per = "<br>".join(f"{escape(str(k))}: {_fmt(v)}" for k, v in rewards.items())
+            parts = s.get("reward_parts") if isinstance(s.get("reward_parts"), dict) else {}
+            per = "<br>".join(f"{escape(str(k))}: {_fmt(v)}{_parts(parts.get(k))}" for k, v in rewards.items())
             rows.append(
                 f'<tr data-run="{escape(run.name)}" data-step="{s["step"]}" '
                 f"data-rewards='{escape(json.dumps(data, default=str))}'>"
@@ -60,6 +61,13 @@ def sample_rows(runs: list[RunData]) -> tuple[list[str], list[str], list[int], l
                 f"<td>{_fmt(s.get('reward', '-'))}</td><td>{per or '-'}</td><td>{_fmt(s.get('advantage', '-'))}</td>"
                 f"</tr>")
     return rows, names, sorted(steps), notes
+
+
+def _parts(parts: object) -> str:
+    """A reward's sub-scores beside its value (a judge's principles): ' (correct 0.4, brief 0.6)'."""
+    if not isinstance(parts, dict) or not parts:
+        return ""
+    return " (" + ", ".join(f"{escape(str(k))} {_fmt(v)}" for k, v in parts.items()) + ")"
 
 
 def samples_section(runs: list[RunData]) -> str:

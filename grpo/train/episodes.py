@@ -69,6 +69,7 @@ class Episode:
     reward: float = 0.0
     advantage: float = 0.0
     per_reward: dict[str, float | None] = field(default_factory=dict)
+    reward_parts: dict[str, dict[str, float | None]] = field(default_factory=dict)  # reward -> its sub-scores
     tools: ToolTrace | None = None  # a tool-using episode's calls and limits (None: one turn)
 
     @classmethod
@@ -108,6 +109,9 @@ class Experience:
     reward_errors: dict[str, int] = field(default_factory=dict)
     reward_crashes: dict[str, int] = field(default_factory=dict)  # completions scored 0 by a crash in the reward
     reward_values: dict[str, list[float | None]] = field(default_factory=dict)  # name -> values of sampled episodes
+    # What rewards report beside their values (rewards/output.py): name -> part -> values, name -> count -> total.
+    reward_parts: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
+    reward_counts: dict[str, dict[str, float]] = field(default_factory=dict)
     skipped_prompts: int = 0  # longer than max_prompt_tokens
     generate_s: float = 0.0
     tool_s: float = 0.0  # wall time of tool calls, within generate_s
@@ -135,7 +139,20 @@ def merge_experience(parts: list[Experience]) -> Experience:
             merged.reward_crashes[name] = merged.reward_crashes.get(name, 0) + count
         for name, values in p.reward_values.items():
             merged.reward_values.setdefault(name, []).extend(values)
+        add_reward_reports(merged, p.reward_parts, p.reward_counts)
     return merged
+
+
+def add_reward_reports(exp: Experience, parts: dict[str, dict[str, list]],
+                       counts: dict[str, dict[str, float]]) -> None:
+    """Append rewards' sub-scores and add their counts into exp (one scoring call's, or one rank's)."""
+    for name, table in parts.items():
+        for part, values in table.items():
+            exp.reward_parts.setdefault(name, {}).setdefault(part, []).extend(values)
+    for name, table in counts.items():
+        mine = exp.reward_counts.setdefault(name, {})
+        for key, value in table.items():
+            mine[key] = mine.get(key, 0.0) + value
 
 
 def tool_figures(episodes: list[Episode], tool_wall_s: float = 0.0) -> dict[str, float]:

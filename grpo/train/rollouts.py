@@ -13,7 +13,7 @@ from grpo.parallel import World
 from grpo.objectives.advantages import AdvantageFn, compute_advantages, zero_variance_groups
 from grpo.sampling.base import Sampler, SamplingSettings
 from grpo.seeds import derive_seed
-from grpo.train.episodes import Episode, Experience
+from grpo.train.episodes import Episode, Experience, add_reward_reports
 from grpo.train.profiling import stage
 from rewards.scoring import NamedReward, reward_columns, score
 
@@ -125,7 +125,10 @@ def _score(episodes: list[Episode], rewards: list[NamedReward], answer_column: s
     for i, r in enumerate(episodes):
         r.reward = scores.total[i]
         r.per_reward = {name: values[i] for name, values in scores.per_reward.items()}
+        r.reward_parts = {name: {part: values[i] for part, values in table.items()}
+                          for name, table in scores.parts.items()}
     for name, count in scores.errors.items():
         exp.reward_errors[name] = exp.reward_errors.get(name, 0) + count
     for name, values in scores.per_reward.items():
         exp.reward_values.setdefault(name, []).extend(values)
+    add_reward_reports(exp, scores.parts, scores.counts)

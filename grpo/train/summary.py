@@ -46,6 +46,7 @@ def closing_summary(rows: list[dict], output_dir: Path, checkpoint: Path | None,
         split = ", ".join(f"{p} {100 * v / step_s:.0f}%" for p, v in parts.items())
         other = max(0.0, step_s - sum(parts.values()))
         lines.append(f"  time/step  {step_s:.2f} s ({split}, other {100 * other / step_s:.0f}%)")
+        lines += _caller_lines(rows, step_s)
     fired = fired_spans(rows)
     if fired:
         told = "; ".join(f"{name} (steps {spans_text(where)})" for name, where in fired.items())
@@ -56,6 +57,23 @@ def closing_summary(rows: list[dict], output_dir: Path, checkpoint: Path | None,
     data = eval_data or "FILE.jsonl"
     lines.append(f"evaluate it:       grpo eval --model {output_dir} --data {data}")
     return "\n".join(lines)
+
+
+def _caller_lines(rows: list[dict], step_s: float) -> list[str]:
+    """One line per reward that calls out (a judge: reward/<name>/calls and /seconds, rewards/output.py): its
+    calls and seconds a step, within the step's score time, and the judgements that failed in all."""
+    lines = []
+    names = dict.fromkeys(k.split("/")[1] for r in rows for k in r if k.startswith("reward/") and k.endswith("/calls")
+                          and k.count("/") == 2)
+    for name in names:
+        calls, seconds = _mean(rows, f"reward/{name}/calls") or 0.0, _mean(rows, f"reward/{name}/seconds") or 0.0
+        failed = sum(r.get(f"reward/{name}/failed_judgements", 0) for r in rows)
+        cached = _mean(rows, f"reward/{name}/cached")
+        reused = f" ({cached:.0f} more answered from its cache)" if cached else ""
+        share = 100 * seconds / step_s
+        lines.append(f"  {name:<10} {calls:.0f} calls a step{reused}, {seconds:.2f} s a step ({share:.0f}% of the step, "
+                     f"within score); {failed:.0f} failed judgements in all")
+    return lines
 
 
 def _mean(rows: list[dict], key: str) -> float | None:

@@ -451,6 +451,10 @@ def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s:
         m[f"reward/{reward.name}/errors"] = exp.reward_errors.get(reward.name, 0)
         if reward.crash_counts is not None:
             m[f"reward/{reward.name}/crashes"] = exp.reward_crashes.get(reward.name, 0)
+        for part, values in exp.reward_parts.get(reward.name, {}).items():  # a judge's principles, say
+            m[f"reward/{reward.name}/{part}/mean"] = _mean([v for v in values if v is not None])
+        for key, total in exp.reward_counts.get(reward.name, {}).items():  # summed over the step's calls and ranks
+            m[f"reward/{reward.name}/{key}"] = total
         if reward.measures_correctness and "accuracy" not in m:  # the first correctness reward: 1.0 means right
             m["accuracy"] = _mean([v >= 1.0 for v in applied])
     if update is not None:
@@ -477,6 +481,7 @@ def write_samples(run: Run, exp: Experience, step: int) -> None:
     run.log.samples(step, [{"prompt": e.prompt_text, "completion": e.text, "finish_reason": e.finish_reason,
                             "reward": e.reward, "rewards": e.per_reward, "advantage": e.advantage,
                             "answer": e.row.get(run.cfg.data.answer_column),
+                            **({"reward_parts": e.reward_parts} if e.reward_parts else {}),
                             **({"tool_calls": e.tools.calls, "turns": e.tools.transcript}
                                if e.tools is not None else {})}
                            for e in picks[:run.cfg.logging.num_samples]])
