@@ -26,11 +26,15 @@ if [ ! -f "$VENV/.installed" ]; then
     touch "$VENV/.installed"
     stamp "venv built, $(du -sh "$VENV" | cut -f1)"
 fi
+# grpo's entry points (the rewards' names) as this tree declares them, even in a venv built before they changed.
+"$VENV/bin/python" -m pip install -q --no-deps -e .
 "$VENV/bin/python" -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider -rs     tests/test_vllm_sampler.py
 stamp "sampler tests passed"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -rs     tests/test_judge_vllm.py
+stamp "judge tests against a real vllm serve passed"
 
 if [ -f recipes/tiny.yaml ]; then
     out=$(mktemp -d)/tiny-vllm

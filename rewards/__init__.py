@@ -11,7 +11,9 @@ The contract (shared by built-ins and plugins):
   ``{"call", "output", "error", "seconds"}``) and ``final_text`` (what the model wrote after the last tool output:
   the math reward reads its answer there). The completion itself is the whole transcript, tool outputs included.
   Accept ``**kwargs`` so new columns never break a reward.
-- Return one float per completion, or None where the reward does not apply to that completion.
+- Return one float per completion, or None where the reward does not apply to that completion. Or return a
+  mapping that says more: named sub-scores, counts and the completions it failed to score (rewards/output.py:
+  {"rewards": [...], "parts": {...}, "counts": {...}, "failed": k, "failure": "why"}).
 - Recipe ``args`` are passed as extra keyword arguments.
 - Optional attributes on the function say what it is: ``fn.measures_correctness = True`` when 1.0 means
   "right" (training then logs ``accuracy`` from it, and eval can grade with it); ``fn.extract_answer`` a

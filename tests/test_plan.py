@@ -293,6 +293,36 @@ def test_grpo_plan_reads_the_reward_models_config_from_the_recipe(tmp_path):
     assert f"rewards[0].args.path (reward_model): {tmp_path / 'none'} is not a directory" in missing.output
 
 
+def test_a_local_judge_is_planned_with_its_lm_head_and_kv_cache_and_a_served_one_not_at_all(tmp_path):
+    """The judge reward (issue 31): backend transformers puts a causal LM on every GPU (the LM head kept, and the
+    KV cache of a batch of prompts and replies); backend openai runs elsewhere and adds nothing."""
+    from grpo.plan import ScoringModel, kv_bytes_per_token
+
+    judge = ScoringModel("judge j", model_shape(SMALL), batch_size=8, max_tokens=None, generates=100)
+    assert judge.parameters() == 2 * LAYER + 1000 * 64 + 64 + 1000 * 64  # embeddings, final norm, LM head
+    assert judge.transient_bytes(400, 2, False) == pytest.approx(
+        8 * 400 * layer_activation_bytes(model_shape(SMALL), 2, False) + 8 * 500 * kv_bytes_per_token(
+            model_shape(SMALL), 2))
+    model = tmp_path / "judge"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(SMALL))
+    constitution = tmp_path / "c.yaml"
+    constitution.write_text("principles:\n  - {name: a, instruction: x}\n")
+    recipe = tmp_path / "recipe.yaml"
+    local = (f"  - {{name: judge, args: {{constitution: {constitution}, backend: transformers, model: {model}, "
+             f"batch_size: 4}}}}")
+    recipe.write_text((ROOT / "recipes" / "tiny.yaml").read_text().replace("  - {name: math, weight: 1.0}", local))
+    result = run(str(recipe), "--gpu-memory-gb", "8", "--json")
+    assert result.exit_code == 0, result.output
+    assert f"judge {model}" in json.loads(result.output)["items"]["reward_models"]["note"]
+    served = (f"  - {{name: judge, args: {{constitution: {constitution}, base_url: 'http://127.0.0.1:8000/v1', "
+              f"model: m}}}}")
+    recipe.write_text((ROOT / "recipes" / "tiny.yaml").read_text().replace("  - {name: math, weight: 1.0}", served))
+    result = run(str(recipe), "--gpu-memory-gb", "8", "--json")
+    assert result.exit_code == 0, result.output
+    assert "reward_models" not in json.loads(result.output)["items"]
+
+
 def test_validate_warns_on_pure_bf16_with_a_tiny_lr():
     from grpo.validate import precision_warnings
 
