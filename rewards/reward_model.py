@@ -17,10 +17,10 @@ This module imports nothing from grpo: the factory receives what it needs.
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from rewards.args import read_checked, unknown_keys
 from rewards.errors import UserError
 
 
@@ -59,23 +59,14 @@ class RewardModelSettings:
 
 def read_settings(settings: dict[str, Any] | None) -> RewardModelSettings:
     """The recipe's args checked; every problem raised together as one UserError."""
-    problems = settings_problems(settings)
-    if problems:
-        raise UserError("; ".join(problems))
-    return RewardModelSettings(**(settings or {}))
+    return read_checked(RewardModelSettings, settings, settings_problems)
 
 
 def settings_problems(settings: dict[str, Any] | None) -> list[str]:
     """What is wrong with the recipe's args, without loading anything (for `grpo validate`): unknown keys (with
     a "did you mean"), a missing path, values out of range."""
-    known = [f.name for f in fields(RewardModelSettings)]
     settings = dict(settings or {})
-    problems = []
-    for key in settings:
-        if key not in known:
-            guess = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean '{guess[0]}'?)" if guess else ""
-            problems.append(f"rewards[reward_model].args.{key}: unknown key{hint}; its keys are {', '.join(known)}")
+    problems = unknown_keys(settings, RewardModelSettings, "rewards[reward_model].args")
     if problems:
         return problems
     s = RewardModelSettings(**settings)

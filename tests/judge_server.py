@@ -5,9 +5,11 @@ in tests/test_judge_vllm.py under `make vllm-test`."""
 from __future__ import annotations
 
 import json
+import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Callable
 
 # A reply function gets the request's JSON body and its headers and returns (status, body bytes, extra headers).
@@ -75,3 +77,26 @@ class JudgeServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def judge_run_recipe(folder: Path, rewards: str, steps: int, max_new_tokens: int = 16) -> Path:
+    """folder/judge.yaml: the tiny demo model on the demo problems, 2 prompts x 4 completions a step, `rewards` (YAML
+    list items, indented by 2) as its rewards, output_dir folder/run."""
+    from conftest import ROOT
+
+    recipe = folder / "judge.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: served-judge
+        output_dir: {folder / 'run'}
+        seed: 0
+        model: {{path: demo:tiny-arith}}
+        data: {{path: {ROOT / 'data/arith/train.jsonl'}, prompt_template: "Question: {{question}}\\nAnswer:",
+               answer_column: answer}}
+        sampler: {{group_size: 4, max_new_tokens: {max_new_tokens}}}
+        rewards:
+    """) + textwrap.indent(textwrap.dedent(rewards).strip("\n"), "  ") + textwrap.dedent(f"""
+        train: {{steps: {steps}, prompts_per_step: 2, micro_batch_size: 8, lr: 1.0e-4}}
+        checkpoint: {{every: 0}}
+        logging: {{progress_bar: false}}
+    """))
+    return recipe

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import ROOT, grpo
-from judge_server import JudgeServer, chat, completion
+from judge_server import JudgeServer, chat, completion, judge_run_recipe
 from rewards.errors import UserError
 from rewards.judge import make_judge
 from rewards.judge.constitution import read_constitution
@@ -397,26 +397,13 @@ def test_the_tiny_judge_recipe_logs_per_principle_means(tmp_path):
 
 
 def judge_recipe(tmp_path: Path, base_url: str, steps: int, guard: str) -> Path:
-    recipe = tmp_path / "judge.yaml"
-    recipe.write_text(textwrap.dedent(f"""
-        name: served-judge
-        output_dir: {tmp_path / 'run'}
-        seed: 0
-        model: {{path: demo:tiny-arith}}
-        data: {{path: {ROOT / 'data/arith/train.jsonl'}, prompt_template: "Question: {{question}}\\nAnswer:",
-               answer_column: answer}}
-        sampler: {{group_size: 4, max_new_tokens: 16}}
-        rewards:
-          - name: judge
-            timeout_s: 120
-            {guard}
-            args: {{constitution: {constitution_file(tmp_path)}, base_url: "{base_url}", model: judge-model,
-                    backoff_s: 0.0, retries: 1}}
-        train: {{steps: {steps}, prompts_per_step: 2, micro_batch_size: 8, lr: 1.0e-4}}
-        checkpoint: {{every: 0}}
-        logging: {{progress_bar: false}}
-    """))
-    return recipe
+    return judge_run_recipe(tmp_path, f"""
+        - name: judge
+          timeout_s: 120
+          {guard}
+          args: {{constitution: {constitution_file(tmp_path)}, base_url: "{base_url}", model: judge-model,
+                  backoff_s: 0.0, retries: 1}}
+    """, steps)
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from judge_server import judge_run_recipe
 from rewards.output import checked
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -121,22 +121,10 @@ def test_the_chat_api_without_a_chat_template_fails_once_and_is_counted(server, 
 def test_a_run_whose_judge_server_is_killed_counts_the_failures_and_stops_by_the_guard(server, tmp_path):
     out = tmp_path / "run"
     args = json.dumps(judge_args(tmp_path, server.base_url))
-    recipe = tmp_path / "judge.yaml"
-    recipe.write_text(textwrap.dedent(f"""
-        name: served-judge
-        output_dir: {out}
-        seed: 0
-        model: {{path: demo:tiny-arith}}
-        data: {{path: {ROOT / 'data/arith/train.jsonl'}, prompt_template: "Question: {{question}}\\nAnswer:",
-               answer_column: answer}}
-        sampler: {{group_size: 4, max_new_tokens: 24}}
-        rewards:
-          - {{name: math, weight: 1.0}}
-          - {{name: judge, weight: 0.2, timeout_s: 300, max_error_steps: 2, args: {args}}}
-        train: {{steps: 30, prompts_per_step: 2, micro_batch_size: 8, lr: 1.0e-4}}
-        checkpoint: {{every: 0}}
-        logging: {{progress_bar: false}}
-    """))
+    recipe = judge_run_recipe(tmp_path, f"""
+        - {{name: math, weight: 1.0}}
+        - {{name: judge, weight: 0.2, timeout_s: 300, max_error_steps: 2, args: {args}}}
+    """, steps=30, max_new_tokens=24)
     run = subprocess.Popen([sys.executable, "-m", "grpo.cli", "train", str(recipe)], cwd=ROOT, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics = out / "metrics.jsonl"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from rewards.args import read_checked, unknown_keys
 from rewards.errors import UserError
 from rewards.judge.constitution import read_constitution
 from rewards.judge.prompt import SCORE_PATTERN, TEMPLATE, TEMPLATE_VERSION, pattern_problems, template_problems
@@ -40,26 +40,18 @@ class JudgeSettings:
 
 
 def read_settings(settings: dict[str, Any] | None) -> JudgeSettings:
-    problems = settings_problems(settings)
-    if problems:
-        raise UserError("; ".join(problems))
-    return JudgeSettings(**(settings or {}))
+    return read_checked(JudgeSettings, settings, settings_problems)
 
 
 def settings_problems(settings: dict[str, Any] | None) -> list[str]:
     """Every problem with the recipe's args, without loading a model or calling the endpoint."""
     settings = dict(settings or {})
-    known = [f.name for f in fields(JudgeSettings)]
     problems = []
     if "api_key" in settings:
         problems.append(f"{WHERE}.api_key: a key is never written in a recipe (it is copied into every run "
                         f"directory); put it in an environment variable and name that variable in api_key_env")
         settings.pop("api_key")
-    for key in settings:
-        if key not in known:
-            guess = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean '{guess[0]}'?)" if guess else ""
-            problems.append(f"{WHERE}.{key}: unknown key{hint}; its keys are {', '.join(known)}")
+    problems += unknown_keys(settings, JudgeSettings, WHERE)
     if problems:
         return problems
     s = JudgeSettings(**settings)
