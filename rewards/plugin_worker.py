@@ -20,8 +20,8 @@ then per request:
   ("call", prompts, completions, columns, max_abs) -> ("ok", output)       | ("error", text) | ("memory", text)
   ("extract", text)                               -> ("ok", str | None)    | ("error", text) | ("memory", text)
 The output has passed rewards/output.py's checks (one finite float or None per completion, within max_abs; or the
-mapping with named parts and counts), so a plugin's numpy array or tensor never crosses the pipe; "error" carries the same text an in-process
-call would have printed. After a "memory" reply the worker exits: what leaked is gone with it.
+mapping with named parts and counts), so a plugin's numpy array or tensor never crosses the pipe; "error" carries the
+same text an in-process call would have printed. After a "memory" reply the worker exits: what leaked is gone with it.
 """
 
 from __future__ import annotations

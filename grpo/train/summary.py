@@ -71,8 +71,8 @@ def _caller_lines(rows: list[dict], step_s: float) -> list[str]:
         cached = _mean(rows, f"reward/{name}/cached")
         reused = f" ({cached:.0f} more answered from its cache)" if cached else ""
         share = 100 * seconds / step_s
-        lines.append(f"  {name:<10} {calls:.0f} calls a step{reused}, {seconds:.2f} s a step ({share:.0f}% of the step, "
-                     f"within score); {failed:.0f} failed judgements in all")
+        lines.append(f"  {name:<10} {calls:.0f} calls a step{reused}, {seconds:.2f} s a step ({share:.0f}% of the "
+                     f"step, within score); {failed:.0f} failed judgements in all")
     return lines
 
 

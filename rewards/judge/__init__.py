@@ -50,8 +50,8 @@ def planned_model(settings: dict[str, Any] | None) -> dict[str, Any] | None:
     s = dict(settings or {})
     if s.get("backend", "openai") != "transformers":
         return None
-    return {"path": str(s.get("model") or ""), "arg": "model", "batch_size": s.get("batch_size", 16), "max_tokens": None,
-            "generates": int(s.get("max_tokens", 256))}
+    return {"path": str(s.get("model") or ""), "arg": "model", "batch_size": s.get("batch_size", 16),
+            "max_tokens": None, "generates": int(s.get("max_tokens", 256))}
 
 
 # Read by rewards/scoring.py (a factory, built once at setup, its args checked by settings_problems), grpo.plan

@@ -94,7 +94,7 @@ class Endpoint:
             hint = " (check the key in the environment variable named by args.api_key_env)" \
                 if exc.code in (401, 403) else ""
             raise JudgeFailure(f"HTTP {exc.code} from {self.url}: {text}{hint}") from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:  # refused, reset, timed out, bad HTTP
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:  # refused, reset, ...
             reason = getattr(exc, "reason", exc)
             raise _Retryable(f"no answer from {self.url}: {type(reason).__name__}: {reason}"[:300], None) from None
         if len(raw) > MAX_RESPONSE_BYTES:
