@@ -58,6 +58,8 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
             problems += [p for p in [hub_model_problem(cfg.model.path)] if p]
     if warnings is not None:
         warnings += precision_warnings(cfg)
+        if check_environment and not problems:
+            warnings += reward_preflight(cfg)
     problems += world_rules(cfg, world_size or (launched_world().size if check_environment else 1))
     problems += _check_model_path(cfg.model.path)
     output_problems = check_output_dir(cfg.output_dir)
@@ -67,6 +69,20 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
     if problems:
         raise ConfigError(problems, str(path))
     return cfg
+
+
+def reward_preflight(cfg: RecipeConfig) -> list[str]:
+    """Warnings from grpo's own rewards that can look beyond the recipe (`fn.preflight(args, timeout_s)`: a judge's
+    endpoint and time limit). A user's plugin is never imported here."""
+    from rewards.registry import load_reward
+
+    found = []
+    for i, reward in enumerate(cfg.rewards):
+        target, _ = reward_target(reward.name)
+        check = getattr(load_reward(reward.name), "preflight", None) if is_builtin(target) else None
+        if check is not None:
+            found += [f"rewards[{i}] ({reward.name}): {w}" for w in check(reward.args, reward.timeout_s)]
+    return found
 
 
 def environment_problems(cfg: RecipeConfig, on_this_machine: bool = True) -> list[str]:

@@ -27,7 +27,7 @@ def completion(text: str) -> bytes:
 class JudgeServer:
     """Serves POST /v1/chat/completions and /v1/completions with `reply`; counts requests and the most in flight."""
 
-    def __init__(self, reply: Reply, delay_s: float = 0.0):
+    def __init__(self, reply: Reply, delay_s: float = 0.0, models: tuple[str, ...] = ("judge-model",)):
         self.reply, self.delay_s = reply, delay_s
         self.requests: list[tuple[str, dict, dict]] = []  # (path, body, headers)
         self.in_flight = self.most_in_flight = 0
@@ -53,6 +53,13 @@ class JudgeServer:
                 self.send_header("Content-Length", str(len(data)))
                 for k, v in extra.items():
                     self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802 - the OpenAI listing of served models
+                data = json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in models]}).encode()
+                self.send_response(200 if self.path == "/v1/models" else 404)
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 

@@ -212,6 +212,25 @@ def test_validate_refuses_a_key_in_the_recipe_naming_the_key(tmp_path):
     assert "args.api_key" in done.stderr and "api_key_env" in done.stderr and "sk-secret-1" not in done.stderr
 
 
+def test_validate_warns_of_a_judge_that_does_not_answer_or_does_not_serve_the_model(tmp_path):
+    from grpo.validate import validate_recipe
+
+    with JudgeServer(by_principle("Score: 1", "Score: 1"), models=("other-model",)) as server:
+        recipe = judge_run_recipe(tmp_path, f"""
+            - name: judge
+              args: {{constitution: {constitution_file(tmp_path)}, base_url: "{server.base_url}", model: judge-model}}
+        """, steps=1)
+        notes: list[str] = []
+        validate_recipe(recipe, warnings=notes)
+    said = " | ".join(notes)
+    assert "'judge-model' is not served at" in said and "'other-model'" in said
+    assert "timeout_s: 30 s for a batch of judgements" in said  # the default limit is short for a judge
+    recipe.write_text(recipe.read_text().replace(server.base_url, f"http://127.0.0.1:{closed_port()}/v1"))
+    notes = []
+    validate_recipe(recipe, warnings=notes)
+    assert any("nothing answers at" in n and "args.base_url" in n for n in notes), notes
+
+
 # ------------------------------------------------------------------------------------------ the prompt and reply
 
 PATTERN = re.compile(r"Score:\s*\**\s*(-?\d+(?:\.\d+)?)")

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from rewards.judge.constitution import load_constitution
-from rewards.judge.endpoint import Endpoint
+from rewards.judge.endpoint import Endpoint, preflight
 from rewards.judge.scorer import Judge, endpoint_asker, local_asker
 from rewards.judge.settings import api_key, read_settings, settings_problems
 
@@ -54,9 +54,30 @@ def planned_model(settings: dict[str, Any] | None) -> dict[str, Any] | None:
             "max_tokens": None, "generates": int(s.get("max_tokens", 256))}
 
 
+def served_judge_warnings(settings: dict[str, Any] | None, timeout_s: float | None) -> list[str]:
+    """`grpo validate`'s warnings for a judge: a time limit too short for one, an endpoint that does not answer or
+    does not serve the model. Only for settings that are otherwise fine (errors are settings_problems')."""
+    if settings_problems(settings):
+        return []
+    s = read_settings(settings)
+    warnings = []
+    if timeout_s and timeout_s < 120:
+        warnings.append(f"timeout_s: {timeout_s:g} s for a batch of judgements (one per completion and principle) "
+                        f"is short; past it the whole batch scores 0. Give the judge e.g. timeout_s: 600")
+    if s.backend == "openai":
+        try:
+            key = api_key(s)
+        except Exception as exc:  # noqa: BLE001 - an unset key variable is said as the warning itself
+            return warnings + [str(exc)]
+        warnings += preflight(s.base_url, s.model, key)
+    return warnings
+
+
 # Read by rewards/scoring.py (a factory, built once at setup, its args checked by settings_problems), grpo.plan
-# (planned_model) and the reward-hacking alarms (learned: a model's opinion, compared there with correctness).
+# (planned_model), grpo validate (preflight) and the reward-hacking alarms (learned: a model's opinion, compared
+# there with correctness).
 make_judge.reward_factory = True
 make_judge.settings_problems = settings_problems
 make_judge.planned_model = planned_model
+make_judge.preflight = served_judge_warnings
 make_judge.learned = True

@@ -134,3 +134,32 @@ def _retry_after(exc: urllib.error.HTTPError) -> float | None:
         return min(MAX_WAIT_S, max(0.0, float(exc.headers.get("Retry-After", ""))))
     except (TypeError, ValueError, AttributeError):
         return None
+
+
+def preflight(base_url: str, model: str, api_key: str | None, timeout_s: float = 5.0) -> list[str]:
+    """What `grpo validate` warns about a served judge before a run: nothing answering at base_url, or a model
+    name the server does not serve (GET /models, the OpenAI listing). Warnings, not errors: a server may well be
+    started after the check."""
+    url = base_url.rstrip("/") + "/models"
+    host = urlsplit(url).hostname or ""
+    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if host in LOOPBACK else []))
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout_s) as response:
+            listing = json.loads(response.read(MAX_RESPONSE_BYTES))
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return [f"the judge at {base_url} refused the key (HTTP {exc.code}); check the variable named by "
+                    f"args.api_key_env"]
+        return []  # a server without the listing can still judge
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return [f"nothing answers at {base_url} ({reason}); start the judge's server (e.g. `vllm serve MODEL`) "
+                f"before training, or fix args.base_url"]
+    try:
+        served = [str(m["id"]) for m in listing["data"]][:50]
+    except (KeyError, TypeError):
+        return []
+    if served and model not in served:
+        return [f"args.model: {model!r} is not served at {base_url}; it serves {', '.join(map(repr, served))}"]
+    return []
