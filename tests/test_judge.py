@@ -446,3 +446,35 @@ def test_a_dead_judge_stops_the_run_by_the_reward_guard(tmp_path):
     assert "reward 'judge' failed on 8 of 8 completions at step 2" in done.stderr
     assert "no answer from" in done.stderr
     assert len(metric_rows(tmp_path / "run")) == 1  # step 1 logged; step 2's guard stopped it before logging
+
+
+@pytest.mark.slow
+def test_on_two_ranks_each_judges_its_share_and_the_step_logs_the_sums(tmp_path):
+    """Under torchrun every rank builds its own judge and scores its own completions; rank 0 logs the global step:
+    the calls of both ranks (every request the server saw), the failures of both, the parts over all completions."""
+    import subprocess
+    import sys
+
+    def reply(body, headers):
+        prompt = body["messages"][0]["content"]
+        return 200, chat("Score: 10" if "Principle: helpful" in prompt else "no verdict"), {}
+
+    with JudgeServer(reply) as server:
+        recipe = judge_run_recipe(tmp_path, f"""
+            - name: judge
+              timeout_s: 120
+              max_error_fraction: 1.0
+              args: {{constitution: {constitution_file(tmp_path)}, base_url: "{server.base_url}", model: judge-model,
+                      backoff_s: 0.0}}
+        """, steps=2)
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               "-m", "grpo", "train", str(recipe)], capture_output=True, text=True, timeout=900,
+                              cwd=ROOT)
+        served = len(server.requests)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = metric_rows(tmp_path / "run")
+    assert sum(r["reward/judge/calls"] for r in rows) == served > 0
+    for r in rows:  # 2 prompts x 4 completions a step over both ranks; "brief" never gets a verdict
+        assert r["reward/judge/errors"] == 8 and r["reward/judge/brief/failures"] == 8
+        assert r["reward/judge/helpful/mean"] == 1.0 and r["reward/judge/brief/mean"] == 0.0
+        assert r["reward/judge/mean"] == pytest.approx(0.75)
