@@ -36,7 +36,8 @@ def validate_recipe(path: str | Path | None, overrides: list[str] = (), check_en
             # grpo's own rewards are looked up, not imported (fast), unless args need checking
             target, _ = reward_target(reward.name)
             if reward.args or not is_builtin(target):
-                problems += [f"rewards[{i}].args: {p}" for p in reward_problems(reward.name, reward.args)]
+                problems += [p if p.startswith("rewards[") else f"rewards[{i}].args: {p}"  # named by the reward
+                             for p in reward_problems(reward.name, reward.args)]
         except UserError as exc:
             problems.append(f"rewards[{i}].name: {exc}")
     if cfg.environment.name:

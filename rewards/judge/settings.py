@@ -51,9 +51,9 @@ def settings_problems(settings: dict[str, Any] | None) -> list[str]:
         problems.append(f"{WHERE}.api_key: a key is never written in a recipe (it is copied into every run "
                         f"directory); put it in an environment variable and name that variable in api_key_env")
         settings.pop("api_key")
-    problems += unknown_keys(settings, JudgeSettings, WHERE)
-    if problems:
-        return problems
+    unknown = unknown_keys(settings, JudgeSettings, WHERE)
+    if unknown:  # the settings cannot be read further
+        return problems + unknown
     s = JudgeSettings(**settings)
     if s.backend not in ("openai", "transformers"):
         problems.append(f"{WHERE}.backend: {s.backend!r} is not openai (an OpenAI-compatible endpoint) or "
