@@ -305,6 +305,7 @@ def test_api_completions_posts_the_plain_prompt(tmp_path):
     lambda b, h: (200, json.dumps({"choices": []}).encode(), {}),  # no choice
     lambda b, h: (200, json.dumps({"choices": [{"message": {"content": None}}]}).encode(), {}),
     lambda b, h: (200, b"x" * (2 << 20), {}),  # over the size cap: not read
+    lambda b, h: (200, b"[" * 200_000, {}),  # nested past Python's recursion limit
 ])
 def test_a_judge_returning_garbage_scores_zero_and_is_counted(tmp_path, reply):
     with JudgeServer(reply) as server:

@@ -105,7 +105,7 @@ class Endpoint:
         try:
             choice = json.loads(raw)["choices"][0]
             text = choice["message"]["content"] if self.api == "chat" else choice["text"]
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):  # RecursionError: [[[[... nested deep
             raise JudgeFailure(f"the reply from {self.url} is not an OpenAI-style completion: "
                                f"{raw[:120]!r}") from None
         if not isinstance(text, str):
@@ -152,6 +152,8 @@ def preflight(base_url: str, model: str, api_key: str | None, timeout_s: float =
             return [f"the judge at {base_url} refused the key (HTTP {exc.code}); check the variable named by "
                     f"args.api_key_env"]
         return []  # a server without the listing can still judge
+    except RecursionError:
+        return []
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return [f"nothing answers at {base_url} ({reason}); start the judge's server (e.g. `vllm serve MODEL`) "
