@@ -72,7 +72,7 @@ class Judge:
         start = time.monotonic()
         principles = self.constitution.principles
         scores = [[0.0] * len(principles) for _ in completions]  # [N][P], normalised to [0, 1]
-        wanted: dict[str, tuple[int, list[tuple[int, int]]]] = {}  # key -> (principle, [(completion, principle)])
+        wanted: dict[str, tuple[int, list[int]]] = {}  # key -> (principle, the completions it judges)
         texts: dict[str, str] = {}
         reused = 0
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
@@ -83,10 +83,10 @@ class Judge:
                     scores[i][j] = cached
                     reused += 1
                 elif key in wanted:  # the same completion twice in a batch (common in a group): judged once
-                    wanted[key][1].append((i, j))
+                    wanted[key][1].append(i)
                     reused += 1
                 else:
-                    wanted[key] = (j, [(i, j)])
+                    wanted[key] = (j, [i])
                     texts[key] = self.prompt_text(prompt, completion, j)
         attempts = Attempts()
         keys = list(wanted)
@@ -95,19 +95,19 @@ class Judge:
         failed_completions: set[int] = set()
         last_failure = ""
         for key, reply in zip(keys, replies):
-            j, places = wanted[key]
+            j, judged = wanted[key]
             principle = principles[j]
             value, why = (None, str(reply)) if isinstance(reply, JudgeFailure) else \
                 read_score(reply, self.pattern, principle.low, principle.high)
             if value is None:
-                failures[j] += len(places)
-                failed_completions.update(i for i, _ in places)
+                failures[j] += len(judged)
+                failed_completions.update(judged)
                 last_failure = f"principle '{principle.name}': {why}"
                 continue
             normalized = principle.normalized(value)
             self.cache.put(key, normalized)
-            for i, jj in places:
-                scores[i][jj] = normalized
+            for i in judged:
+                scores[i][j] = normalized
         counts = {"calls": float(attempts.calls), "retries": float(attempts.retries), "cached": float(reused),
                   "failed_judgements": float(sum(failures)), "seconds": time.monotonic() - start}
         counts.update({f"{p.name}/failures": float(f) for p, f in zip(principles, failures)})
