@@ -110,11 +110,26 @@ class DataConfig(PromptConfig):
 
 
 @dataclass
+class WorkerConfig:
+    """sampler.backend=hf_worker: the transformers sampler in a process of its own (grpo/sampling/worker.py)."""
+
+    # A generate call or a weight push that takes longer than this stops the run (a hung worker, never a silent
+    # wait). Generous: a loaded CPU can take minutes for one step's generation.
+    timeout_s: float = 900.0
+    threads: int = 0  # torch threads in the worker; 0: torch's default for the machine
+    cores: list[int] = field(default_factory=list)  # pin the worker to these CPU cores; empty: no pinning
+
+
+@dataclass
 class SamplerConfig(GenerationConfig):
-    backend: Literal["hf", "vllm"] = "hf"
+    # hf: the policy decodes itself; vllm: an engine in this process; hf_worker: the transformers sampler on a copy
+    # of the policy in a process of its own (weights pushed after each step), which generation can overlap with
+    # training (train.max_staleness)
+    backend: Literal["hf", "vllm", "hf_worker"] = "hf"
     group_size: int = 8  # G completions per prompt
     max_logprob_gap: float = 0.5  # error if mean |sampler - trainer| log-prob exceeds this (a failed weight sync)
     vllm: VllmConfig = field(default_factory=VllmConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
 
 
 @dataclass
@@ -183,6 +198,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more prompts
     max_sampling_rounds: int = 3  # with dynamic_sampling: at most this many generate calls per step
+    # Bounded staleness: with k >= 1 the sampler generates the next k steps' episodes while the trainer trains on
+    # this one (a sampler in its own process: sampler.backend=hf_worker), so an episode may come from a policy up
+    # to k optimizer steps old; older ones are dropped. 0: the synchronous loop (sample, then train).
+    max_staleness: int = 0
 
 
 @dataclass

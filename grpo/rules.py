@@ -84,12 +84,54 @@ def recipe_rules(cfg: RecipeConfig) -> list[str]:
         p += eval_rules(cfg.eval)
     p += precision_rules(cfg)
     p += environment_rules(cfg)
+    p += staleness_rules(cfg)
     if cfg.distributed.timeout_s <= 0:
         p.append(f"distributed.timeout_s: must be > 0, got {cfg.distributed.timeout_s}")
     beat = cfg.distributed.heartbeat_s
     if beat is not None and not 0 <= beat < cfg.distributed.timeout_s:
         p.append(f"distributed.heartbeat_s: must be 0 (off) or below distributed.timeout_s "
                  f"({cfg.distributed.timeout_s}), got {beat}; leave it unset for timeout_s / 5")
+    return p
+
+
+def staleness_rules(cfg: RecipeConfig) -> list[str]:
+    """train.max_staleness and the sampler in its own process (sampler.backend=hf_worker, sampler.worker)."""
+    p: list[str] = []
+    t, s, w = cfg.train, cfg.sampler, cfg.sampler.worker
+    if w.timeout_s <= 0:
+        p.append(f"sampler.worker.timeout_s: must be > 0 (seconds a generate call or weight push may take), got "
+                 f"{w.timeout_s}")
+    if w.threads < 0:
+        p.append(f"sampler.worker.threads: must be >= 0 (0: torch's default), got {w.threads}")
+    if any(not isinstance(c, int) or c < 0 for c in w.cores):
+        p.append(f"sampler.worker.cores: CPU core numbers (>= 0), got {w.cores}")
+    if s.backend == "hf_worker" and resolve.strategy(cfg.distributed, 1, cfg.model) == "fsdp":
+        p.append(f"sampler.backend: hf_worker decodes a copy of the policy as stored, but model.dtype = "
+                 f"{cfg.model.dtype} differs from model.master_dtype = {cfg.model.master_dtype} (a cast the "
+                 f"worker does not make); set them equal, enable LoRA, or use sampler.backend=hf")
+    k = t.max_staleness
+    if k < 0:
+        p.append(f"train.max_staleness: must be >= 0 (0: sample, then train), got {k}")
+    if k <= 0:
+        return p
+    if s.backend != "hf_worker":
+        p.append(f"train.max_staleness: generating ahead needs a sampler in a process of its own; set "
+                 f"sampler.backend=hf_worker (sampler.backend={s.backend} runs in the trainer's process; a vLLM "
+                 f"server backend is not built yet), or train.max_staleness=0")
+    if t.dynamic_sampling:
+        p.append("train.dynamic_sampling: refilling a step with more prompts needs that step's rewards before the "
+                 "next request goes out, which generating ahead (train.max_staleness > 0) does not wait for; use one "
+                 "or the other")
+    if cfg.environment.name:
+        p.append(f"environment.name: tool-using episodes ({cfg.environment.name}) are not generated ahead yet; set "
+                 f"train.max_staleness=0")
+    if t.old_logprobs == "trainer":
+        p.append("train.old_logprobs: trainer is the policy before this step's update, not the one that sampled a "
+                 "stale episode; with train.max_staleness > 0 the ratio must be against the sampling policy: set "
+                 "train.old_logprobs=sampler")
+    if t.sampler_correction in ("tis", "mis"):
+        p.append(f"train.sampler_correction: {t.sampler_correction} with train.max_staleness > 0 would count the "
+                 f"gap twice (the ratio pi / pi_sampling already holds it); set train.sampler_correction=auto")
     return p
 
 

@@ -38,6 +38,9 @@ class Objective:
     weights: Correction | None  # None: no sampler correction
     mu: int  # optimisation passes over the batch
     old_from_trainer: bool  # mu > 1: the ratio's old policy is the trainer's pre-update log-probs, not the sampler's
+    # Episodes may come from an older policy (train.max_staleness > 0): the ratio's old policy is the sampling
+    # policy's log-probs on every pass, mu = 1 included
+    off_policy: bool = False
 
 
 @dataclass

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from grpo import io as atomic
 from grpo.report.evals import eval_points
 from grpo.report.load import RunData
-from grpo.report.panels import TIME_PARTS, TIME_TOTAL, Panel, is_log
+from grpo.report.panels import ON_THE_STEP, TIME_PARTS, TIME_TOTAL, Panel, is_log
 
 # Colour-blind-safe (Okabe-Ito); runs beyond eight reuse them.
 RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -157,14 +157,15 @@ def eval_figure(keys: list[str], runs: list[RunData]) -> Figure:
 
 def time_parts(run: RunData) -> tuple[list[int], dict[str, list[float]]]:
     """Steps and seconds per part; other = step total - the logged parts (never below 0), when the total is
-    logged. Steps lacking a part count it as 0 (an older trainer may not log sync)."""
+    logged. Steps lacking a part count it as 0 (an older trainer may not log sync). A step that generated ahead
+    (train.max_staleness) stacks what it waited for generation, not the generation that overlapped training."""
     steps, parts = [], {p.split("/")[1].removesuffix("_s"): [] for p in TIME_PARTS}
     parts["other"] = []
     for row in run.metrics:
         if not any(k in row for k in (*TIME_PARTS, TIME_TOTAL)):
             continue
         steps.append(row["step"])
-        logged = [row.get(k, 0.0) for k in TIME_PARTS]
+        logged = [row.get(ON_THE_STEP.get(k, k), row.get(k, 0.0)) for k in TIME_PARTS]
         logged = [0.0 if math.isnan(v) else v for v in logged]
         for key, v in zip(TIME_PARTS, logged):
             parts[key.split("/")[1].removesuffix("_s")].append(v)

@@ -54,8 +54,13 @@ PANELS: tuple[Panel, ...] = (
     Panel("throughput", "Throughput", ("throughput/*", "time/step_s", "batch/padded_fraction"),
           why="Generated tokens per second of generation, and per second of the whole step; the share of the "
               "training pass spent on padding."),
+    Panel("async", "Generation ahead of training", ("async/*", "time/wait_*", "sync/*"),
+          why="With train.max_staleness: how many versions old the episodes were (never above the limit), stale "
+              "replies dropped, the trainer waiting for generation and the sampler waiting for the trainer, and "
+              "the bytes of each weight push."),
     Panel("time", "Time budget per step", ("time/*",), kind="time",
-          why="Where a step's seconds go; other = step - (generate + score + train + sync)."),
+          why="Where a step's seconds go; other = step - (generate + score + train + sync). With train.max_staleness, "
+              "generate is the step's wait for it (the rest overlapped training)."),
     Panel("eval", "Eval during training", ("eval/*",), kind="eval",
           why="From eval.every (and any eval summary in the run directory); bars are 95% bootstrap intervals."),
     Panel("other", "Other metrics", ("*",),
@@ -65,6 +70,8 @@ PANELS: tuple[Panel, ...] = (
 # The stacked time budget: logged parts, then "other" for what the parts do not cover.
 TIME_PARTS = ("time/generate_s", "time/score_s", "time/train_s", "time/sync_s")
 TIME_TOTAL = "time/step_s"
+# A part that can overlap the step, and the metric of what the step waited for it (grpo/train/inflight.py)
+ON_THE_STEP = {"time/generate_s": "time/wait_generate_s"}
 
 
 def assign(keys: list[str]) -> dict[str, list[str]]:

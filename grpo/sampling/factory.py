@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from grpo.config import EnvironmentConfig, VllmConfig
+from grpo.config import EnvironmentConfig, VllmConfig, WorkerConfig
 from grpo.errors import UserError
 from grpo.parallel import World
 from grpo.sampling.base import Sampler
@@ -16,7 +16,8 @@ def build_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path 
                   generation_batch_size: int, engine: VllmConfig, seed: int, dtype: str,
                   max_model_len: int | None = None, synced: bool = False, decode_context: Any = None,
                   rows_per_step: int | None = None, world: World = World.single(),
-                  environment: EnvironmentConfig | None = None) -> Sampler:
+                  environment: EnvironmentConfig | None = None, worker: WorkerConfig | None = None,
+                  first_version: int = 0) -> Sampler:
     """backend "hf": the policy generates itself (weights are shared, sync is free). backend "vllm": an engine
     loads `model_path` in this process with the options in `engine`; `max_model_len` as the caller resolved it
     (training: grpo.resolve.max_model_len; eval: engine.max_model_len, None meaning the model's own); `dtype` is the compute dtype (model.dtype), which vLLM must get. synced: the hf
@@ -24,11 +25,14 @@ def build_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path 
     trainer's precision and FSDP gather; None: nothing). rows_per_step: completions one rank generates per
     training step (prompts per rank x group size); on GPU it sizes vLLM's max_num_seqs unless
     engine.max_num_seqs is set (None, e.g. for eval: vLLM's default). world: this process's place in the launch.
-    environment: with a name, the sampler runs tool-using episodes (grpo/sampling/tools.py) over the backend's."""
+    environment: with a name, the sampler runs tool-using episodes (grpo/sampling/tools.py) over the backend's.
+    backend "hf_worker": the hf sampler on a copy of `model` in a process of its own (`worker`: its settings;
+    first_version: the policy version its first weight push carries, the resumed step)."""
     sampler = _backend_sampler(backend, model=model, tokenizer=tokenizer, model_path=model_path,
                                generation_batch_size=generation_batch_size, engine=engine, seed=seed, dtype=dtype,
                                max_model_len=max_model_len, synced=synced, decode_context=decode_context,
-                               rows_per_step=rows_per_step, world=world)
+                               rows_per_step=rows_per_step, world=world, worker=worker or WorkerConfig(),
+                               first_version=first_version)
     return with_environment(sampler, tokenizer, environment, world if synced and backend == "hf" else None)
 
 
@@ -49,11 +53,16 @@ def with_environment(sampler: Sampler, tokenizer: Any, environment: EnvironmentC
 def _backend_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path | str | None,
                      generation_batch_size: int, engine: VllmConfig, seed: int, dtype: str,
                      max_model_len: int | None, synced: bool, decode_context: Any, rows_per_step: int | None,
-                     world: World) -> Sampler:
+                     world: World, worker: WorkerConfig, first_version: int) -> Sampler:
     if backend == "hf":
         from grpo.sampling.hf import HFSampler
 
         return HFSampler(model, tokenizer, generation_batch_size, synced=synced, decode_context=decode_context)
+    if backend == "hf_worker":
+        from grpo.sampling.worker import WorkerSampler
+
+        return WorkerSampler(model, tokenizer, generation_batch_size, timeout_s=worker.timeout_s,
+                             threads=worker.threads, cores=worker.cores, first_version=first_version)
     if model_path is None:
         raise UserError("sampler vllm needs a model directory (vLLM loads the weights itself); give the model's "
                         "path or use the hf sampler (--sampler hf).")

@@ -117,6 +117,10 @@ class Experience:
     tool_s: float = 0.0  # wall time of tool calls, within generate_s
     score_s: float = 0.0
     generated_tokens: int = 0
+    # The step's wait for generation: all of generate_s when it samples then trains; with bounded staleness, only
+    # what generation ahead of time had not finished (grpo/train/inflight.py)
+    blocked_s: float = 0.0
+    figures: dict[str, float] = field(default_factory=dict)  # the episode source's own metrics (async/...)
 
 
 def merge_experience(parts: list[Experience]) -> Experience:
@@ -124,7 +128,7 @@ def merge_experience(parts: list[Experience]) -> Experience:
     global prompt list by every rank alike, so they are taken once; times are the slowest rank's."""
     first = parts[0]
     merged = Experience(episodes=[e for p in parts for e in p.episodes], group_size=first.group_size,
-                        skipped_prompts=first.skipped_prompts)
+                        skipped_prompts=first.skipped_prompts, figures=dict(first.figures))
     for p in parts:
         merged.dropped_groups += p.dropped_groups
         merged.zero_variance_groups += p.zero_variance_groups
@@ -133,6 +137,7 @@ def merge_experience(parts: list[Experience]) -> Experience:
         merged.generate_s = max(merged.generate_s, p.generate_s)
         merged.tool_s = max(merged.tool_s, p.tool_s)
         merged.score_s = max(merged.score_s, p.score_s)
+        merged.blocked_s = max(merged.blocked_s, p.blocked_s)
         for name, count in p.reward_errors.items():
             merged.reward_errors[name] = merged.reward_errors.get(name, 0) + count
         for name, count in p.reward_crashes.items():

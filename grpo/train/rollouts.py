@@ -11,7 +11,7 @@ from grpo.data import PromptRenderer, PromptStream
 from grpo.errors import UserError
 from grpo.parallel import World
 from grpo.objectives.advantages import AdvantageFn, compute_advantages, zero_variance_groups
-from grpo.sampling.base import Sampler, SamplingSettings
+from grpo.sampling.base import Group, Sampler, SamplingSettings
 from grpo.seeds import derive_seed
 from grpo.train.episodes import Episode, Experience, add_reward_reports
 from grpo.train.profiling import stage
@@ -32,7 +32,7 @@ def collect_experience(settings: SamplingSettings, *, stream: PromptStream, rend
     kept_globally = 0
     for round_index in range(train.max_sampling_rounds if dynamic_sampling else 1):
         per_rank = -(-(prompts_per_step - kept_globally) // world.size)  # ceil: every rank samples as many
-        rows, texts, ids = _next_prompts(stream, renderer, per_rank * world.size, data.max_prompt_tokens, exp)
+        rows, texts, ids = next_prompts(stream, renderer, per_rank * world.size, data.max_prompt_tokens, exp)
         mine = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
         rows, texts, ids = rows[mine], texts[mine], ids[mine]
         round_seed = derive_seed(settings.seed, round=round_index)
@@ -43,19 +43,8 @@ def collect_experience(settings: SamplingSettings, *, stream: PromptStream, rend
         exp.tool_s += getattr(sampler, "tool_wall_s", 0.0)  # a tool-using sampler's share of that time
         first_id = prompts_taken + world.rank * per_rank
         prompts_taken += per_rank * world.size
-        episodes = [Episode.one_turn(ids[g], c, group_id=first_id + g, policy_version=policy_version,
-                                     prompt_text=texts[g], row=rows[g])
-                    for g, group in enumerate(groups) for c in group.completions]
-        exp.generated_tokens += sum(e.model_tokens for e in episodes)
-
-        with stage("grpo/score") as timed:
-            _score(episodes, rewards, data.answer_column, settings.max_new_tokens, exp)
-        exp.score_s += timed.seconds
-
-        totals = torch.tensor([e.reward for e in episodes], dtype=torch.float32)  # [b*G]
-        flat = zero_variance_groups(totals, G)  # [b]
-        exp.sampled_groups += len(groups)
-        exp.zero_variance_groups += int(flat.sum())
+        episodes, flat = scored_groups(groups, rows, texts, ids, first_id, policy_version, rewards, data,
+                                       settings.max_new_tokens, exp)
         for g in range(len(groups)):
             if dynamic_sampling and bool(flat[g]):
                 exp.dropped_groups += 1
@@ -70,6 +59,26 @@ def collect_experience(settings: SamplingSettings, *, stream: PromptStream, rend
     exp.episodes = [e for group in kept for e in group]
     assign_advantages(exp.episodes, advantage_fn, G, world)
     return exp
+
+
+def scored_groups(groups: list[Group], rows: list[dict], texts: list[str], ids: list[list[int]], first_group_id: int,
+                  policy_version: int, rewards: list[NamedReward], data: DataConfig, max_new_tokens: int,
+                  exp: Experience) -> tuple[list[Episode], torch.Tensor]:
+    """One generate call's groups as scored episodes, group by group, and which groups scored all alike ([b] bool).
+    `exp` counts the tokens, the scoring time and the groups."""
+    G = exp.group_size
+    episodes = [Episode.one_turn(ids[g], c, group_id=first_group_id + g, policy_version=policy_version,
+                                 prompt_text=texts[g], row=rows[g])
+                for g, group in enumerate(groups) for c in group.completions]
+    exp.generated_tokens += sum(e.model_tokens for e in episodes)
+    with stage("grpo/score") as timed:
+        _score(episodes, rewards, data.answer_column, max_new_tokens, exp)
+    exp.score_s += timed.seconds
+    totals = torch.tensor([e.reward for e in episodes], dtype=torch.float32)  # [b*G]
+    flat = zero_variance_groups(totals, G)  # [b]
+    exp.sampled_groups += len(groups)
+    exp.zero_variance_groups += int(flat.sum())
+    return episodes, flat
 
 
 def assign_advantages(episodes: list[Episode], advantage_fn: AdvantageFn, group_size: int,
@@ -94,7 +103,7 @@ def _share_groups(kept: list[list[Episode]], wanted: int, world: World) -> list[
     return everyone[world.rank * share:(world.rank + 1) * share]
 
 
-def _next_prompts(stream: PromptStream, renderer: PromptRenderer, count: int, max_prompt_tokens: int,
+def next_prompts(stream: PromptStream, renderer: PromptRenderer, count: int, max_prompt_tokens: int,
                   exp: Experience) -> tuple[list[dict], list[str], list[list[int]]]:
     rows, texts, ids = [], [], []
     skipped_in_a_row = 0

@@ -25,10 +25,10 @@ from grpo.parallel import World, close_world, init_world, launched_world, rank_d
 from grpo.recipe import to_dict
 from grpo.rules import precision_warnings
 from grpo.rundir import checkpoint_dir, latest_checkpoint, set_aside
-from grpo.sampling.base import Sampler, SamplingSettings
+from grpo.sampling.base import Sampler
 from grpo.sampling.factory import build_sampler
+from grpo.sampling.worker import SamplerWorkerGone
 from grpo.schedule import lr_factor
-from grpo.seeds import derive_seed
 from grpo.train.checkpoint import (load_optimizer_state, load_trainer_state, newest_complete, restore_policy_weights,
                                    restore_rng, rng_state, save_checkpoint)
 from grpo.train.disk import sweep_stale_temps
@@ -43,13 +43,13 @@ from grpo.train.profiling import StepProfiler, stage
 from grpo.train.progress import Progress
 from grpo.train.resume import check_resume, rows_fingerprint
 from grpo.train.episodes import Experience, UpdateStats, merge_experience, token_batch, tool_figures
-from grpo.train.rollouts import collect_experience
+from grpo.train.inflight import EpisodeSource, Synchronous, episode_source, sample_and_score  # noqa: F401
 from grpo.train.sharding import (full_model_state, full_optimizer_state, gathered, load_full_optimizer_state,
                                  reshard_all, unwrap, wrap_from_rank0)
 from grpo.train.signals import StopFlag, Stopped
 from grpo.train.summary import closing_summary, read_metrics
 from grpo.train.update import Objective, TrainingPass, build_objective, policy_update, training_pass
-from rewards.scoring import NamedReward, build_rewards, close_rewards, crash_totals
+from rewards.scoring import NamedReward, build_rewards, close_rewards
 
 
 class PeriodicEvaluator(Protocol):
@@ -86,6 +86,8 @@ class Run:
     strategy: str = "none"  # none | ddp | fsdp (grpo.resolve.strategy)
     precision: Precision | None = None  # compute and master dtypes, and how the forward casts between them
     evaluator: PeriodicEvaluator | None = None  # eval.every's evaluation; None: no periodic eval
+    # where each step's episodes come from: sampled now, or requested ahead (train.max_staleness)
+    source: EpisodeSource = field(default_factory=Synchronous)
 
 
 def train(cfg: RecipeConfig, world: World | None = None, evaluator: PeriodicEvaluator | None = None) -> Path:
@@ -118,16 +120,17 @@ def _train(run: Run, stop: StopFlag) -> Path:
     profiler = StepProfiler(cfg.logging.profile_step, cfg.logging.profiler, run.output_dir, run.world.is_main)
     profiler.warn_if_outside(run.start_step + 1, cfg.train.steps)
     try:
+        run.source.start(run)  # with bounded staleness: the first steps' requests go out now
         for step in range(run.start_step + 1, cfg.train.steps + 1):
             profiler.begin(step)
             with stage("grpo/step") as whole:
-                exp = sample_and_score(run, step)  # this rank's share of the step's groups
+                exp = run.source.experience(run, step)  # this rank's share of the step's groups
                 health.check_rewards(exp, step)
                 with stage("grpo/train") as training:
                     update = update_policy(run, exp)
                 with stage("grpo/sync") as syncing:
-                    run.sampler.sync_weights(unwrap(run.policy))
-                check_sampler_matches_policy(run, update, step)
+                    run.source.after_update(run, step)  # the weights to the sampler (and the next request)
+                check_sampler_matches_policy(run, update, step, exp)
                 parts = run.world.gather_to_main(exp)  # every rank sends its share; rank 0 logs the global step
                 step_exp = merge_experience(parts) if run.world.distributed and parts else exp
             metrics = step_metrics(run, step_exp, update, training.seconds, syncing.seconds, whole.seconds)
@@ -146,6 +149,11 @@ def _train(run: Run, stop: StopFlag) -> Path:
             if signum:
                 saved = saved or save_if_due(run, step, force=True)
                 raise Stopped(signum, step, saved)
+    except SamplerWorkerGone as exc:  # the run's files are as the last step left them: say where to go on from
+        latest = latest_checkpoint(run.output_dir)
+        where = (f"The same command resumes from {latest}." if latest is not None else
+                 "No checkpoint was written yet: the same command starts over.")
+        raise SamplerWorkerGone(f"{exc} {where}") from None
     finally:
         progress.close()
         run.log.close()
@@ -212,14 +220,19 @@ def setup(cfg: RecipeConfig, world: World, evaluator: PeriodicEvaluator | None =
     sampler, log = build_sampler_and_logs(cfg, model, world, strategy, precision, start_step, device, layout)
     # The objective and the passes are fixed here, once: the loop hands them to every update as they are.
     objective = build_objective(cfg.train, resolve.sampler_correction(cfg.train, cfg.sampler.backend),
-                                resolve.loss_constant(cfg.train, cfg.sampler, cfg.environment))
+                                resolve.loss_constant(cfg.train, cfg.sampler, cfg.environment),
+                                off_policy=cfg.train.max_staleness > 0)
     passes = training_pass(cfg.train, layout, cfg.sampler.temperature, device, world, precision.autocast)
+    if cfg.train.max_staleness and world.distributed:
+        raise UserError(f"train.max_staleness: {cfg.train.max_staleness} runs one trainer beside one generation "
+                        f"worker; under torchrun ({world.size} ranks) it is not supported yet. Set "
+                        f"train.max_staleness=0, or train on one process.")
     return Run(cfg=cfg, output_dir=output_dir, device=device, tokenizer=model.tokenizer, policy=model.policy,
                reference=model.reference, sampler=sampler, rewards=rewards,
                advantage_fn=ADVANTAGES[cfg.train.advantage], optimizer=optimizer, scheduler=scheduler, stream=stream,
                renderer=PromptRenderer(model.tokenizer, cfg.data), log=log, start_step=start_step, world=world,
                data_fingerprint=fingerprint, objective=objective, training_pass=passes, strategy=strategy,
-               precision=precision, evaluator=evaluator)
+               precision=precision, evaluator=evaluator, source=episode_source(cfg.train.max_staleness))
 
 
 def resume_point(cfg: RecipeConfig, output_dir: Path, world: World) -> Resume | None:
@@ -339,7 +352,8 @@ def build_sampler_and_logs(cfg: RecipeConfig, model: Model, world: World, strate
                             environment=cfg.environment,
                             synced=strategy == "fsdp" and world.distributed, world=world,
                             rows_per_step=-(-cfg.train.prompts_per_step // world.size) * cfg.sampler.group_size,
-                            decode_context=lambda: _decoding(policy, precision, cfg.distributed.reshard_after_forward))
+                            decode_context=lambda: _decoding(policy, precision, cfg.distributed.reshard_after_forward),
+                            worker=cfg.sampler.worker, first_version=start_step)
     sampler.sync_weights(unwrap(policy))  # a resumed or LoRA-wrapped policy differs from the weights on disk
     log: MetricsLog | SilentLog = SilentLog()  # only rank 0 writes files
     output_dir = Path(cfg.output_dir)
@@ -371,21 +385,6 @@ def _seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------------------------------------------- one step
 
-def sample_and_score(run: Run, step: int) -> Experience:
-    c = run.cfg
-    # A seed per rank too: ranks draw for different prompts, and must not share their random numbers.
-    seed = derive_seed(c.seed, step, rank=run.world.rank)
-    settings = SamplingSettings.of(c.sampler, n=c.sampler.group_size, seed=seed)
-    run.sampler.wake()
-    crashed_before = crash_totals(run.rewards)
-    exp = collect_experience(settings, stream=run.stream, renderer=run.renderer, sampler=run.sampler,
-                             rewards=run.rewards, advantage_fn=run.advantage_fn, data=c.data, train=c.train,
-                             world=run.world, policy_version=step - 1)  # the weights synced after step - 1
-    run.sampler.sleep()
-    exp.reward_crashes = {name: n - crashed_before[name] for name, n in crash_totals(run.rewards).items()}
-    return exp
-
-
 def update_policy(run: Run, exp: Experience) -> UpdateStats | None:
     if not exp.episodes:  # dynamic sampling found no group with any signal: nothing to learn this step
         run.scheduler.step()
@@ -396,10 +395,11 @@ def update_policy(run: Run, exp: Experience) -> UpdateStats | None:
     return stats
 
 
-def check_sampler_matches_policy(run: Run, update: UpdateStats | None, step: int) -> None:
+def check_sampler_matches_policy(run: Run, update: UpdateStats | None, step: int, exp: Experience) -> None:
     """The sampler's log-probs were measured against the policy before this step's update; a large gap
-    means the last weight sync did not reach the sampler."""
-    if update is None:
+    means the last weight sync did not reach the sampler. Only a step sampled by that policy can say: an older
+    episode's gap is also the policy's drift since (bounded staleness; its first step is always fresh)."""
+    if update is None or any(e.policy_version != step - 1 for e in exp.episodes):
         return
     # Each rank checks its own engine, but all decide together: a rank stopping alone would leave the others
     # waiting in the next collective.
@@ -439,11 +439,12 @@ def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s:
         "time/sync_s": sync_s,
         "time/step_s": step_s,
         # the rest of the step: logging, samples, advantages, Python between the stages (a budget to keep small)
-        "time/other_s": max(0.0, step_s - exp.generate_s - exp.score_s - train_s - sync_s),
+        "time/other_s": max(0.0, step_s - exp.blocked_s - exp.score_s - train_s - sync_s),
         "throughput/generated_tokens_per_s": exp.generated_tokens / max(exp.generate_s, 1e-9),
         "throughput/tokens_per_s": exp.generated_tokens / max(step_s, 1e-9),
     }
     m.update(tool_figures(episodes, exp.tool_s))
+    m.update(exp.figures)
     for reward in run.rewards:
         applied = [v for v in exp.reward_values.get(reward.name, []) if v is not None]
         m[f"reward/{reward.name}/mean"] = _mean(applied)
@@ -496,7 +497,7 @@ def save_if_due(run: Run, step: int, force: bool = False) -> Path | None:
     weights = full_model_state(run.policy) if sharded and not run.cfg.model.lora.enabled else None
     state = {"optimizer": full_optimizer_state(run.policy, run.optimizer, sharded),
              "scheduler": run.scheduler.state_dict(),
-             "data": run.stream.state_dict(), "config": to_dict(run.cfg), "world_size": run.world.size,
+             "data": run.source.data_state(run), "config": to_dict(run.cfg), "world_size": run.world.size,
              "rng_per_rank": run.world.gather(rng_state()), "data_fingerprint": run.data_fingerprint}
     failure: Exception | None = None
     if run.world.is_main:

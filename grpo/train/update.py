@@ -30,9 +30,11 @@ DEFAULT_CHUNK = TrainConfig.vocab_chunk_tokens  # declared once, in the config
 __all__ = ["UpdateStats", "Objective", "TrainingPass", "build_objective", "completion_logprobs", "policy_update"]
 
 
-def build_objective(s: TrainConfig, correction: str = "none", loss_constant: int = 0) -> Objective:
+def build_objective(s: TrainConfig, correction: str = "none", loss_constant: int = 0,
+                    off_policy: bool = False) -> Objective:
     """The run's objective from the recipe's train section. `correction`: train.sampler_correction and
-    `loss_constant`: the normaliser of loss_aggregation=constant, both as grpo.resolve resolved them."""
+    `loss_constant`: the normaliser of loss_aggregation=constant, both as grpo.resolve resolved them. off_policy:
+    episodes may come from an older policy (train.max_staleness > 0)."""
     surrogate = functools.partial(SURROGATES[s.loss], clip_low=s.clip_low, clip_high=s.clip_high,
                                   clip_ratio_c=s.clip_ratio_c)
     kl = clamped(KL_ESTIMATORS[s.kl_estimator], s.kl_clamp) if s.beta > 0 else None
@@ -42,7 +44,7 @@ def build_objective(s: TrainConfig, correction: str = "none", loss_constant: int
                      aggregate=functools.partial(aggregate, mode=s.loss_aggregation, constant=loss_constant),
                      kl=kl, beta=s.beta, kl_in_reward=kl is not None and s.kl_in == "reward",
                      entropy_coef=s.entropy_coef, correction=correction, weights=weights, mu=s.mu,
-                     old_from_trainer=s.old_logprobs == "trainer")
+                     old_from_trainer=s.old_logprobs == "trainer", off_policy=off_policy)
 
 
 @dataclass(frozen=True)
@@ -193,8 +195,9 @@ def cut_micro_batches(batch: TokenBatch, passes: TrainingPass) -> list[MicroBatc
 def _old_logprobs(objective: Objective, logp: torch.Tensor, tokens: TokenBatch,
                   fixed: BeforeUpdate) -> torch.Tensor:
     """The ratio's old policy [n, C]. mu == 1: on-policy, the ratio is 1 but carries the gradient. mu > 1: later
-    passes are off-policy against the sampler-time log-probs, or the trainer's own from the first pass."""
-    if objective.mu == 1:
+    passes are off-policy against the sampler-time log-probs, or the trainer's own from the first pass. Stale
+    episodes (off_policy): always the sampling policy's, so the clipped ratio is pi / pi_sampling from the first pass."""
+    if objective.mu == 1 and not objective.off_policy:
         return logp.detach()
     return fixed.trainer_old if objective.old_from_trainer else tokens.old_logprobs
 

@@ -1,0 +1,166 @@
+"""Where a step's episodes come from, chosen once at setup (train.max_staleness):
+
+- Synchronous (k = 0): the step samples its prompts now, from the weights the last step pushed, then scores them.
+- BoundedStaleness (k >= 1): steps are requested ahead. While the trainer trains step t, the sampler (in its own
+  process: grpo/sampling/worker.py) generates the requests of steps t + 1 ... t + k, so an episode may be sampled
+  by a policy up to k optimizer steps old. Steps take their episodes by schedule (step t takes the request made
+  for step t, whenever it arrived), the sampler serves requests and weight pushes in the order sent (so the
+  request for step t + k + 1, sent right after step t's push, is sampled by version t), and a reply older than k
+  versions is dropped and sampled again, counted: it never reaches the loss. The objective then takes the ratio
+  against the sampling policy's log-probs (grpo/train/update.py), which is what keeps it right off-policy.
+
+A checkpoint after step t saves the data position of step t + 1's prompts, not the stream's (which is k steps
+further on): a resumed run requests the in-flight steps again, from the checkpoint's weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from grpo.sampling.base import SamplingSettings
+from grpo.seeds import derive_seed
+from grpo.train.episodes import Experience
+from grpo.train.profiling import stage
+from grpo.train.rollouts import assign_advantages, collect_experience, next_prompts, scored_groups
+from grpo.train.sharding import unwrap
+from rewards.scoring import crash_totals
+
+if TYPE_CHECKING:
+    from grpo.train.trainer import Run
+
+STALE_RETRIES = 3  # a sampler that serves stale weights this many times in a row for one step is broken
+
+
+class EpisodeSource(Protocol):
+    def start(self, run: "Run") -> None:
+        """Before the first step: send what must be in flight."""
+
+    def experience(self, run: "Run", step: int) -> Experience:
+        """This rank's scored episodes for `step`, with their advantages."""
+
+    def after_update(self, run: "Run", step: int) -> None:
+        """The updated weights go to the sampler (and, ahead of time, the next request)."""
+
+    def data_state(self, run: "Run") -> dict:
+        """The data position a checkpoint saved now resumes from."""
+
+
+def step_settings(run: "Run", step: int) -> SamplingSettings:
+    """What a step draws. A seed per rank too: ranks draw for different prompts and must not share random numbers."""
+    c = run.cfg
+    return SamplingSettings.of(c.sampler, n=c.sampler.group_size, seed=derive_seed(c.seed, step, rank=run.world.rank))
+
+
+def sample_and_score(run: "Run", step: int) -> Experience:
+    """The synchronous step's sampling: now, from the weights pushed after step - 1."""
+    c = run.cfg
+    run.sampler.wake()
+    crashed_before = crash_totals(run.rewards)
+    exp = collect_experience(step_settings(run, step), stream=run.stream, renderer=run.renderer, sampler=run.sampler,
+                             rewards=run.rewards, advantage_fn=run.advantage_fn, data=c.data, train=c.train,
+                             world=run.world, policy_version=step - 1)  # the weights synced after step - 1
+    run.sampler.sleep()
+    exp.reward_crashes = {name: n - crashed_before[name] for name, n in crash_totals(run.rewards).items()}
+    exp.blocked_s = exp.generate_s
+    return exp
+
+
+class Synchronous:
+    def start(self, run: "Run") -> None:
+        pass
+
+    def experience(self, run: "Run", step: int) -> Experience:
+        return sample_and_score(run, step)
+
+    def after_update(self, run: "Run", step: int) -> None:
+        run.sampler.sync_weights(unwrap(run.policy))
+
+    def data_state(self, run: "Run") -> dict:
+        return run.stream.state_dict()
+
+
+@dataclass
+class Request:
+    """A step's prompts, sent ahead of the step."""
+
+    exp: Experience  # the step's record so far (prompts skipped as too long while choosing these)
+    rows: list[dict]
+    texts: list[str]
+    ids: list[list[int]]
+    settings: SamplingSettings
+    data_before: dict  # the stream's position before these prompts were taken
+
+
+class BoundedStaleness:
+    def __init__(self, max_staleness: int):
+        self.k = max_staleness
+        self.pending: dict[int, Request] = {}
+        self._resent = 0
+
+    def start(self, run: "Run") -> None:
+        last = min(run.start_step + 1 + self.k, run.cfg.train.steps)
+        for step in range(run.start_step + 1, last + 1):  # all sampled by the weights pushed at setup
+            self._request(run, step)
+
+    def experience(self, run: "Run", step: int) -> Experience:
+        request = self.pending.pop(step)
+        c = run.cfg
+        with stage("grpo/wait_generate") as waited:
+            reply, dropped = self._fresh_reply(run, step, request)
+        exp = request.exp
+        crashed_before = crash_totals(run.rewards)
+        episodes, _ = scored_groups(reply.groups, request.rows, request.texts, request.ids, 0, reply.version,
+                                    run.rewards, c.data, request.settings.max_new_tokens, exp)
+        exp.reward_crashes = {name: n - crashed_before[name] for name, n in crash_totals(run.rewards).items()}
+        exp.episodes = episodes
+        assign_advantages(episodes, run.advantage_fn, exp.group_size, run.world)
+        exp.generate_s, exp.blocked_s = reply.generate_s, waited.seconds
+        staleness = [(step - 1) - e.policy_version for e in episodes]
+        exp.figures = {"async/staleness_mean": sum(staleness) / max(len(staleness), 1),
+                       "async/staleness_max": max(staleness, default=0),
+                       "async/dropped_stale": dropped,
+                       "time/wait_generate_s": waited.seconds,  # the trainer waiting for generation
+                       "time/wait_train_s": run.sampler.take_idle(),  # the sampler waiting for the trainer
+                       "sync/bytes": getattr(run.sampler, "bytes_per_push", 0)}
+        return exp
+
+    def after_update(self, run: "Run", step: int) -> None:
+        run.sampler.sync_weights(unwrap(run.policy))  # version `step`: served before any request sent after it
+        ahead = step + self.k + 1
+        if ahead <= run.cfg.train.steps:
+            self._request(run, ahead)
+
+    def data_state(self, run: "Run") -> dict:
+        return self.pending[min(self.pending)].data_before if self.pending else run.stream.state_dict()
+
+    def _request(self, run: "Run", step: int) -> None:
+        c = run.cfg
+        before = run.stream.state_dict()
+        exp = Experience(episodes=[], group_size=c.sampler.group_size)
+        rows, texts, ids = next_prompts(run.stream, run.renderer, c.train.prompts_per_step, c.data.max_prompt_tokens,
+                                        exp)
+        request = Request(exp, rows, texts, ids, step_settings(run, step), before)
+        run.sampler.submit(step, ids, request.settings)
+        self.pending[step] = request
+
+    def _fresh_reply(self, run: "Run", step: int, request: Request) -> tuple[Any, int]:
+        """The step's reply, sampled by version >= step - 1 - k: an older one is dropped (its episodes counted) and
+        the prompts are sent again, behind the newest push."""
+        reply, dropped = run.sampler.take(step), 0
+        for _ in range(STALE_RETRIES):
+            if (step - 1) - reply.version <= self.k:
+                return reply, dropped
+            dropped += sum(len(g.completions) for g in reply.groups)
+            self._resent += 1
+            key = ("again", step, self._resent)
+            run.sampler.submit(key, request.ids, request.settings)
+            reply = run.sampler.take(key)
+        if (step - 1) - reply.version <= self.k:
+            return reply, dropped
+        raise RuntimeError(f"step {step}: the sampler served weights older than train.max_staleness = {self.k} "
+                           f"versions {STALE_RETRIES + 1} times in a row (last: version {reply.version}); its weight sync "
+                           f"is not reaching it")
+
+
+def episode_source(max_staleness: int) -> EpisodeSource:
+    return BoundedStaleness(max_staleness) if max_staleness else Synchronous()
