@@ -281,3 +281,24 @@ def test_a_worker_killed_mid_run_stops_the_trainer_with_the_checkpoint_to_resume
     assert trainer.returncode == 2, err[-3000:]
     assert "generation worker" in err and "died" in err
     assert "The same command resumes from" in err and "step-000002" in err
+
+
+@pytest.mark.e2e
+def test_tiny_recipe_learns_with_one_step_of_staleness(tmp_path):
+    """The bar: recipes/tiny.yaml with the sampler in its own process, generating one step ahead, learns; its
+    episodes are one version old from step 2 on, never more. (make test-e2e: about 2 min on 2 quiet cores.)"""
+    out = tmp_path / "run"
+    grpo("train", "recipes/tiny.yaml", f"output_dir={out}", "sampler.backend=hf_worker", "train.max_staleness=1",
+         "logging.progress_bar=false", check=True, timeout=3600)
+    m = metrics_of(out)
+    assert [r["step"] for r in m] == list(range(1, 101))
+    staleness = [r["async/staleness_mean"] for r in m]
+    assert sum(staleness) / len(staleness) > 0.9 and max(r["async/staleness_max"] for r in m) == 1
+    assert sum(r["async/dropped_stale"] for r in m) == 0
+
+    def mean(key, part):
+        return sum(r[key] for r in part) / len(part)
+
+    first, last = m[:20], m[-20:]
+    assert mean("reward/mean", last) > mean("reward/mean", first) + 0.2, (mean("reward/mean", first),
+                                                                         mean("reward/mean", last))
