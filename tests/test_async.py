@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT, grpo, recipe_config, write_recipe
-from gate import HOLD_SOURCE, REWARD_TIMEOUT_S, Gate
+from gate import HOLD_SOURCE, REWARD_TIMEOUT_S, Gate, wait_for_text
 from grpo.rules import recipe_rules
 from grpo.sampling.base import Completion, Group, SamplingSettings
 from grpo.sampling.hf import HFSampler
@@ -281,6 +281,25 @@ def test_a_worker_killed_mid_run_stops_the_trainer_with_the_checkpoint_to_resume
     assert trainer.returncode == 2, err[-3000:]
     assert "generation worker" in err and "died" in err
     assert "The same command resumes from" in err and "step-000002" in err
+
+
+def test_ctrl_c_reaches_the_worker_too_and_the_trainer_still_saves(tmp_path, tiny_model_dir, sums_file, background):
+    (tmp_path / "held_reward.py").write_text(HOLD_SOURCE + "\n\ndef reward(prompts, completions, **kw):\n    gate_hold()\n"
+                                             "    return [float(len(c) % 2) for c in completions]\n")
+    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, "held_reward:reward", steps=6,
+                          reward_timeout_s=REWARD_TIMEOUT_S, checkpoint="{every: 0, keep_last: 2}",
+                          extra="sampler: {backend: hf_worker, group_size: 4, max_new_tokens: 6}\n")
+    gate = Gate(tmp_path / "gate", hold_from=2)
+    trainer = background.start([sys.executable, "-m", "grpo", "train", str(recipe), "train.max_staleness=1"],
+                               cwd=ROOT, env={**os.environ, **gate.env(), "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    gate.wait_held(trainer)
+    os.killpg(trainer.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group gets it
+    wait_for_text(trainer.err_path, "SIGINT received: finishing this step", trainer)
+    gate.release()
+    _, err = background.finish(trainer, timeout=300)
+    assert trainer.returncode == 130, err[-3000:]  # step 2 finished (its weights pushed to the worker) and saved
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
+    assert "generation worker" not in err
 
 
 @pytest.mark.e2e

@@ -6,6 +6,7 @@ is served, so every reply names the one version that sampled all of it."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -16,6 +17,9 @@ import torch
 
 def serve(conn: Connection, model: torch.nn.Module, staging: dict[str, torch.Tensor], tokenizer: Any,
           generation_batch_size: int, threads: int, cores: list[int], parent_pid: int) -> None:
+    # A Ctrl-C in the terminal reaches the whole process group: the trainer finishes its step and saves (it needs
+    # this process for that), then closes it. Only the trainer decides when the worker ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with(parent_pid)
     if cores:
         os.sched_setaffinity(0, cores)
