@@ -259,6 +259,22 @@ def test_train_ahead_logs_staleness_and_resumes_at_the_checkpoint_s_data_positio
     assert [r["async/staleness_max"] for r in metrics_of(tmp_path / "part")] == [0, 1, 0, 1]  # resent fresh
 
 
+def test_the_worker_at_k0_trains_exactly_as_the_policy_sampling_itself(tmp_path, tiny_model_dir, sums_file):
+    """Same seed, same draws, same weights pushed each step: the synchronous loop over the worker is the in-process
+    loop, figure for figure (the sampler/trainer gap measured across the two processes included)."""
+    runs = {}
+    for backend in ("hf", "hf_worker"):
+        recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, "math", out=backend, file=f"{backend}.yaml",
+                              steps=3, checkpoint="{every: 0, keep_last: 1}",
+                              extra=f"sampler: {{backend: {backend}, group_size: 4, max_new_tokens: 6}}\n")
+        grpo("train", recipe, check=True, timeout=600)
+        runs[backend] = metrics_of(tmp_path / backend)
+    for key in ("reward/mean", "completion/length_mean", "loss", "entropy", "grad_norm"):
+        assert [r[key] for r in runs["hf"]] == pytest.approx([r[key] for r in runs["hf_worker"]], rel=1e-5), key
+    assert all(r["sampler/logprob_gap"] < 1e-5 for r in runs["hf_worker"])
+    assert not any(k.startswith("async/") for r in runs["hf_worker"] for k in r)  # k = 0: nothing generated ahead
+
+
 def test_a_worker_killed_mid_run_stops_the_trainer_with_the_checkpoint_to_resume(tmp_path, tiny_model_dir,
                                                                                   sums_file, background):
     (tmp_path / "held_reward.py").write_text(HOLD_SOURCE + "\n\ndef reward(prompts, completions, **kw):\n    gate_hold()\n"
