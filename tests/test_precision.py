@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import grpo.train.trainer as trainer
+import grpo.train.inflight as inflight
 from grpo import resolve
 from grpo.modeling import resolve_model_path
 from grpo.parallel import World, close_world
@@ -68,7 +69,7 @@ def test_forwards_and_the_sampler_run_in_bf16_while_masters_stay_fp32(tmp_path, 
         layer = trainer.unwrap(run.policy).model.layers[0]
         handle = layer.register_forward_hook(lambda module, args, out: seen.append(
             (out[0] if isinstance(out, tuple) else out).dtype))
-        exp = trainer.sample_and_score(run, 1)
+        exp = inflight.sample_and_score(run, 1)
         sampled = set(seen)
         seen.clear()
         trainer.update_policy(run, exp)
@@ -108,7 +109,7 @@ def test_lora_keeps_a_bf16_base_and_fp32_adapters_under_autocast(tmp_path):
         assert trainable == {torch.float32} and frozen == {torch.bfloat16}
         assert run.precision.kind == "autocast" and run.strategy == "none"
         before = {n: p.detach().clone() for n, p in run.policy.named_parameters() if p.requires_grad}
-        stats = trainer.update_policy(run, trainer.sample_and_score(run, 1))
+        stats = trainer.update_policy(run, inflight.sample_and_score(run, 1))
         assert stats.grad_norm > 0
         moved = [n for n, p in run.policy.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
         assert moved  # the fp32 adapters learn (lora_B starts at zero, so it moves first)

@@ -21,7 +21,7 @@ CHANGES_FILE = "recipe.changes.jsonl"
 # Keys (or key prefixes ending in ".") a resume may change without breaking exactness.
 SAFE = ("name", "output_dir", "train.steps", "train.lr", "logging.", "checkpoint.every", "checkpoint.keep_last",
         "checkpoint.resume", "checkpoint.allow_changes", "eval.", "distributed.timeout_s", "guard.",
-        "sampler.max_logprob_gap")
+        "sampler.max_logprob_gap", "sampler.worker.")
 # Per-reward settings that only decide when a failure is reported or stops the run, not any score of a
 # reward that works.
 REWARD_SAFE = ("timeout_s", "max_error_fraction", "max_error_steps")

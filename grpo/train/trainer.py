@@ -43,7 +43,7 @@ from grpo.train.profiling import StepProfiler, stage
 from grpo.train.progress import Progress
 from grpo.train.resume import check_resume, rows_fingerprint
 from grpo.train.episodes import Experience, UpdateStats, merge_experience, token_batch, tool_figures
-from grpo.train.inflight import EpisodeSource, Synchronous, episode_source, sample_and_score  # noqa: F401
+from grpo.train.inflight import EpisodeSource, Synchronous, episode_source
 from grpo.train.sharding import (full_model_state, full_optimizer_state, gathered, load_full_optimizer_state,
                                  reshard_all, unwrap, wrap_from_rank0)
 from grpo.train.signals import StopFlag, Stopped
