@@ -105,7 +105,7 @@ def staleness_rules(cfg: RecipeConfig) -> list[str]:
         p.append(f"sampler.worker.threads: must be >= 0 (0: torch's default), got {w.threads}")
     if any(not isinstance(c, int) or c < 0 for c in w.cores):
         p.append(f"sampler.worker.cores: CPU core numbers (>= 0), got {w.cores}")
-    if s.backend == "hf_worker" and resolve.strategy(cfg.distributed, 1, cfg.model) == "fsdp":
+    if s.backend == "hf_worker" and not cfg.model.lora.enabled and cfg.model.dtype != cfg.model.master_dtype:
         p.append(f"sampler.backend: hf_worker decodes a copy of the policy as stored, but model.dtype = "
                  f"{cfg.model.dtype} differs from model.master_dtype = {cfg.model.master_dtype} (a cast the "
                  f"worker does not make); set them equal, enable LoRA, or use sampler.backend=hf")
@@ -287,6 +287,10 @@ def world_rules(cfg: RecipeConfig, world_size: int) -> list[str]:
     if strategy == "ddp" and d.reduce_dtype:
         p.append("distributed.reduce_dtype: an FSDP option (the gradient reduce-scatter's dtype); DDP reduces in the "
                  "master dtype. Remove it or use distributed.strategy=fsdp")
+    if t.max_staleness or cfg.sampler.backend == "hf_worker":
+        what = (f"train.max_staleness: {t.max_staleness}" if t.max_staleness else "sampler.backend: hf_worker")
+        p.append(f"{what} runs one trainer beside one generation worker; under {launch} it is not supported yet. "
+                 f"Train on one process, or set train.max_staleness=0 and sampler.backend=hf (or vllm)")
     if cfg.sampler.backend == "vllm" and cfg.sampler.vllm.tensor_parallel_size > 1:
         p.append(f"sampler.vllm.tensor_parallel_size: under {launch} each rank drives a whole engine of its own "
                  f"for its own prompts; tensor parallelism inside a data-parallel run is not supported yet. Set "

@@ -70,7 +70,7 @@ class Group:
 class Sampler(Protocol):
     """Generates completions; never scores. Backends: hf.HFSampler, vllm.VLLMSampler."""
 
-    backend: str  # "hf" or "vllm": recorded beside eval scores
+    backend: str  # "hf", "vllm" or "hf_worker": recorded beside eval scores
 
     def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings,
                  rows: list[dict] | None = None) -> list[Group]:

@@ -3,16 +3,24 @@ generation can run while the trainer trains (train.max_staleness; grpo/train/inf
 
 The trainer side is WorkerSampler. Requests go to the worker through a pipe and are served in order (FIFO), weight
 pushes included, so a request sent after a push is always sampled by the pushed weights: that order is what bounds
-staleness. Weights travel through one shared-memory copy of the state dict (the staging buffer): the trainer writes
-it only after the worker has acknowledged the previous push (copied it into its own model), so neither side ever
-reads a half-written tensor. Every wait has a deadline (sampler.worker.timeout_s) and notices a dead worker within a
-second; the worker dies with the trainer (PR_SET_PDEATHSIG), SIGKILL included."""
+staleness. Weights travel through shared-memory copies of the state dict (staging slots, one per step generated
+ahead): push p fills slot p % slots once the worker has acknowledged the push that used it last, so neither side
+ever reads a half-written tensor, and with k slots that acknowledgement is already in when the trainer needs it
+(push t - k sits in the queue right behind the generation step t took).
+
+Two threads own the pipe on this side: a reader that files every reply as it comes (the worker never blocks on a
+full pipe, whatever the trainer is doing) and a writer that sends what the trainer queues (the trainer never blocks
+on a worker busy generating). The trainer waits only in _await, which gives up when the worker has said nothing for
+sampler.worker.timeout_s (progress, not total time: an eval queued behind k steps' generation is not a hang), and
+notices a dead worker within a second. The worker dies with the trainer (PR_SET_PDEATHSIG), SIGKILL included."""
 
 from __future__ import annotations
 
 import copy
 import multiprocessing
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +29,8 @@ import torch
 
 from grpo.errors import UserError
 from grpo.sampling.base import Group, SamplingSettings
+
+POLL_S = 1.0  # how often a waiting trainer checks that the worker is alive
 
 
 class SamplerWorkerGone(UserError):
@@ -42,23 +52,27 @@ class WorkerSampler:
     backend = "hf_worker"
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, generation_batch_size: int, *, timeout_s: float,
-                 threads: int = 0, cores: list[int] | None = None, first_version: int = 0):
+                 threads: int = 0, cores: list[int] | None = None, first_version: int = 0, slots: int = 1):
         """Starts the worker on a copy of `model` (its weights as they are now). Weight pushes (sync_weights) are
         labelled first_version, first_version + 1, ...: the trainer's setup push is the resumed step's version,
-        and the loop pushes once a step."""
+        and the loop pushes once a step. slots: staging copies of the weights (train.max_staleness, at least 1)."""
         if next(model.parameters()).device.type != "cpu":
             raise UserError("sampler.backend=hf_worker runs the transformers sampler in a CPU process of its own; "
                             "on a GPU use sampler.backend=vllm (colocated) or hf.")
         self.timeout_s = timeout_s
         self._next_version = first_version
-        self._replies: dict[Any, Any] = {}
+        self._pushes = 0
         self._sent = 0
-        self._pushes = 0  # the staging buffer is free once the worker has acknowledged every push
-        self.bytes_per_push = 0
+        self._outstanding: set = set()  # requests sent and not yet taken
+        self._replies: dict[tuple, Any] = {}
+        self._failure: str | None = None  # what the worker reported before it stopped
+        self._heard = threading.Condition()  # the reader files a reply (or a failure) under it
+        self._last_heard = time.monotonic()
         self.idle_s = 0.0  # the worker's waiting time, added up since the caller last took it (take_idle)
         with torch.no_grad():
-            self._staging = {k: v.detach().to("cpu", copy=True).share_memory_() for k, v in model.state_dict().items()}
-        self.bytes_per_push = sum(t.numel() * t.element_size() for t in self._staging.values())
+            self._slots = [{k: v.detach().to("cpu", copy=True).share_memory_() for k, v in model.state_dict().items()}
+                           for _ in range(max(1, slots))]
+        self.bytes_per_push = sum(t.numel() * t.element_size() for t in self._slots[0].values())
         replica = copy.deepcopy(model).eval()
         for p in replica.parameters():
             p.requires_grad_(False)
@@ -67,11 +81,14 @@ class WorkerSampler:
         from grpo.sampling.worker_main import serve
 
         self._process = context.Process(target=serve, name="grpo-generation-worker", daemon=True,
-                                        args=(child, replica, self._staging, tokenizer, generation_batch_size,
+                                        args=(child, replica, self._slots, tokenizer, generation_batch_size,
                                               threads, list(cores or []), os.getpid()))
         self._process.start()
         child.close()
         del replica  # the worker holds it now (its tensors went over in shared memory)
+        self._outbox: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, name="grpo-worker-reader", daemon=True).start()
+        threading.Thread(target=self._write, name="grpo-worker-writer", daemon=True).start()
 
     # ------------------------------------------------------------------------------------------ the Sampler protocol
 
@@ -83,13 +100,14 @@ class WorkerSampler:
         return self.take(key).groups
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Push `model`'s weights as the next version. Waits (with the deadline) only for the worker to have taken
-        the previous push, which it does before serving any later request."""
-        self._await(("ack", self._pushes - 1), "a weight push") if self._pushes else None
+        """Push `model`'s weights as the next version, into the slot whose last push the worker has taken."""
+        slot = self._pushes % len(self._slots)
+        if self._pushes >= len(self._slots):
+            self._await(("ack", self._pushes - len(self._slots)), "a weight push")
         with torch.no_grad():
             for name, tensor in model.state_dict().items():
-                self._staging[name].copy_(tensor.detach())
-        self._send(("weights", self._pushes, self._next_version))
+                self._slots[slot][name].copy_(tensor.detach())
+        self._send(("weights", self._pushes, self._next_version, slot))
         self._pushes += 1
         self._next_version += 1
 
@@ -100,31 +118,33 @@ class WorkerSampler:
         """See sleep()."""
 
     def close(self) -> None:
-        if self._process.is_alive():
-            try:
-                self._conn.send(("close",))
-            except (OSError, ValueError):
-                pass
+        """Ask the worker to leave; kill it when it is busy with requests nobody will take."""
+        if self._process.is_alive() and not self._outstanding:
+            self._outbox.put(("close",))
             self._process.join(timeout=5)
-            if self._process.is_alive():
-                self._process.kill()
-                self._process.join(timeout=5)
-        self._conn.close()
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout=5)
+        self._outbox.put(None)  # the writer's end
 
     # ------------------------------------------------------------------------------------------ asynchronous use
 
     def submit(self, key: Any, prompt_ids: list[list[int]], settings: SamplingSettings) -> None:
         """Queue a request; its reply is kept under `key` until take(key)."""
         self._sent += 1
+        self._outstanding.add(key)
         self._send(("generate", key, [list(ids) for ids in prompt_ids], settings))
 
     def take(self, key: Any) -> Reply:
-        """The reply to the request sent under `key`, waiting for it up to timeout_s."""
-        return self._await(("groups", key), "a generate request")
+        """The reply to the request sent under `key`, waiting while the worker keeps answering."""
+        reply = self._await(("groups", key), "a generate request")
+        self._outstanding.discard(key)
+        return reply
 
     def take_idle(self) -> float:
         """The worker's waiting time since the last call (who waited for whom: the trainer's side is its own clock)."""
-        idle, self.idle_s = self.idle_s, 0.0
+        with self._heard:
+            idle, self.idle_s = self.idle_s, 0.0
         return idle
 
     @property
@@ -134,30 +154,27 @@ class WorkerSampler:
     # ------------------------------------------------------------------------------------------ the pipe
 
     def _send(self, message: tuple) -> None:
-        if not self._process.is_alive():
-            self._gone("died before a request could be sent")
-        try:
-            self._conn.send(message)
-        except (OSError, ValueError) as exc:
-            self._gone(f"could not be reached ({exc})")
+        if self._failure is not None or not self._process.is_alive():
+            self._gone(self._failure or "died")
+        self._outbox.put(message)
 
-    def _await(self, want: tuple, what: str) -> Any:
-        deadline = time.monotonic() + self.timeout_s
-        while want not in self._replies:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self._process.kill()
-                self._gone(f"did not answer {what} within sampler.worker.timeout_s = {self.timeout_s:g} s (killed)")
+    def _write(self) -> None:
+        while (message := self._outbox.get()) is not None:
             try:
-                ready = self._conn.poll(min(left, 1.0))
-                message = self._conn.recv() if ready else None
+                self._conn.send(message)
+            except (OSError, ValueError):  # the worker is gone: the next wait says so
+                return
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
             except (EOFError, OSError):
-                message, ready = None, False
-            if message is not None:
+                return
+            with self._heard:
+                self._last_heard = time.monotonic()
                 self._file(message)
-            elif not self._process.is_alive():
-                self._gone("died")
-        return self._replies.pop(want)
+                self._heard.notify_all()
 
     def _file(self, message: tuple) -> None:
         kind = message[0]
@@ -170,8 +187,28 @@ class WorkerSampler:
             self.idle_s += idle_s
             self._replies[("ack", push)] = True
         elif kind == "error":
-            self._process.kill()
-            self._gone(f"failed: {message[1]}")
+            self._failure = f"failed:\n{message[1]}"
+
+    def _await(self, want: tuple, what: str) -> Any:
+        started = time.monotonic()  # silence before this wait (the worker idle while the trainer trained) is fine
+        with self._heard:
+            while want not in self._replies:
+                if self._failure is not None:
+                    break
+                if not self._process.is_alive():
+                    self._heard.wait(POLL_S)  # its last words (an error's traceback) may still be in the pipe
+                    if want in self._replies or self._failure is not None:
+                        continue
+                    self._gone("died")
+                if time.monotonic() - max(self._last_heard, started) > self.timeout_s:
+                    self._process.kill()
+                    self._gone(f"said nothing for sampler.worker.timeout_s = {self.timeout_s:g} s while the "
+                               f"trainer waited for {what} (killed)")
+                self._heard.wait(POLL_S)
+            if self._failure is not None:
+                self._process.kill()
+                self._gone(self._failure)
+            return self._replies.pop(want)
 
     def _gone(self, how: str) -> None:
         code = self._process.exitcode

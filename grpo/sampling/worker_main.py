@@ -14,13 +14,17 @@ from typing import Any
 
 import torch
 
+from rewards.mathcheck.worker import die_with_parent
 
-def serve(conn: Connection, model: torch.nn.Module, staging: dict[str, torch.Tensor], tokenizer: Any,
+
+def serve(conn: Connection, model: torch.nn.Module, slots: list[dict[str, torch.Tensor]], tokenizer: Any,
           generation_batch_size: int, threads: int, cores: list[int], parent_pid: int) -> None:
-    # A Ctrl-C in the terminal reaches the whole process group: the trainer finishes its step and saves (it needs
-    # this process for that), then closes it. Only the trainer decides when the worker ends.
+    # A Ctrl-C in the terminal, or a scheduler's SIGTERM to the job, reaches the whole process group: the trainer
+    # finishes its step and saves (it needs this process for that), then closes it. Only the trainer decides when
+    # the worker ends, or its death (PR_SET_PDEATHSIG).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with(parent_pid)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(parent_pid)
     if cores:
         os.sched_setaffinity(0, cores)
     if threads:
@@ -42,10 +46,10 @@ def serve(conn: Connection, model: torch.nn.Module, staging: dict[str, torch.Ten
             return
         try:
             if kind == "weights":
-                _, push, version = message
+                _, push, version, slot = message
                 with torch.no_grad():
                     for name, tensor in weights.items():
-                        tensor.copy_(staging[name])
+                        tensor.copy_(slots[slot][name])
                 conn.send(("ack", push, idle_s))
             elif kind == "generate":
                 _, key, prompt_ids, settings = message
@@ -57,10 +61,3 @@ def serve(conn: Connection, model: torch.nn.Module, staging: dict[str, torch.Ten
             return
         waiting_since = time.monotonic()
 
-
-def _die_with(parent_pid: int) -> None:
-    """Be SIGKILLed when the trainer dies, however it dies (the helper every worker of ours shares)."""
-    from rewards.mathcheck.worker import _PARENT_ENV, die_with_parent
-
-    os.environ[_PARENT_ENV] = str(parent_pid)
-    die_with_parent()

@@ -14,10 +14,12 @@ further on): a resumed run requests the in-flight steps again, from the checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from grpo.sampling.base import SamplingSettings
+from grpo.sampling.worker import Reply, SamplerWorkerGone
 from grpo.seeds import derive_seed
 from grpo.train.episodes import Experience
 from grpo.train.profiling import stage
@@ -139,11 +141,14 @@ class BoundedStaleness:
         exp = Experience(episodes=[], group_size=c.sampler.group_size)
         rows, texts, ids = next_prompts(run.stream, run.renderer, c.train.prompts_per_step, c.data.max_prompt_tokens,
                                         exp)
-        request = Request(exp, rows, texts, ids, step_settings(run, step), before)
+        settings = step_settings(run, step)
+        # the seed of the synchronous loop's first round: a step sampled fresh draws what it would have drawn there
+        settings = dataclasses.replace(settings, seed=derive_seed(settings.seed, round=0))
+        request = Request(exp, rows, texts, ids, settings, before)
         run.sampler.submit(step, ids, request.settings)
         self.pending[step] = request
 
-    def _fresh_reply(self, run: "Run", step: int, request: Request) -> tuple[Any, int]:
+    def _fresh_reply(self, run: "Run", step: int, request: Request) -> tuple[Reply, int]:
         """The step's reply, sampled by version >= step - 1 - k: an older one is dropped (its episodes counted) and
         the prompts are sent again, behind the newest push."""
         reply, dropped = run.sampler.take(step), 0
@@ -157,9 +162,9 @@ class BoundedStaleness:
             reply = run.sampler.take(key)
         if (step - 1) - reply.version <= self.k:
             return reply, dropped
-        raise RuntimeError(f"step {step}: the sampler served weights older than train.max_staleness = {self.k} "
-                           f"versions {STALE_RETRIES + 1} times in a row (last: version {reply.version}); its weight sync "
-                           f"is not reaching it")
+        raise SamplerWorkerGone(f"step {step}: the sampler served weights older than train.max_staleness = "
+                                f"{self.k} versions {STALE_RETRIES + 1} times in a row (last: version {reply.version}): "
+                                f"the weight pushes are not reaching it; the run stops.")
 
 
 def episode_source(max_staleness: int) -> EpisodeSource:

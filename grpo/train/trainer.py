@@ -223,10 +223,6 @@ def setup(cfg: RecipeConfig, world: World, evaluator: PeriodicEvaluator | None =
                                 resolve.loss_constant(cfg.train, cfg.sampler, cfg.environment),
                                 off_policy=cfg.train.max_staleness > 0)
     passes = training_pass(cfg.train, layout, cfg.sampler.temperature, device, world, precision.autocast)
-    if cfg.train.max_staleness and world.distributed:
-        raise UserError(f"train.max_staleness: {cfg.train.max_staleness} runs one trainer beside one generation "
-                        f"worker; under torchrun ({world.size} ranks) it is not supported yet. Set "
-                        f"train.max_staleness=0, or train on one process.")
     return Run(cfg=cfg, output_dir=output_dir, device=device, tokenizer=model.tokenizer, policy=model.policy,
                reference=model.reference, sampler=sampler, rewards=rewards,
                advantage_fn=ADVANTAGES[cfg.train.advantage], optimizer=optimizer, scheduler=scheduler, stream=stream,
@@ -353,7 +349,8 @@ def build_sampler_and_logs(cfg: RecipeConfig, model: Model, world: World, strate
                             synced=strategy == "fsdp" and world.distributed, world=world,
                             rows_per_step=-(-cfg.train.prompts_per_step // world.size) * cfg.sampler.group_size,
                             decode_context=lambda: _decoding(policy, precision, cfg.distributed.reshard_after_forward),
-                            worker=cfg.sampler.worker, first_version=start_step)
+                            worker=cfg.sampler.worker, first_version=start_step,
+                            weight_slots=max(1, cfg.train.max_staleness))
     sampler.sync_weights(unwrap(policy))  # a resumed or LoRA-wrapped policy differs from the weights on disk
     log: MetricsLog | SilentLog = SilentLog()  # only rank 0 writes files
     output_dir = Path(cfg.output_dir)

@@ -66,14 +66,15 @@ class _Spawner:
 _SPAWNER = _Spawner()
 
 
-def die_with_parent() -> None:
-    """In the worker: be SIGKILLed when the trainer dies, however it dies. If it died before the signal was armed
-    we would be re-parented already, so compare with the pid it told us and leave if they differ."""
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """In a worker (every helper process of ours calls this): be SIGKILLed when the trainer dies, however it dies.
+    If it died before the signal was armed we would be re-parented already, so compare with the pid it told us
+    (`parent_pid`, else the environment's) and leave if they differ."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: nothing to arm; the parent check below still runs
-    expected = os.environ.get(_PARENT_ENV)
+    expected = parent_pid or os.environ.get(_PARENT_ENV)
     if expected and os.getppid() != int(expected):
         os._exit(0)
 
