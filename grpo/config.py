@@ -113,8 +113,8 @@ class DataConfig(PromptConfig):
 class WorkerConfig:
     """sampler.backend=hf_worker: the transformers sampler in a process of its own (grpo/sampling/worker.py)."""
 
-    # A generate call or a weight push that takes longer than this stops the run (a hung worker, never a silent
-    # wait). Generous: a loaded CPU can take minutes for one step's generation.
+    # A worker that says nothing for this long while the trainer waits on it is hung: the run stops (never a
+    # silent wait). Generous: a loaded CPU can take minutes for one step's generation.
     timeout_s: float = 900.0
     threads: int = 0  # torch threads in the worker; 0: torch's default for the machine
     cores: list[int] = field(default_factory=list)  # pin the worker to these CPU cores; empty: no pinning

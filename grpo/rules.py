@@ -99,7 +99,7 @@ def staleness_rules(cfg: RecipeConfig) -> list[str]:
     p: list[str] = []
     t, s, w = cfg.train, cfg.sampler, cfg.sampler.worker
     if w.timeout_s <= 0:
-        p.append(f"sampler.worker.timeout_s: must be > 0 (seconds a generate call or weight push may take), got "
+        p.append(f"sampler.worker.timeout_s: must be > 0 (seconds the worker may stay silent while the trainer waits on it), got "
                  f"{w.timeout_s}")
     if w.threads < 0:
         p.append(f"sampler.worker.threads: must be >= 0 (0: torch's default), got {w.threads}")
