@@ -158,6 +158,25 @@ def plan(recipe: str = typer.Argument(..., help="YAML recipe"),
         raise typer.Exit(code=2)
 
 
+@app.command()
+def serve(recipe: str = typer.Argument(..., help="YAML recipe of the run the server samples for"),
+          overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, as for grpo train"),
+          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; the server's weight routes "
+                                   "are open to whoever reaches it: keep it on localhost or a private network"),
+          port: int = typer.Option(8000, "--port", help="port to listen on"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="print the server's command line and stop")):
+    """Start vLLM's OpenAI-compatible server for a trainer with sampler.backend=vllm_server: RECIPE's model, dtype
+    and sampler.vllm engine settings, weight pushes enabled. Give it GPUs with CUDA_VISIBLE_DEVICES."""
+    from grpo.serve import serve as start_server
+    from grpo.validate import validate_recipe
+
+    try:
+        cfg = validate_recipe(recipe, list(overrides or []), world_size=1)
+        start_server(cfg, host, port, dry_run, typer.echo)
+    except UserError as exc:
+        _fail(exc)
+
+
 def _this_gpu_gb() -> float:
     try:
         import torch

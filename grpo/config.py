@@ -121,15 +121,34 @@ class WorkerConfig:
 
 
 @dataclass
+class ServerConfig:
+    """sampler.backend=vllm_server: a vLLM server started by `grpo serve` (grpo/sampling/server.py)."""
+
+    url: str = ""  # where `grpo serve` listens, e.g. http://10.0.0.5:8000
+    model: str = "grpo-policy"  # the served model name (what `grpo serve` names it)
+    # Every HTTP call (a step's generation, a weight push) must answer within this; past it the run stops with the
+    # checkpoint to resume from. A refused connection (a dead server) fails at once.
+    timeout_s: float = 900.0
+    # How weights reach the server: file (a safetensors file in /dev/shm: a server on this machine, CPU), nccl
+    # (vLLM's weight-transfer API, broadcast in buckets on GPUs), auto (nccl when the policy is on a GPU).
+    transfer: Literal["auto", "file", "nccl"] = "auto"
+    nccl_host: str = ""  # the trainer's address the server's workers dial for the NCCL rendezvous; "": the route's
+    nccl_port: int = 0  # 0: a free port
+    concurrency: int = 64  # completion requests in flight at once (one per prompt; vLLM batches them)
+    data_parallel_size: int = 1  # `grpo serve`: engine replicas behind the one URL (x tensor_parallel_size GPUs)
+
+
+@dataclass
 class SamplerConfig(GenerationConfig):
     # hf: the policy decodes itself; vllm: an engine in this process; hf_worker: the transformers sampler on a copy
-    # of the policy in a process of its own (weights pushed after each step), which generation can overlap with
-    # training (train.max_staleness)
-    backend: Literal["hf", "vllm", "hf_worker"] = "hf"
+    # of the policy in a process of its own (weights pushed after each step); vllm_server: a vLLM server started by
+    # `grpo serve` on devices of its own. The last two can generate ahead of training (train.max_staleness).
+    backend: Literal["hf", "vllm", "hf_worker", "vllm_server"] = "hf"
     group_size: int = 8  # G completions per prompt
     max_logprob_gap: float = 0.5  # error if mean |sampler - trainer| log-prob exceeds this (a failed weight sync)
     vllm: VllmConfig = field(default_factory=VllmConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
 
 @dataclass

@@ -95,9 +95,11 @@ def recipe_rules(cfg: RecipeConfig) -> list[str]:
 
 
 def staleness_rules(cfg: RecipeConfig) -> list[str]:
-    """train.max_staleness and the sampler in its own process (sampler.backend=hf_worker, sampler.worker)."""
+    """train.max_staleness and the samplers in processes of their own (sampler.backend=hf_worker, sampler.worker;
+    sampler.backend=vllm_server, sampler.server)."""
     p: list[str] = []
     t, s, w = cfg.train, cfg.sampler, cfg.sampler.worker
+    p += server_rules(cfg)
     if w.timeout_s <= 0:
         p.append(f"sampler.worker.timeout_s: must be > 0 (seconds the worker may stay silent while the trainer waits on it), got "
                  f"{w.timeout_s}")
@@ -114,10 +116,10 @@ def staleness_rules(cfg: RecipeConfig) -> list[str]:
         p.append(f"train.max_staleness: must be >= 0 (0: sample, then train), got {k}")
     if k <= 0:
         return p
-    if s.backend != "hf_worker":
+    if s.backend not in ("hf_worker", "vllm_server"):
         p.append(f"train.max_staleness: generating ahead needs a sampler in a process of its own; set "
-                 f"sampler.backend=hf_worker (sampler.backend={s.backend} runs in the trainer's process; a vLLM "
-                 f"server backend is not built yet), or train.max_staleness=0")
+                 f"sampler.backend=vllm_server (a `grpo serve` server) or hf_worker (sampler.backend={s.backend} "
+                 f"runs in the trainer's process), or train.max_staleness=0")
     if t.dynamic_sampling:
         p.append("train.dynamic_sampling: refilling a step with more prompts needs that step's rewards before the "
                  "next request goes out, which generating ahead (train.max_staleness > 0) does not wait for; use one "
@@ -132,6 +134,28 @@ def staleness_rules(cfg: RecipeConfig) -> list[str]:
     if t.sampler_correction in ("tis", "mis"):
         p.append(f"train.sampler_correction: {t.sampler_correction} with train.max_staleness > 0 would count the "
                  f"gap twice (the ratio pi / pi_sampling already holds it); set train.sampler_correction=auto")
+    return p
+
+
+def server_rules(cfg: RecipeConfig) -> list[str]:
+    """sampler.server: checked whatever the backend (a typo waits for the day someone switches to it otherwise)."""
+    v = cfg.sampler.server
+    p: list[str] = []
+    if cfg.sampler.backend == "vllm_server" and not v.url:
+        p.append("sampler.server.url: sampler.backend=vllm_server needs the server's address, e.g. "
+                 "http://127.0.0.1:8000 (start the server with `grpo serve RECIPE.yaml --port 8000`)")
+    if v.url and not re.fullmatch(r"https?://[^/\s]+(:\d+)?/?", v.url):
+        p.append(f"sampler.server.url: expected http://HOST:PORT (no path: the routes are vLLM's), got {v.url!r}")
+    if not v.model:
+        p.append("sampler.server.model: the served model name must not be empty (grpo serve serves 'grpo-policy')")
+    if v.timeout_s <= 0:
+        p.append(f"sampler.server.timeout_s: must be > 0 (seconds every call to the server may take), got {v.timeout_s}")
+    if v.concurrency < 1:
+        p.append(f"sampler.server.concurrency: must be >= 1 (requests in flight at once), got {v.concurrency}")
+    if v.data_parallel_size < 1:
+        p.append(f"sampler.server.data_parallel_size: must be >= 1 (engine replicas), got {v.data_parallel_size}")
+    if not 0 <= v.nccl_port <= 65535:
+        p.append(f"sampler.server.nccl_port: a TCP port (0: any free one), got {v.nccl_port}")
     return p
 
 
@@ -287,10 +311,12 @@ def world_rules(cfg: RecipeConfig, world_size: int) -> list[str]:
     if strategy == "ddp" and d.reduce_dtype:
         p.append("distributed.reduce_dtype: an FSDP option (the gradient reduce-scatter's dtype); DDP reduces in the "
                  "master dtype. Remove it or use distributed.strategy=fsdp")
-    if t.max_staleness or cfg.sampler.backend == "hf_worker":
-        what = (f"train.max_staleness: {t.max_staleness}" if t.max_staleness else "sampler.backend: hf_worker")
-        p.append(f"{what} runs one trainer beside one generation worker; under {launch} it is not supported yet. "
-                 f"Train on one process, or set train.max_staleness=0 and sampler.backend=hf (or vllm)")
+    if t.max_staleness or cfg.sampler.backend in ("hf_worker", "vllm_server"):
+        what = (f"train.max_staleness: {t.max_staleness}" if t.max_staleness else
+                f"sampler.backend: {cfg.sampler.backend}")
+        p.append(f"{what} runs one trainer process beside its sampler; under {launch} it is not supported yet. "
+                 f"Train on one process (its GPU beside the server's), or set train.max_staleness=0 and "
+                 f"sampler.backend=hf (or vllm)")
     if cfg.sampler.backend == "vllm" and cfg.sampler.vllm.tensor_parallel_size > 1:
         p.append(f"sampler.vllm.tensor_parallel_size: under {launch} each rank drives a whole engine of its own "
                  f"for its own prompts; tensor parallelism inside a data-parallel run is not supported yet. Set "

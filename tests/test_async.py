@@ -17,9 +17,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import ROOT, grpo, recipe_config, write_recipe
 from gate import HOLD_SOURCE, REWARD_TIMEOUT_S, Gate, wait_for_text
 from grpo.rules import recipe_rules
-from grpo.sampling.base import Completion, Group, SamplingSettings
+from grpo.sampling.base import Completion, Group, Reply, SamplingSettings
 from grpo.sampling.hf import HFSampler
-from grpo.sampling.worker import Reply, SamplerWorkerGone, WorkerSampler
+from grpo.sampling.worker import SamplerWorkerGone, WorkerSampler
 
 
 def load(path):
@@ -114,6 +114,9 @@ class StandInSampler:
         return self.replies.pop(key)
 
     def take_idle(self):
+        return 0.0
+
+    def take_transfer_s(self):
         return 0.0
 
     def sync_weights(self, model):

@@ -8,6 +8,8 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from grpo.errors import UserError
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -65,6 +67,23 @@ class Group:
 
     prompt_ids: list[int]
     completions: list[Completion] = field(default_factory=list)
+
+
+@dataclass
+class Reply:
+    """One served request of a sampler in another process (hf_worker, vllm_server): the groups, the policy version
+    that sampled them (every group of a request comes from one version: no partial rollouts), and the sampler's
+    own clock."""
+
+    groups: list[Group]
+    version: int
+    generate_s: float  # the sampler's time generating this request
+    idle_s: float  # the sampler's time waiting for work before it (waiting on the trainer)
+
+
+class SamplerGone(UserError):
+    """A sampler in another process (the generation worker, the vLLM server) died, hung, or failed: the run stops
+    (grpo train's exit names the checkpoint to resume from)."""
 
 
 class Sampler(Protocol):

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from grpo.config import EnvironmentConfig, VllmConfig, WorkerConfig
+from grpo.config import EnvironmentConfig, ServerConfig, VllmConfig, WorkerConfig
 from grpo.errors import UserError
 from grpo.parallel import World
 from grpo.sampling.base import Sampler
@@ -17,7 +17,7 @@ def build_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path 
                   max_model_len: int | None = None, synced: bool = False, decode_context: Any = None,
                   rows_per_step: int | None = None, world: World = World.single(),
                   environment: EnvironmentConfig | None = None, worker: WorkerConfig | None = None,
-                  first_version: int = 0, weight_slots: int = 1) -> Sampler:
+                  server: ServerConfig | None = None, first_version: int = 0, weight_slots: int = 1) -> Sampler:
     """backend "hf": the policy generates itself (weights are shared, sync is free). backend "vllm": an engine
     loads `model_path` in this process with the options in `engine`; `max_model_len` as the caller resolved it
     (training: grpo.resolve.max_model_len; eval: engine.max_model_len, None meaning the model's own); `dtype` is the compute dtype (model.dtype), which vLLM must get. synced: the hf
@@ -28,12 +28,14 @@ def build_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path 
     environment: with a name, the sampler runs tool-using episodes (grpo/sampling/tools.py) over the backend's.
     backend "hf_worker": the hf sampler on a copy of `model` in a process of its own (`worker`: its settings;
     first_version: the policy version its first weight push carries, the resumed step; weight_slots: its staging
-    copies of the weights, one per step generated ahead)."""
+    copies of the weights, one per step generated ahead). backend "vllm_server": a vLLM server started by
+    `grpo serve` (`server`: where it is and how weights reach it; first_version and weight_slots as for hf_worker)."""
     sampler = _backend_sampler(backend, model=model, tokenizer=tokenizer, model_path=model_path,
                                generation_batch_size=generation_batch_size, engine=engine, seed=seed, dtype=dtype,
                                max_model_len=max_model_len, synced=synced, decode_context=decode_context,
                                rows_per_step=rows_per_step, world=world, worker=worker or WorkerConfig(),
-                               first_version=first_version, weight_slots=weight_slots)
+                               server=server or ServerConfig(), first_version=first_version,
+                               weight_slots=weight_slots)
     return with_environment(sampler, tokenizer, environment, world if synced and backend == "hf" else None)
 
 
@@ -54,7 +56,8 @@ def with_environment(sampler: Sampler, tokenizer: Any, environment: EnvironmentC
 def _backend_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Path | str | None,
                      generation_batch_size: int, engine: VllmConfig, seed: int, dtype: str,
                      max_model_len: int | None, synced: bool, decode_context: Any, rows_per_step: int | None,
-                     world: World, worker: WorkerConfig, first_version: int, weight_slots: int) -> Sampler:
+                     world: World, worker: WorkerConfig, server: ServerConfig, first_version: int,
+                     weight_slots: int) -> Sampler:
     if backend == "hf":
         from grpo.sampling.hf import HFSampler
 
@@ -64,6 +67,15 @@ def _backend_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Pa
 
         return WorkerSampler(model, tokenizer, generation_batch_size, timeout_s=worker.timeout_s,
                              threads=worker.threads, cores=worker.cores, first_version=first_version,
+                             slots=weight_slots)
+    if backend == "vllm_server":
+        from grpo.dtypes import torch_dtype
+        from grpo.sampling.base import stop_token_ids
+        from grpo.sampling.server import ServerSampler
+
+        eos = stop_token_ids(model_path, tokenizer, getattr(getattr(model, "generation_config", None),
+                                                            "eos_token_id", None))
+        return ServerSampler(model, server, eos_ids=eos, dtype=torch_dtype(dtype), first_version=first_version,
                              slots=weight_slots)
     if model_path is None:
         raise UserError("sampler vllm needs a model directory (vLLM loads the weights itself); give the model's "

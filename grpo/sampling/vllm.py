@@ -368,7 +368,7 @@ class VLLMSampler:
         self.replica = self.rank // tensor_parallel_size  # the ranks of one tensor-parallel engine draw alike
         self.parallel = data_parallel_mode(str(model_path), self.world, tensor_parallel_size, data_parallel)
 
-        max_model_len = _fit_model_length(str(model_path), max_model_len)
+        max_model_len = fit_model_length(str(model_path), max_model_len)
         args: dict[str, Any] = dict(
             model=str(model_path), dtype=dtype, seed=engine_seed(seed, self.replica), max_model_len=max_model_len,
             enable_prefix_caching=enable_prefix_caching, enforce_eager=enforce_eager,
@@ -630,7 +630,7 @@ def call_seed(base: int, replica: int) -> int:
     return int.from_bytes(digest, "little") % (2**62)
 
 
-def _fit_model_length(model_path: str, wanted: int | None) -> int | None:
+def fit_model_length(model_path: str, wanted: int | None) -> int | None:
     """The trainer asks for max_prompt_tokens + max_new_tokens; vLLM refuses more than the model's positions
     (560 > 512 for the demo model). Such sequences were never going to fit, so cap it and say so."""
     limit = _model_positions(model_path)

@@ -22,30 +22,18 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from grpo.errors import UserError
-from grpo.sampling.base import Group, SamplingSettings
+from grpo.sampling.base import Group, Reply, SamplerGone, SamplingSettings
 
 POLL_S = 1.0  # how often a waiting trainer checks that the worker is alive
 
 
-class SamplerWorkerGone(UserError):
-    """The generation worker died, hung, or failed: the run stops (grpo train's exit names the checkpoint)."""
-
-
-@dataclass
-class Reply:
-    """One served request: the groups, the policy version that sampled them (every group of a request comes from
-    one version: no partial rollouts), and the worker's own clock."""
-
-    groups: list[Group]
-    version: int
-    generate_s: float  # the worker's time generating this request
-    idle_s: float  # the worker's time waiting for work before it (waiting on the trainer)
+class SamplerWorkerGone(SamplerGone):
+    """The generation worker died, hung, or failed."""
 
 
 class WorkerSampler:
@@ -69,6 +57,7 @@ class WorkerSampler:
         self._heard = threading.Condition()  # the reader files a reply (or a failure) under it
         self._last_heard = time.monotonic()
         self.idle_s = 0.0  # the worker's waiting time, added up since the caller last took it (take_idle)
+        self.transfer_s = 0.0  # staging copies of the weights, since take_transfer_s
         with torch.no_grad():
             self._slots = [{k: v.detach().to("cpu", copy=True).share_memory_() for k, v in model.state_dict().items()}
                            for _ in range(max(1, slots))]
@@ -104,9 +93,11 @@ class WorkerSampler:
         slot = self._pushes % len(self._slots)
         if self._pushes >= len(self._slots):
             self._await(("ack", self._pushes - len(self._slots)), "a weight push")
+        started = time.monotonic()
         with torch.no_grad():
             for name, tensor in model.state_dict().items():
                 self._slots[slot][name].copy_(tensor.detach())
+        self.transfer_s += time.monotonic() - started
         self._send(("weights", self._pushes, self._next_version, slot))
         self._pushes += 1
         self._next_version += 1
@@ -146,6 +137,12 @@ class WorkerSampler:
         with self._heard:
             idle, self.idle_s = self.idle_s, 0.0
         return idle
+
+    def take_transfer_s(self) -> float:
+        """Seconds spent copying weights into the staging slots since the last call (the worker's side reads them
+        in shared memory: its copy is part of its generation time)."""
+        spent, self.transfer_s = self.transfer_s, 0.0
+        return spent
 
     @property
     def pid(self) -> int | None:

@@ -2,7 +2,7 @@
 
 - Synchronous (k = 0): the step samples its prompts now, from the weights the last step pushed, then scores them.
 - BoundedStaleness (k >= 1): steps are requested ahead. While the trainer trains step t, the sampler (in its own
-  process: grpo/sampling/worker.py) generates the requests of steps t + 1 ... t + k, so an episode may be sampled
+  process: grpo/sampling/worker.py, or a vLLM server: grpo/sampling/server.py) generates the requests of steps t + 1 ... t + k, so an episode may be sampled
   by a policy up to k optimizer steps old. Steps take their episodes by schedule (step t takes the request made
   for step t, whenever it arrived), the sampler serves requests and weight pushes in the order sent (so the
   request for step t + k + 1, sent right after step t's push, is sampled by version t), and a reply older than k
@@ -18,8 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from grpo.sampling.base import SamplingSettings
-from grpo.sampling.worker import Reply, SamplerWorkerGone
+from grpo.sampling.base import Reply, SamplerGone, SamplingSettings
 from grpo.seeds import derive_seed
 from grpo.train.episodes import Experience
 from grpo.train.profiling import stage
@@ -123,7 +122,8 @@ class BoundedStaleness:
                        "async/dropped_stale": dropped,
                        "time/wait_generate_s": waited.seconds,  # the trainer waiting for generation
                        "time/wait_train_s": run.sampler.take_idle(),  # the sampler waiting for the trainer
-                       "sync/bytes": getattr(run.sampler, "bytes_per_push", 0)}
+                       "sync/bytes": run.sampler.bytes_per_push,  # one push: the weights in the sampler's dtype
+                       "sync/transfer_s": run.sampler.take_transfer_s()}  # staging + sending, since last step
         return exp
 
     def after_update(self, run: "Run", step: int) -> None:
@@ -162,7 +162,7 @@ class BoundedStaleness:
             reply = run.sampler.take(key)
         if (step - 1) - reply.version <= self.k:
             return reply, dropped
-        raise SamplerWorkerGone(f"step {step}: the sampler served weights older than train.max_staleness = "
+        raise SamplerGone(f"step {step}: the sampler served weights older than train.max_staleness = "
                                 f"{self.k} versions {STALE_RETRIES + 1} times in a row (last: version {reply.version}): "
                                 f"the weight pushes are not reaching it; the run stops.")
 

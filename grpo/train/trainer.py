@@ -27,7 +27,7 @@ from grpo.rules import precision_warnings
 from grpo.rundir import checkpoint_dir, latest_checkpoint, set_aside
 from grpo.sampling.base import Sampler
 from grpo.sampling.factory import build_sampler
-from grpo.sampling.worker import SamplerWorkerGone
+from grpo.sampling.base import SamplerGone
 from grpo.schedule import lr_factor
 from grpo.train.checkpoint import (load_optimizer_state, load_trainer_state, newest_complete, restore_policy_weights,
                                    restore_rng, rng_state, save_checkpoint)
@@ -149,11 +149,11 @@ def _train(run: Run, stop: StopFlag) -> Path:
             if signum:
                 saved = saved or save_if_due(run, step, force=True)
                 raise Stopped(signum, step, saved)
-    except SamplerWorkerGone as exc:  # the run's files are as the last step left them: say where to go on from
+    except SamplerGone as exc:  # the run's files are as the last step left them: say where to go on from
         latest = latest_checkpoint(run.output_dir)
         where = (f"The same command resumes from {latest}." if latest is not None else
                  "No checkpoint was written yet: the same command starts over.")
-        raise SamplerWorkerGone(f"{exc} {where}") from None
+        raise type(exc)(f"{exc} {where}") from None
     finally:
         progress.close()
         run.log.close()
@@ -349,7 +349,7 @@ def build_sampler_and_logs(cfg: RecipeConfig, model: Model, world: World, strate
                             synced=strategy == "fsdp" and world.distributed, world=world,
                             rows_per_step=-(-cfg.train.prompts_per_step // world.size) * cfg.sampler.group_size,
                             decode_context=lambda: _decoding(policy, precision, cfg.distributed.reshard_after_forward),
-                            worker=cfg.sampler.worker, first_version=start_step,
+                            worker=cfg.sampler.worker, server=cfg.sampler.server, first_version=start_step,
                             weight_slots=max(1, cfg.train.max_staleness))
     sampler.sync_weights(unwrap(policy))  # a resumed or LoRA-wrapped policy differs from the weights on disk
     log: MetricsLog | SilentLog = SilentLog()  # only rank 0 writes files
