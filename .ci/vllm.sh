@@ -35,6 +35,10 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 stamp "sampler tests passed"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider -rs     tests/test_judge_vllm.py
 stamp "judge tests against a real vllm serve passed"
+# sampler.backend=vllm_server: `grpo serve` started by the test, the tiny recipe trained against it with
+# max_staleness 0 and 1 (GRPO_SERVER_STEPS, default 100: the learning bar), then the server killed mid-run.
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -rs -s tests/test_server_vllm.py
+stamp "server sampler tests against grpo serve passed"
 
 if [ -f recipes/tiny.yaml ]; then
     out=$(mktemp -d)/tiny-vllm

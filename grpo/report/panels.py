@@ -60,7 +60,8 @@ PANELS: tuple[Panel, ...] = (
               "the bytes of each weight push."),
     Panel("time", "Time budget per step", ("time/*",), kind="time",
           why="Where a step's seconds go; other = step - (generate + score + train + sync). With train.max_staleness, "
-              "generate is the step's wait for it (the rest overlapped training)."),
+              "generate is the step's wait for its episodes, generated and scored (the rest overlapped training), and "
+              "score only the scoring done on the step itself (a stale reply's resend)."),
     Panel("eval", "Eval during training", ("eval/*",), kind="eval",
           why="From eval.every (and any eval summary in the run directory); bars are 95% bootstrap intervals."),
     Panel("other", "Other metrics", ("*",),
@@ -71,7 +72,7 @@ PANELS: tuple[Panel, ...] = (
 TIME_PARTS = ("time/generate_s", "time/score_s", "time/train_s", "time/sync_s")
 TIME_TOTAL = "time/step_s"
 # A part that can overlap the step, and the metric of what the step waited for it (grpo/train/inflight.py)
-ON_THE_STEP = {"time/generate_s": "time/wait_generate_s"}
+ON_THE_STEP = {"time/generate_s": "time/wait_generate_s", "time/score_s": "time/wait_score_s"}
 
 
 def assign(keys: list[str]) -> dict[str, list[str]]:

@@ -117,8 +117,8 @@ class Experience:
     tool_s: float = 0.0  # wall time of tool calls, within generate_s
     score_s: float = 0.0
     generated_tokens: int = 0
-    # The step's wait for generation: all of generate_s when it samples then trains; with bounded staleness, only
-    # what generation ahead of time had not finished (grpo/train/inflight.py)
+    # The step's wait for its episodes: all of generate_s and score_s when it samples, scores, then trains; with
+    # bounded staleness, only what generation and scoring ahead of time had not finished (grpo/train/inflight.py)
     blocked_s: float = 0.0
     figures: dict[str, float] = field(default_factory=dict)  # the episode source's own metrics (async/...)
 

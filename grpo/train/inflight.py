@@ -9,19 +9,26 @@
   versions is dropped and sampled again, counted: it never reaches the loss. The objective then takes the ratio
   against the sampling policy's log-probs (grpo/train/update.py), which is what keeps it right off-policy.
 
+Rewards are scored on a helper thread as each step's reply comes in (Scorer), while the trainer trains an earlier
+step: a slow or blocked reward holds that thread, never generation, and the trainer waits for it only when it needs
+that step's episodes (time/wait_generate_s then holds generation and the scoring left).
+
 A checkpoint after step t saves the data position of step t + 1's prompts, not the stream's (which is k steps
 further on): a resumed run requests the in-flight steps again, from the checkpoint's weights."""
 
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from grpo.sampling.base import Reply, SamplerGone, SamplingSettings
 from grpo.seeds import derive_seed
 from grpo.train.episodes import Experience
-from grpo.train.profiling import stage
+from grpo.train.profiling import stage, timed
 from grpo.train.rollouts import assign_advantages, collect_experience, next_prompts, scored_groups
 from grpo.train.sharding import unwrap
 from rewards.scoring import crash_totals
@@ -62,7 +69,7 @@ def sample_and_score(run: "Run", step: int) -> Experience:
                              world=run.world, policy_version=step - 1)  # the weights synced after step - 1
     run.sampler.sleep()
     exp.reward_crashes = {name: n - crashed_before[name] for name, n in crash_totals(run.rewards).items()}
-    exp.blocked_s = exp.generate_s
+    exp.blocked_s = exp.generate_s + exp.score_s
     return exp
 
 
@@ -92,11 +99,50 @@ class Request:
     data_before: dict  # the stream's position before these prompts were taken
 
 
+@dataclass
+class Scored:
+    """A step's reply, scored on the scorer thread (or left to the loop when it came back stale)."""
+
+    reply: Reply
+    episodes: list | None  # None: the reply was stale, the loop drops it and asks again
+    crashes: dict[str, int]
+
+
+class Scorer:
+    """One helper thread that takes each requested step's reply as soon as the sampler has it and scores it, while
+    the trainer is still training an earlier step: rewards (the reward workers, a judge's HTTP calls) are then off
+    the critical path, and a reward that blocks holds this thread, never the generation. Steps are scored in the
+    order requested; the rewards are never called from two threads at once (`lock`: the loop's own scoring of a
+    resent stale step takes it too), so they need not be thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.jobs: queue.Queue = queue.Queue()
+        self.results: dict[int, Future] = {}
+        threading.Thread(target=self._work, name="grpo-scorer", daemon=True).start()
+
+    def add(self, step: int, work) -> None:
+        self.results[step] = result = Future()
+        self.jobs.put((result, work))
+
+    def take(self, step: int) -> Scored:
+        return self.results.pop(step).result()  # a failure on the thread (a dead sampler) is raised here
+
+    def _work(self) -> None:
+        while True:
+            result, work = self.jobs.get()
+            try:
+                result.set_result(work())
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop, which decides
+                result.set_exception(exc)
+
+
 class BoundedStaleness:
     def __init__(self, max_staleness: int):
         self.k = max_staleness
         self.pending: dict[int, Request] = {}
         self._resent = 0
+        self.scorer = Scorer()
 
     def start(self, run: "Run") -> None:
         last = min(run.start_step + 1 + self.k, run.cfg.train.steps)
@@ -105,23 +151,29 @@ class BoundedStaleness:
 
     def experience(self, run: "Run", step: int) -> Experience:
         request = self.pending.pop(step)
-        c = run.cfg
         with stage("grpo/wait_generate") as waited:
-            reply, dropped = self._fresh_reply(run, step, request)
+            scored = self.scorer.take(step)  # generated, and (unless stale) scored, while earlier steps trained
+        reply, dropped, scored_here = scored.reply, 0, 0.0
+        if scored.episodes is None:  # stale: asked again and scored here, on the step
+            with stage("grpo/wait_generate") as resent:
+                reply, dropped = self._fresh_reply(run, step, request, scored.reply)
+            with stage("grpo/score") as scoring:
+                scored = self._score(run, request, reply)
+            waited.seconds += resent.seconds
+            scored_here = scoring.seconds
         exp = request.exp
-        crashed_before = crash_totals(run.rewards)
-        episodes, _ = scored_groups(reply.groups, request.rows, request.texts, request.ids, 0, reply.version,
-                                    run.rewards, c.data, request.settings.max_new_tokens, exp)
-        exp.reward_crashes = {name: n - crashed_before[name] for name, n in crash_totals(run.rewards).items()}
-        exp.episodes = episodes
+        exp.reward_crashes = scored.crashes
+        exp.episodes = episodes = scored.episodes
         assign_advantages(episodes, run.advantage_fn, exp.group_size, run.world)
-        exp.generate_s, exp.blocked_s = reply.generate_s, waited.seconds
+        exp.generate_s, exp.blocked_s = reply.generate_s, waited.seconds + scored_here
         staleness = [(step - 1) - e.policy_version for e in episodes]
         exp.figures = {"async/staleness_mean": sum(staleness) / max(len(staleness), 1),
                        "async/staleness_max": max(staleness, default=0),
                        "async/dropped_stale": dropped,
-                       "time/wait_generate_s": waited.seconds,  # the trainer waiting for generation
-                       "time/wait_train_s": run.sampler.take_idle(),  # the sampler waiting for the trainer
+                       # the trainer waiting for its episodes (generated and scored), and the sampler for the trainer
+                       "time/wait_generate_s": waited.seconds,
+                       "time/wait_score_s": scored_here,
+                       "time/wait_train_s": run.sampler.take_idle(),
                        "sync/bytes": run.sampler.bytes_per_push,  # one push: the weights in the sampler's dtype
                        "sync/transfer_s": run.sampler.take_transfer_s()}  # staging + sending, since last step
         return exp
@@ -147,11 +199,29 @@ class BoundedStaleness:
         request = Request(exp, rows, texts, ids, settings, before)
         run.sampler.submit(step, ids, request.settings)
         self.pending[step] = request
+        self.scorer.add(step, lambda: self._take_and_score(run, step, request))
 
-    def _fresh_reply(self, run: "Run", step: int, request: Request) -> tuple[Reply, int]:
-        """The step's reply, sampled by version >= step - 1 - k: an older one is dropped (its episodes counted) and
-        the prompts are sent again, behind the newest push."""
-        reply, dropped = run.sampler.take(step), 0
+    def _take_and_score(self, run: "Run", step: int, request: Request) -> Scored:
+        """On the scorer thread: the step's reply when it comes, scored unless stale (the loop resends those)."""
+        reply = run.sampler.take(step)
+        if (step - 1) - reply.version > self.k:
+            return Scored(reply, None, {})
+        return self._score(run, request, reply)
+
+    def _score(self, run: "Run", request: Request, reply: Reply) -> Scored:
+        c = run.cfg
+        with self.scorer.lock:
+            crashed_before = crash_totals(run.rewards)
+            episodes, _ = scored_groups(reply.groups, request.rows, request.texts, request.ids, 0, reply.version,
+                                        run.rewards, c.data, request.settings.max_new_tokens, request.exp,
+                                        clock=timed)
+            crashes = {name: n - crashed_before[name] for name, n in crash_totals(run.rewards).items()}
+        return Scored(reply, episodes, crashes)
+
+    def _fresh_reply(self, run: "Run", step: int, request: Request, reply: Reply) -> tuple[Reply, int]:
+        """`reply` came back sampled by a version older than step - 1 - k: it is dropped (its episodes counted) and
+        the prompts are sent again, behind the newest push, until a fresh one comes back."""
+        dropped = 0
         for _ in range(STALE_RETRIES):
             if (step - 1) - reply.version <= self.k:
                 return reply, dropped
@@ -163,8 +233,8 @@ class BoundedStaleness:
         if (step - 1) - reply.version <= self.k:
             return reply, dropped
         raise SamplerGone(f"step {step}: the sampler served weights older than train.max_staleness = "
-                                f"{self.k} versions {STALE_RETRIES + 1} times in a row (last: version {reply.version}): "
-                                f"the weight pushes are not reaching it; the run stops.")
+                          f"{self.k} versions {STALE_RETRIES + 1} times in a row (last: version {reply.version}): "
+                          f"the weight pushes are not reaching it; the run stops.")
 
 
 def episode_source(max_staleness: int) -> EpisodeSource:

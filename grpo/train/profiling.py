@@ -47,6 +47,21 @@ class stage:
         PROGRESS.left(self.name)
 
 
+class timed:
+    """Wall-clock seconds of a block run on a helper thread: outside the loop's stages, whose heartbeat clock and
+    profiler ranges belong to the main thread."""
+
+    def __init__(self, name: str):
+        self.name, self.seconds = name, 0.0
+
+    def __enter__(self) -> "timed":
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._started
+
+
 class StepProfiler:
     def __init__(self, step: int, kind: str, output_dir: Path, enabled: bool):
         self.step, self.kind, self.folder = step, kind, output_dir / "profile"

@@ -4,6 +4,8 @@ grpo/train/episodes.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from grpo.config import DataConfig, TrainConfig
@@ -63,17 +65,18 @@ def collect_experience(settings: SamplingSettings, *, stream: PromptStream, rend
 
 def scored_groups(groups: list[Group], rows: list[dict], texts: list[str], ids: list[list[int]], first_group_id: int,
                   policy_version: int, rewards: list[NamedReward], data: DataConfig, max_new_tokens: int,
-                  exp: Experience) -> tuple[list[Episode], torch.Tensor]:
+                  exp: Experience, clock: Any = stage) -> tuple[list[Episode], torch.Tensor]:
     """One generate call's groups as scored episodes, group by group, and which groups scored all alike ([b] bool).
-    `exp` counts the tokens, the scoring time and the groups."""
+    `exp` counts the tokens, the scoring time and the groups. clock: how the scoring is timed (a helper thread
+    passes grpo.train.profiling.timed: the loop's stages are the main thread's)."""
     G = exp.group_size
     episodes = [Episode.one_turn(ids[g], c, group_id=first_group_id + g, policy_version=policy_version,
                                  prompt_text=texts[g], row=rows[g])
                 for g, group in enumerate(groups) for c in group.completions]
     exp.generated_tokens += sum(e.model_tokens for e in episodes)
-    with stage("grpo/score") as timed:
+    with clock("grpo/score") as scoring:
         _score(episodes, rewards, data.answer_column, max_new_tokens, exp)
-    exp.score_s += timed.seconds
+    exp.score_s += scoring.seconds
     totals = torch.tensor([e.reward for e in episodes], dtype=torch.float32)  # [b*G]
     flat = zero_variance_groups(totals, G)  # [b]
     exp.sampled_groups += len(groups)

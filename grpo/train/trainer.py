@@ -436,7 +436,7 @@ def step_metrics(run: Run, exp: Experience, update: UpdateStats | None, train_s:
         "time/sync_s": sync_s,
         "time/step_s": step_s,
         # the rest of the step: logging, samples, advantages, Python between the stages (a budget to keep small)
-        "time/other_s": max(0.0, step_s - exp.blocked_s - exp.score_s - train_s - sync_s),
+        "time/other_s": max(0.0, step_s - exp.blocked_s - train_s - sync_s),
         "throughput/generated_tokens_per_s": exp.generated_tokens / max(exp.generate_s, 1e-9),
         "throughput/tokens_per_s": exp.generated_tokens / max(step_s, 1e-9),
     }
