@@ -311,12 +311,19 @@ def world_rules(cfg: RecipeConfig, world_size: int) -> list[str]:
     if strategy == "ddp" and d.reduce_dtype:
         p.append("distributed.reduce_dtype: an FSDP option (the gradient reduce-scatter's dtype); DDP reduces in the "
                  "master dtype. Remove it or use distributed.strategy=fsdp")
-    if t.max_staleness or cfg.sampler.backend in ("hf_worker", "vllm_server"):
-        what = (f"train.max_staleness: {t.max_staleness}" if t.max_staleness else
-                f"sampler.backend: {cfg.sampler.backend}")
-        p.append(f"{what} runs one trainer process beside its sampler; under {launch} it is not supported yet. "
-                 f"Train on one process (its GPU beside the server's), or set train.max_staleness=0 and "
-                 f"sampler.backend=hf (or vllm)")
+    if cfg.sampler.backend == "hf_worker":
+        p.append(f"sampler.backend: hf_worker runs one trainer process beside one generation worker; under {launch} "
+                 f"use sampler.backend=vllm_server (a `grpo serve` server), hf or vllm")
+    elif t.max_staleness and cfg.sampler.backend != "vllm_server":
+        p.append(f"train.max_staleness: {t.max_staleness} under {launch} needs sampler.backend=vllm_server")
+    if cfg.sampler.backend == "vllm_server":
+        # rank 0 relays every rank's requests, one collective per call: the ranks must call in lockstep
+        for key, on, why in [("train.dynamic_sampling", t.dynamic_sampling, "refill rounds differ by rank"),
+                             ("environment.name", bool(cfg.environment.name), "tool turns differ by rank"),
+                             ("eval.every", bool(cfg.eval.every), "the ranks' eval batches differ")]:
+            if on:
+                p.append(f"{key}: with sampler.backend=vllm_server under {launch} the ranks' requests go through "
+                         f"rank 0 together, and {why}; not supported yet: train on one process or turn it off")
     if cfg.sampler.backend == "vllm" and cfg.sampler.vllm.tensor_parallel_size > 1:
         p.append(f"sampler.vllm.tensor_parallel_size: under {launch} each rank drives a whole engine of its own "
                  f"for its own prompts; tensor parallelism inside a data-parallel run is not supported yet. Set "

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import grpo, recipe_config, write_recipe
+from conftest import ROOT, grpo, recipe_config, write_recipe
 from grpo.config import ServerConfig
 from grpo.rules import recipe_rules, world_rules
 from grpo.sampling.base import SamplingSettings
@@ -264,11 +267,16 @@ def test_server_settings_are_checked_by_name(changes, key):
     assert any(key in problem for problem in recipe_rules(cfg)), recipe_rules(cfg)
 
 
-def test_generating_ahead_with_the_server_is_allowed_on_one_process_only():
+def test_generating_ahead_with_the_server_is_allowed_under_torchrun_without_what_needs_lockstep_calls():
     cfg = recipe_config({"data.path": "x.jsonl", "sampler.backend": "vllm_server",
                          "sampler.server.url": "http://127.0.0.1:8000", "train.max_staleness": 1})
     assert not [p for p in recipe_rules(cfg) if "server" in p or "staleness" in p]
-    assert any("sampler.backend: vllm_server" in p or "train.max_staleness" in p for p in world_rules(cfg, 2))
+    assert not [p for p in world_rules(cfg, 2) if "server" in p or "staleness" in p]
+    cfg = recipe_config({"data.path": "x.jsonl", "sampler.backend": "vllm_server", "eval.every": 5,
+                         "sampler.server.url": "http://127.0.0.1:8000"})
+    assert any(p.startswith("eval.every: with sampler.backend=vllm_server under torchrun") for p in world_rules(cfg, 2))
+    cfg = recipe_config({"data.path": "x.jsonl", "sampler.backend": "hf_worker", "train.max_staleness": 1})
+    assert any("sampler.backend: hf_worker runs one trainer process" in p for p in world_rules(cfg, 2))
 
 
 def test_serve_dry_run_prints_vllm_s_server_with_the_recipe_s_settings(tmp_path, tiny_model_dir, sums_file):
@@ -347,3 +355,32 @@ def test_a_server_killed_mid_run_stops_the_trainer_with_the_checkpoint_to_resume
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"the vLLM server at {server.url} failed" in out.stderr
     assert "The same command resumes from" in out.stderr and "checkpoints/step-" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_share_one_server_through_rank_0_and_train_ahead(tmp_path, tiny_model_dir, sums_file, strategy):
+    """torchrun, 2 ranks (gloo): rank 0 relays both ranks' prompts in one request a step and pushes the (FSDP:
+    gathered) policy; each rank trains its own groups, sampled one version back from step 2 on."""
+    model, tok = load(tiny_model_dir)
+    server = PolicyServer(model, tok)
+    try:
+        extra = (f"sampler: {{backend: vllm_server, group_size: 4, max_new_tokens: 6, "
+                 f"server: {{url: '{server.url}', timeout_s: 120}}}}\n")
+        recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, "math", steps=3, extra=extra,
+                              checkpoint="{every: 0, keep_last: 1}")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "grpo",
+               "train", str(recipe), "train.max_staleness=1", f"distributed.strategy={strategy}"]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0, done.stderr[-4000:]
+    finally:
+        server.close()
+    m = metrics_of(tmp_path / "run")
+    assert [r["async/staleness_max"] for r in m] == [0, 1, 1] and [r["groups/trained"] for r in m] == [4, 4, 4]
+    assert m[0]["sampler/logprob_gap"] < 1e-4  # rank 0's push reached the server before either rank's request
+    prompts = [body["prompt"] for route, body in server.calls if route == "/v1/completions"]
+    assert len(prompts) == 3 * 4  # each step: both ranks' prompts (2 each), one completions call per prompt
+    loads = [body["args"][1] for route, body in server.calls
+             if route == "/collective_rpc" and body.get("method") == "grpo_load_weights"]
+    assert loads == ["0", "1", "2", "3"]  # pushed by rank 0 only

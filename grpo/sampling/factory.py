@@ -76,7 +76,7 @@ def _backend_sampler(backend: str, *, model: Any, tokenizer: Any, model_path: Pa
         eos = stop_token_ids(model_path, tokenizer, getattr(getattr(model, "generation_config", None),
                                                             "eos_token_id", None))
         return ServerSampler(model, server, eos_ids=eos, dtype=torch_dtype(dtype), first_version=first_version,
-                             slots=weight_slots)
+                             slots=weight_slots, world=world)
     if model_path is None:
         raise UserError("sampler vllm needs a model directory (vLLM loads the weights itself); give the model's "
                         "path or use the hf sampler (--sampler hf).")

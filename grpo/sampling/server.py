@@ -28,9 +28,11 @@ from typing import Any
 import torch
 
 from grpo.config import ServerConfig
+from grpo.errors import UserError
+from grpo.parallel import World
 from grpo.sampling.base import Completion, Group, Reply, SamplerGone, SamplingSettings
 from grpo.sampling.server_http import Http, ServerCallFailed
-from grpo.sampling.server_transfer import build_transfer
+from grpo.sampling.server_transfer import build_transfer, named_weights, weight_shapes
 
 STATE_CALL_S = 30.0  # health and set-up calls: a server that cannot answer these quickly is not ready
 
@@ -47,17 +49,35 @@ class ServerSampler:
     backend = "vllm_server"
 
     def __init__(self, model: torch.nn.Module, server: ServerConfig, *, eos_ids: set[int], dtype: torch.dtype,
-                 first_version: int = 0, slots: int = 1, transfer_factory: Any = build_transfer):
+                 first_version: int = 0, slots: int = 1, world: World = World.single(),
+                 transfer_factory: Any = build_transfer):
         """Checks the server (alive, serving sampler.server.model, started by `grpo serve`), then sets up the
         weight transfer for `model`'s tensors. Pushes are labelled first_version, first_version + 1, ... (the
         trainer's set-up push carries the resumed step). dtype: the server's (model.dtype), what weights are sent
-        in. transfer_factory: tests pass a recording stand-in."""
-        self.server = server
-        self.http = Http(server.url, server.timeout_s)
+        in. transfer_factory: tests pass a recording stand-in.
+
+        Under torchrun (world) rank 0 alone talks to the server, so one queue orders every rank's requests and
+        the pushes: submit() gathers the ranks' prompts into one request, take() hands each rank its groups, and
+        sync_weights() gathers a sharded policy on every rank while rank 0 stages it. All three are collectives,
+        called by every rank at the same points of the loop."""
+        self.server, self.world = server, world
+        self.lead = world.is_main
         self.eos_ids = sorted(eos_ids)
-        check_server(self.http, server)
-        self.transfer = transfer_factory(server, self.http, model, max(1, slots), dtype)
-        self.bytes_per_push = self.transfer.bytes_per_push
+        self.bytes_per_push = sum(math.prod(shape) * dtype.itemsize for _, shape in weight_shapes(model))
+        self._splits: dict[Any, list[int]] = {}  # a request's prompts per rank (rank 0)
+        problem = None
+        if self.lead:
+            self.http = Http(server.url, server.timeout_s)
+            try:
+                check_server(self.http, server)
+                self.transfer = transfer_factory(server, self.http, model, max(1, slots), dtype)
+            except UserError as exc:
+                problem = exc
+        problem = world.gather(None if problem is None else str(problem))[0] if world.distributed else problem
+        if isinstance(problem, BaseException):
+            raise problem
+        if problem is not None:
+            raise SamplerServerGone(problem)
         self._slots = max(1, slots)
         self._next_version = first_version
         self._pushes = 0
@@ -69,10 +89,11 @@ class ServerSampler:
         self._heard = threading.Condition()
         self.idle_s = 0.0
         self.transfer_s = 0.0
-        self._pool = ThreadPoolExecutor(max_workers=server.concurrency, thread_name_prefix="grpo-server-call")
         self._outbox: queue.Queue = queue.Queue()
-        self._dispatcher = threading.Thread(target=self._dispatch, name="grpo-server-dispatcher", daemon=True)
-        self._dispatcher.start()
+        if self.lead:
+            self._pool = ThreadPoolExecutor(max_workers=server.concurrency, thread_name_prefix="grpo-server-call")
+            self._dispatcher = threading.Thread(target=self._dispatch, name="grpo-server-dispatcher", daemon=True)
+            self._dispatcher.start()
 
     # ------------------------------------------------------------------------------------------ the Sampler protocol
 
@@ -86,15 +107,29 @@ class ServerSampler:
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Stage `model`'s weights as the next version (into the slot whose last push was sent) and queue the push."""
         slot = self._pushes % self._slots
-        if self._pushes >= self._slots:
-            self._await(("sent", self._pushes - self._slots), "a weight push")
-        started = time.monotonic()
-        self.transfer.stage(model, slot)
-        with self._heard:
-            self.transfer_s += time.monotonic() - started
-        self._queue(("weights", self._pushes, self._next_version, slot))
         self._pushes += 1
         self._next_version += 1
+        if not self.lead:
+            for _ in named_weights(model):  # a sharded policy's gathers need every rank; rank 0 keeps the tensors
+                pass
+            return
+        staged = False
+        try:
+            if self._pushes > self._slots:
+                self._await(("sent", self._pushes - 1 - self._slots), "a weight push")
+            started = time.monotonic()
+            self.transfer.stage(named_weights(model), slot)
+            staged = True
+            with self._heard:
+                self.transfer_s += time.monotonic() - started
+            self._queue(("weights", self._pushes - 1, self._next_version - 1, slot))
+        except SamplerServerGone:
+            if not self.world.distributed:
+                raise
+            # the other ranks are on their way to the next take(), whose collective tells them all (the failure
+            # stays recorded): raising here alone would leave them waiting in it
+            for _ in ([] if staged else named_weights(model)):
+                pass
 
     def sleep(self) -> None:
         """The server holds the generation memory, on devices of its own."""
@@ -105,6 +140,8 @@ class ServerSampler:
     def close(self) -> None:
         """Stop the dispatcher (what is queued is dropped) and release the transfer. The server keeps running: it
         belongs to `grpo serve`, and the next run (or a resumed one) uses it again."""
+        if not self.lead:
+            return
         with self._heard:
             self._failure = self._failure or "closed"
             self._heard.notify_all()
@@ -119,22 +156,48 @@ class ServerSampler:
     # ------------------------------------------------------------------------------------------ asynchronous use
 
     def submit(self, key: Any, prompt_ids: list[list[int]], settings: SamplingSettings) -> None:
+        """Queue a request (every rank's prompts, in rank order, under torchrun: rank 0's settings and seed)."""
         self._sent += 1
         self._outstanding.add(key)
-        self._queue(("generate", key, [list(ids) for ids in prompt_ids], settings))
+        everyone = self.world.gather([list(ids) for ids in prompt_ids])
+        if self.lead:
+            self._splits[key] = [len(part) for part in everyone]
+            try:
+                self._queue(("generate", key, [ids for part in everyone for ids in part], settings))
+            except SamplerServerGone:
+                if not self.world.distributed:
+                    raise  # under torchrun the take() that follows tells every rank together
 
     def take(self, key: Any) -> Reply:
-        reply = self._await(("groups", key), "a generate request")
+        """This rank's part of the reply to the request sent under `key` (a failure on rank 0 stops every rank)."""
         self._outstanding.discard(key)
-        return reply
+        if not self.world.distributed:
+            return self._await(("groups", key), "a generate request")
+        shares: list | str | None = None
+        if self.lead:
+            try:
+                reply, sizes = self._await(("groups", key), "a generate request"), self._splits.pop(key)
+                starts = [sum(sizes[:r]) for r in range(len(sizes))]
+                shares = [Reply(reply.groups[a:a + n], reply.version, reply.generate_s, reply.idle_s)
+                          for a, n in zip(starts, sizes)]
+            except SamplerServerGone as exc:
+                shares = str(exc)
+        shares = self.world.gather(shares)[0]
+        if isinstance(shares, str):
+            raise SamplerServerGone(shares)
+        return shares[self.world.rank]
 
     def take_idle(self) -> float:
+        if not self.lead:
+            return 0.0
         with self._heard:
             idle, self.idle_s = self.idle_s, 0.0
         return idle
 
     def take_transfer_s(self) -> float:
-        """Seconds spent staging and sending weights since the last call."""
+        """Seconds spent staging and sending weights since the last call (rank 0's: it alone sends)."""
+        if not self.lead:
+            return 0.0
         with self._heard:
             spent, self.transfer_s = self.transfer_s, 0.0
         return spent

@@ -16,6 +16,7 @@ Both push the weights in the base checkpoint's naming (LoRA merged), cast to the
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -49,10 +50,17 @@ def named_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     colocated sync sends them: vLLM's CPU backend keeps a packed copy of the output layer apart from the embedding,
     and only a push that names lm_head.weight repacks it (measured: without it the server drifted from the trainer
     by 0.05 in log-prob after three steps)."""
-    from grpo.sampling.vllm import plain_named_tensors  # pure torch; that module imports vllm only when used
+    from grpo.sampling.vllm import _whole, plain_named_tensors  # pure torch; vllm is imported only when used
 
     for name, tensor in plain_named_tensors(model):
-        yield name, tensor.detach()
+        yield name, _whole(tensor.detach())  # an FSDP shard gathered from every rank: all ranks iterate together
+
+
+def weight_shapes(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """Each pushed weight's name and full shape, gathering nothing (a DTensor knows its global shape)."""
+    from grpo.sampling.vllm import plain_named_tensors
+
+    return [(name, tuple(tensor.shape)) for name, tensor in plain_named_tensors(model)]
 
 
 @dataclass
@@ -70,14 +78,14 @@ class FileTransfer:
         shm = Path("/dev/shm")
         self.dir = Path(tempfile.mkdtemp(prefix="grpo-weights-", dir=shm if shm.is_dir() else None))
         self.paths = [self.dir / f"slot-{i}.safetensors" for i in range(slots)]
-        self.bytes_per_push = sum(t.numel() * dtype.itemsize for _, t in named_weights(model))
+        self.bytes_per_push = sum(math.prod(shape) * dtype.itemsize for _, shape in weight_shapes(model))
 
-    def stage(self, model: torch.nn.Module, slot: int) -> None:
+    def stage(self, weights: Iterator[tuple[str, torch.Tensor]], slot: int) -> None:
         from safetensors.torch import save_file
 
         tensors: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            for name, t in named_weights(model):
+            for name, t in weights:
                 copy = t.to("cpu", self.dtype).contiguous()
                 if any(copy.data_ptr() == other.data_ptr() for other in tensors.values()):
                     copy = copy.clone()  # safetensors stores no shared tensors: a tied weight is written twice
@@ -149,8 +157,8 @@ class NcclTransfer:
         self.http, self.device = http, next(model.parameters()).device
         pinned = self.device.type == "cuda"
         with torch.no_grad():
-            self.staged = [{name: torch.empty(t.shape, dtype=dtype, pin_memory=pinned)
-                            for name, t in named_weights(model)} for _ in range(slots)]
+            self.staged = [{name: torch.empty(shape, dtype=dtype, pin_memory=pinned)
+                            for name, shape in weight_shapes(model)} for _ in range(slots)]
         self.bytes_per_push = sum(t.numel() * t.element_size() for t in self.staged[0].values())
         self.source = StagedWeights(self.staged, self.device)
         world = (http.get("/get_world_size") or {}).get("world_size")
@@ -166,9 +174,9 @@ class NcclTransfer:
                               f"complete; the server must reach this address (set sampler.server.nccl_host / "
                               f"nccl_port to one it can reach)")
 
-    def stage(self, model: torch.nn.Module, slot: int) -> None:
+    def stage(self, weights: Iterator[tuple[str, torch.Tensor]], slot: int) -> None:
         with torch.no_grad():
-            for name, tensor in named_weights(model):
+            for name, tensor in weights:
                 self.staged[slot][name].copy_(tensor)
 
     def send(self, slot: int, version: int) -> None:

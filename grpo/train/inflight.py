@@ -23,7 +23,7 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from grpo.sampling.base import Reply, SamplerGone, SamplingSettings
 from grpo.seeds import derive_seed
@@ -115,17 +115,28 @@ class Scorer:
     order requested; the rewards are never called from two threads at once (`lock`: the loop's own scoring of a
     resent stale step takes it too), so they need not be thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, background: bool = True) -> None:
+        """background=False (under torchrun): each step is taken and scored on the loop's thread when the loop
+        asks for it, since taking a reply is then a collective (grpo/sampling/server.py), which must not run on
+        a second thread beside the loop's own collectives."""
         self.lock = threading.Lock()
         self.jobs: queue.Queue = queue.Queue()
         self.results: dict[int, Future] = {}
-        threading.Thread(target=self._work, name="grpo-scorer", daemon=True).start()
+        self.inline: dict[int, Any] = {}
+        self.background = background
+        if background:
+            threading.Thread(target=self._work, name="grpo-scorer", daemon=True).start()
 
     def add(self, step: int, work) -> None:
+        if not self.background:
+            self.inline[step] = work
+            return
         self.results[step] = result = Future()
         self.jobs.put((result, work))
 
     def take(self, step: int) -> Scored:
+        if not self.background:
+            return self.inline.pop(step)()
         return self.results.pop(step).result()  # a failure on the thread (a dead sampler) is raised here
 
     def _work(self) -> None:
@@ -138,11 +149,11 @@ class Scorer:
 
 
 class BoundedStaleness:
-    def __init__(self, max_staleness: int):
+    def __init__(self, max_staleness: int, background_scoring: bool = True):
         self.k = max_staleness
         self.pending: dict[int, Request] = {}
         self._resent = 0
-        self.scorer = Scorer()
+        self.scorer = Scorer(background_scoring)
 
     def start(self, run: "Run") -> None:
         last = min(run.start_step + 1 + self.k, run.cfg.train.steps)
@@ -237,5 +248,7 @@ class BoundedStaleness:
                           f"the weight pushes are not reaching it; the run stops.")
 
 
-def episode_source(max_staleness: int) -> EpisodeSource:
-    return BoundedStaleness(max_staleness) if max_staleness else Synchronous()
+def episode_source(max_staleness: int, distributed: bool = False) -> EpisodeSource:
+    """distributed: under torchrun, where the sampler's calls are collectives, rewards are scored on the loop's
+    thread (the ranks' samplers still generate ahead)."""
+    return BoundedStaleness(max_staleness, background_scoring=not distributed) if max_staleness else Synchronous()

@@ -58,6 +58,10 @@ def wrap_from_rank0(model: torch.nn.Module, strategy: str, cfg: DistributedConfi
     if strategy != "fsdp":
         if empty:
             model.to_empty(device=device)
+            if callable(getattr(model, "tie_weights", None)):
+                # a model built on the meta device comes untied: its head would be one more parameter than rank
+                # 0's, and the broadcasts below would pair different tensors (a hang, then a timeout)
+                model.tie_weights()
         for tensor in [*model.parameters(), *model.buffers()]:
             torch.distributed.broadcast(tensor.data, src=0)
         return wrap(model, strategy, cfg, device, trainable, precision)

@@ -228,7 +228,8 @@ def setup(cfg: RecipeConfig, world: World, evaluator: PeriodicEvaluator | None =
                advantage_fn=ADVANTAGES[cfg.train.advantage], optimizer=optimizer, scheduler=scheduler, stream=stream,
                renderer=PromptRenderer(model.tokenizer, cfg.data), log=log, start_step=start_step, world=world,
                data_fingerprint=fingerprint, objective=objective, training_pass=passes, strategy=strategy,
-               precision=precision, evaluator=evaluator, source=episode_source(cfg.train.max_staleness))
+               precision=precision, evaluator=evaluator,
+               source=episode_source(cfg.train.max_staleness, world.distributed))
 
 
 def resume_point(cfg: RecipeConfig, output_dir: Path, world: World) -> Resume | None:
