@@ -215,9 +215,9 @@ def test_nccl_transfer_call_order_and_what_each_push_carries(tiny_model_dir):
     (_, info), = RecordingEngine.log
     assert (info.master_address, info.master_port, info.world_size, info.rank) == ("10.1.2.9", 29600, 5, 0)
     first = {name: t.to(torch.bfloat16).clone() for name, t in named_weights(model)}
-    transfer.stage(model, 0)
+    transfer.stage(named_weights(model), 0)
     nudge(model)
-    transfer.stage(model, 1)
+    transfer.stage(named_weights(model), 1)
     transfer.send(0, 7)  # slot 0 holds the weights as they were when staged, whatever the policy did since
     transfer.send(1, 8)
     transfer.close()
@@ -242,7 +242,7 @@ def test_auto_transfer_is_a_file_on_cpu(tiny_model_dir, tmp_path):
     transfer = build_transfer(ServerConfig(), RecordingHttp(), model, 1, torch.float32)
     try:
         assert type(transfer).__name__ == "FileTransfer" and str(transfer.dir).startswith("/dev/shm")
-        transfer.stage(model, 0)
+        transfer.stage(named_weights(model), 0)
         from safetensors.torch import load_file
 
         saved = load_file(str(transfer.paths[0]))
