@@ -149,7 +149,8 @@ def server_rules(cfg: RecipeConfig) -> list[str]:
     if not v.model:
         p.append("sampler.server.model: the served model name must not be empty (grpo serve serves 'grpo-policy')")
     if v.timeout_s <= 0:
-        p.append(f"sampler.server.timeout_s: must be > 0 (seconds every call to the server may take), got {v.timeout_s}")
+        p.append(f"sampler.server.timeout_s: must be > 0 (seconds every call to the server may take), got "
+                 f"{v.timeout_s}")
     if v.concurrency < 1:
         p.append(f"sampler.server.concurrency: must be >= 1 (requests in flight at once), got {v.concurrency}")
     if v.data_parallel_size < 1:

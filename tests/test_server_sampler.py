@@ -44,10 +44,12 @@ def served(tiny_model_dir):
     server.close()
 
 
-def nudge(model, scale=0.5):
+def nudge(model, scale=0.5, seed=0):
+    # its own generator: the stand-in server samples on a thread of this process from torch's global one
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * scale)
+            p.add_(torch.randn(p.shape, generator=generator) * scale)
 
 
 # ------------------------------------------------------------------------------------------------ the sampler
@@ -65,7 +67,7 @@ def test_pushes_and_requests_reach_the_server_in_the_order_sent_each_reply_namin
         nudge(model)
         sampler.sync_weights(model)  # version 4, staged now; sent after "a" is served
         sampler.submit("b", prompts, settings)
-        nudge(model)  # the next step changes the policy again: the staged copy is what version 4 is
+        nudge(model, seed=1)  # the next step changes the policy again: the staged copy is what version 4 is
         a, b = sampler.take("a"), sampler.take("b")
         assert (a.version, b.version) == (3, 4)
         assert sampler.bytes_per_push == sum(t.numel() * 4 for _, t in named_weights(model))
@@ -121,7 +123,7 @@ def test_setup_names_the_fix_for_a_wrong_url_model_name_or_plain_vllm_server(tin
     try:
         with pytest.raises(SamplerServerGone, match=r"serves \['other'\], not sampler.server.model = 'grpo-policy'"):
             ServerSampler(model, ServerConfig(url=wrong.url), eos_ids=set(), dtype=torch.float32)
-        with pytest.raises(SamplerServerGone, match=r"cannot take weight pushes .*HTTP 404.*start it with `grpo serve`"):
+        with pytest.raises(SamplerServerGone, match=r"cannot take weight pushes .*HTTP 404.*with `grpo serve`"):
             ServerSampler(model, ServerConfig(url=plain.url), eos_ids=set(), dtype=torch.float32)
     finally:
         wrong.close()
@@ -313,14 +315,17 @@ def metrics_of(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def server_recipe(tmp_path, model_dir, data, url, steps, checkpoint="{every: 0, keep_last: 1}"):
+    extra = (f"sampler: {{backend: vllm_server, group_size: 4, max_new_tokens: 6, "
+             f"server: {{url: '{url}', timeout_s: 120}}}}\n")
+    return write_recipe(tmp_path, model_dir, data, "math", steps=steps, extra=extra, checkpoint=checkpoint)
+
+
 def test_a_run_on_the_server_trains_ahead_and_checks_the_gap_across_processes(tmp_path, tiny_model_dir, sums_file):
     model, tok = load(tiny_model_dir)
     server = PolicyServer(model, tok)
     try:
-        extra = (f"sampler: {{backend: vllm_server, group_size: 4, max_new_tokens: 6, "
-                 f"server: {{url: '{server.url}', timeout_s: 120}}}}\n")
-        recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, "math", steps=4, extra=extra,
-                              checkpoint="{every: 0, keep_last: 1}")
+        recipe = server_recipe(tmp_path, tiny_model_dir, sums_file, server.url, steps=4)
         grpo("train", recipe, "train.max_staleness=1", check=True, timeout=600)
     finally:
         server.close()
@@ -346,10 +351,8 @@ def test_a_server_killed_mid_run_stops_the_trainer_with_the_checkpoint_to_resume
 
     killer = threading.Thread(target=kill_when_step_3_is_requested, daemon=True)
     killer.start()
-    extra = (f"sampler: {{backend: vllm_server, group_size: 4, max_new_tokens: 6, "
-             f"server: {{url: '{server.url}', timeout_s: 120}}}}\n")
-    recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, "math", steps=6, extra=extra,
-                          checkpoint="{every: 1, keep_last: 2}")
+    recipe = server_recipe(tmp_path, tiny_model_dir, sums_file, server.url, steps=6,
+                           checkpoint="{every: 1, keep_last: 2}")
     out = grpo("train", recipe, timeout=600)
     killer.join(timeout=5)
     assert out.returncode == 2, out.stdout + out.stderr
@@ -365,10 +368,7 @@ def test_two_ranks_share_one_server_through_rank_0_and_train_ahead(tmp_path, tin
     model, tok = load(tiny_model_dir)
     server = PolicyServer(model, tok)
     try:
-        extra = (f"sampler: {{backend: vllm_server, group_size: 4, max_new_tokens: 6, "
-                 f"server: {{url: '{server.url}', timeout_s: 120}}}}\n")
-        recipe = write_recipe(tmp_path, tiny_model_dir, sums_file, "math", steps=3, extra=extra,
-                              checkpoint="{every: 0, keep_last: 1}")
+        recipe = server_recipe(tmp_path, tiny_model_dir, sums_file, server.url, steps=3)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "grpo",
                "train", str(recipe), "train.max_staleness=1", f"distributed.strategy={strategy}"]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,

@@ -81,6 +81,20 @@ class Reply:
     idle_s: float  # the sampler's time waiting for work before it (waiting on the trainer)
 
 
+class QueuedSampler:
+    """A sampler in another process that takes requests ahead of time (submit, then take the Reply): its plain
+    generate() is one request, served after everything already queued (an eval during an async run waits its
+    turn). Subclasses keep `_sent`, the requests sent so far."""
+
+    _sent: int
+
+    def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings,
+                 rows: list[dict] | None = None) -> list[Group]:
+        key = ("generate", self._sent)
+        self.submit(key, prompt_ids, settings)
+        return self.take(key).groups
+
+
 class SamplerGone(UserError):
     """A sampler in another process (the generation worker, the vLLM server) died, hung, or failed: the run stops
     (grpo train's exit names the checkpoint to resume from)."""

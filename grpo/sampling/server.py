@@ -30,7 +30,7 @@ import torch
 from grpo.config import ServerConfig
 from grpo.errors import UserError
 from grpo.parallel import World
-from grpo.sampling.base import Completion, Group, Reply, SamplerGone, SamplingSettings
+from grpo.sampling.base import Completion, Group, QueuedSampler, Reply, SamplerGone, SamplingSettings
 from grpo.sampling.server_http import Http, ServerCallFailed
 from grpo.sampling.server_transfer import build_transfer, named_weights, weight_shapes
 
@@ -45,7 +45,7 @@ class ServerReplyError(ValueError):
     """A completions reply that does not have what the trainer needs (token ids, one log-prob per token)."""
 
 
-class ServerSampler:
+class ServerSampler(QueuedSampler):
     backend = "vllm_server"
 
     def __init__(self, model: torch.nn.Module, server: ServerConfig, *, eos_ids: set[int], dtype: torch.dtype,
@@ -96,13 +96,6 @@ class ServerSampler:
             self._dispatcher.start()
 
     # ------------------------------------------------------------------------------------------ the Sampler protocol
-
-    def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings,
-                 rows: list[dict] | None = None) -> list[Group]:
-        """Synchronous: served after everything already queued."""
-        key = ("generate", self._sent)
-        self.submit(key, prompt_ids, settings)
-        return self.take(key).groups
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Stage `model`'s weights as the next version (into the slot whose last push was sent) and queue the push."""

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from grpo.errors import UserError
-from grpo.sampling.base import Group, Reply, SamplerGone, SamplingSettings
+from grpo.sampling.base import QueuedSampler, Reply, SamplerGone, SamplingSettings
 
 POLL_S = 1.0  # how often a waiting trainer checks that the worker is alive
 
@@ -36,7 +36,7 @@ class SamplerWorkerGone(SamplerGone):
     """The generation worker died, hung, or failed."""
 
 
-class WorkerSampler:
+class WorkerSampler(QueuedSampler):
     backend = "hf_worker"
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, generation_batch_size: int, *, timeout_s: float,
@@ -80,13 +80,6 @@ class WorkerSampler:
         threading.Thread(target=self._write, name="grpo-worker-writer", daemon=True).start()
 
     # ------------------------------------------------------------------------------------------ the Sampler protocol
-
-    def generate(self, prompt_ids: list[list[int]], settings: SamplingSettings,
-                 rows: list[dict] | None = None) -> list[Group]:
-        """Synchronous: served after everything already requested (an eval during an async run waits its turn)."""
-        key = ("generate", self._sent)
-        self.submit(key, prompt_ids, settings)
-        return self.take(key).groups
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Push `model`'s weights as the next version, into the slot whose last push the worker has taken."""
