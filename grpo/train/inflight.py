@@ -3,12 +3,12 @@
 - Synchronous (k = 0): the step samples its prompts now, from the weights the last step pushed, then scores them.
 - BoundedStaleness (k >= 1): steps are requested ahead. While the trainer trains step t, the sampler (in its own
   process: grpo/sampling/worker.py, or a vLLM server: grpo/sampling/server.py) generates the requests of steps
-  t + 1 ... t + k, so an episode may be sampled
-  by a policy up to k optimizer steps old. Steps take their episodes by schedule (step t takes the request made
-  for step t, whenever it arrived), the sampler serves requests and weight pushes in the order sent (so the
-  request for step t + k + 1, sent right after step t's push, is sampled by version t), and a reply older than k
-  versions is dropped and sampled again, counted: it never reaches the loss. The objective then takes the ratio
-  against the sampling policy's log-probs (grpo/train/update.py), which is what keeps it right off-policy.
+  t + 1 ... t + k, so an episode may be sampled by a policy up to k optimizer steps old. Steps take their episodes
+  by schedule (step t takes the request made for step t, whenever it arrived), the sampler serves requests and
+  weight pushes in the order sent (so the request for step t + k + 1, sent right after step t's push, is sampled
+  by version t), and a reply older than k versions is dropped and sampled again, counted: it never reaches the
+  loss. The objective then takes the ratio against the sampling policy's log-probs (grpo/train/update.py), which
+  is what keeps it right off-policy.
 
 Rewards are scored on a helper thread as each step's reply comes in (Scorer), while the trainer trains an earlier
 step: a slow or blocked reward holds that thread, never generation, and the trainer waits for it only when it needs
