@@ -318,6 +318,10 @@ def world_rules(cfg: RecipeConfig, world_size: int) -> list[str]:
     elif t.max_staleness and cfg.sampler.backend != "vllm_server":
         p.append(f"train.max_staleness: {t.max_staleness} under {launch} needs sampler.backend=vllm_server")
     if cfg.sampler.backend == "vllm_server":
+        if d.timeout_s <= cfg.sampler.server.timeout_s:
+            p.append(f"distributed.timeout_s: {d.timeout_s} s, but the other ranks wait in a collective while rank 0 "
+                     f"waits up to sampler.server.timeout_s = {cfg.sampler.server.timeout_s:g} s on the server; raise "
+                     f"distributed.timeout_s above it (or lower sampler.server.timeout_s)")
         # rank 0 relays every rank's requests, one collective per call: the ranks must call in lockstep
         for key, on, why in [("train.dynamic_sampling", t.dynamic_sampling, "refill rounds differ by rank"),
                              ("environment.name", bool(cfg.environment.name), "tool turns differ by rank"),

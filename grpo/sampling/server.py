@@ -35,6 +35,7 @@ from grpo.sampling.server_http import Http, ServerCallFailed
 from grpo.sampling.server_transfer import build_transfer, named_weights, weight_shapes
 
 STATE_CALL_S = 30.0  # health and set-up calls: a server that cannot answer these quickly is not ready
+PROGRESS_GRACE_S = 60.0  # beyond sampler.server.timeout_s, before a dispatcher with nothing done is given up on
 
 
 class SamplerServerGone(SamplerGone):
@@ -71,8 +72,9 @@ class ServerSampler(QueuedSampler):
             try:
                 check_server(self.http, server)
                 self.transfer = transfer_factory(server, self.http, model, max(1, slots), dtype)
-            except UserError as exc:
-                problem = exc
+            except (UserError, ServerCallFailed) as exc:  # under torchrun every rank must hear of it
+                problem = exc if isinstance(exc, UserError) else SamplerServerGone(
+                    f"sampler.server.url = {server.url}: setting up the weight transfer failed: {exc}")
         problem = world.gather(None if problem is None else str(problem))[0] if world.distributed else problem
         if isinstance(problem, BaseException):
             raise problem
@@ -90,6 +92,9 @@ class ServerSampler(QueuedSampler):
         self.idle_s = 0.0
         self.transfer_s = 0.0
         self._outbox: queue.Queue = queue.Queue()
+        self._closing = False
+        self._busy: str | None = None  # what the dispatcher is doing: "generate", "weights" or None
+        self._progress = time.monotonic()  # when the dispatcher last finished something (a call, a message)
         if self.lead:
             self._pool = ThreadPoolExecutor(max_workers=server.concurrency, thread_name_prefix="grpo-server-call")
             self._dispatcher = threading.Thread(target=self._dispatch, name="grpo-server-dispatcher", daemon=True)
@@ -106,22 +111,23 @@ class ServerSampler(QueuedSampler):
             for _ in named_weights(model):  # a sharded policy's gathers need every rank; rank 0 keeps the tensors
                 pass
             return
-        staged = False
+        weights = named_weights(model)  # one pass, whatever happens: its gathers pair with the other ranks'
         try:
             if self._pushes > self._slots:
                 self._await(("sent", self._pushes - 1 - self._slots), "a weight push")
             started = time.monotonic()
-            self.transfer.stage(named_weights(model), slot)
-            staged = True
+            self.transfer.stage(weights, slot)
             with self._heard:
                 self.transfer_s += time.monotonic() - started
             self._queue(("weights", self._pushes - 1, self._next_version - 1, slot))
-        except SamplerServerGone:
+        except Exception as exc:  # noqa: BLE001 - under torchrun every rank must hear of it, not just this one
             if not self.world.distributed:
                 raise
-            # the other ranks are on their way to the next take(), whose collective tells them all (the failure
-            # stays recorded): raising here alone would leave them waiting in it
-            for _ in ([] if staged else named_weights(model)):
+            # the other ranks are on their way to the next take(), whose collective tells them all (the failure is
+            # recorded for it): raising here alone would leave them waiting in it, or in a gather of the weights
+            if not isinstance(exc, SamplerServerGone):
+                self._fail(f"staging weight version {self._next_version - 1} failed: {type(exc).__name__}: {exc}")
+            for _ in weights:  # the rest of the pass the staging did not get to
                 pass
 
     def sleep(self) -> None:
@@ -131,19 +137,24 @@ class ServerSampler(QueuedSampler):
         """See sleep()."""
 
     def close(self) -> None:
-        """Stop the dispatcher (what is queued is dropped) and release the transfer. The server keeps running: it
-        belongs to `grpo serve`, and the next run (or a resumed one) uses it again."""
+        """Stop the dispatcher (what is still queued is dropped) and release the transfer. A generation in flight is
+        abandoned; a push in flight is let finish (a weight update cut off midway would leave the server's
+        transfer engine mid-update for the next run). The server keeps running: it belongs to `grpo serve`, and
+        the next run (or a resumed one) uses it again."""
         if not self.lead:
             return
+        self._closing = True
         with self._heard:
             self._failure = self._failure or "closed"
             self._heard.notify_all()
         self._outbox.put(None)
-        self._dispatcher.join(timeout=5)  # a generation still running is abandoned (the thread is a daemon)
+        self._dispatcher.join(timeout=self.server.timeout_s if self._busy == "weights" else 5)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._dispatcher.is_alive():
+            return  # still sending: the transfer is in use (its staging files go with the machine's /dev/shm)
         try:
             self.transfer.close()
-        except ServerCallFailed:
+        except (ServerCallFailed, UserError):
             pass  # a server already gone has nothing to release
 
     # ------------------------------------------------------------------------------------------ asynchronous use
@@ -204,7 +215,8 @@ class ServerSampler(QueuedSampler):
 
     def _dispatch(self) -> None:
         waiting_since = time.monotonic()
-        while (message := self._outbox.get()) is not None:
+        while (message := self._outbox.get()) is not None and not self._closing:
+            self._busy, self._progress = message[0], time.monotonic()
             idle_s = time.monotonic() - waiting_since
             started = time.monotonic()
             try:
@@ -223,6 +235,8 @@ class ServerSampler(QueuedSampler):
             except Exception as exc:  # noqa: BLE001 - whatever broke, the trainer must hear it, not wait forever
                 self._fail(f"{type(exc).__name__}: {exc}")
                 return
+            self._busy = None
+            self._progress = time.monotonic()
             with self._heard:
                 self.idle_s += idle_s
                 if message[0] == "weights":
@@ -230,6 +244,9 @@ class ServerSampler(QueuedSampler):
                 self._replies.update(filed)
                 self._heard.notify_all()
             waiting_since = time.monotonic()
+
+    def _progressed(self, _call: Any = None) -> None:
+        self._progress = time.monotonic()
 
     def _fail(self, what: str) -> None:
         with self._heard:
@@ -241,6 +258,8 @@ class ServerSampler(QueuedSampler):
         prompt's samples do not depend on what else the server is decoding."""
         calls = [self._pool.submit(self.http.post, "/v1/completions", self._request(ids, settings, i))
                  for i, ids in enumerate(prompt_ids)]
+        for call in calls:
+            call.add_done_callback(self._progressed)  # a step of many prompts is progress, call by call
         return [Group(prompt_ids=list(ids), completions=completions_of(call.result(), settings.n))
                 for ids, call in zip(prompt_ids, calls)]
 
@@ -256,8 +275,18 @@ class ServerSampler(QueuedSampler):
                 "seed": prompt_seed(settings.seed, index)}
 
     def _await(self, want: tuple, what: str) -> Any:
+        """Wait for `want` while the dispatcher makes progress. Each HTTP call ends within timeout_s on its own;
+        what can block with no deadline is a weight broadcast whose other side died (NCCL waits for ever), so a
+        dispatcher busy with nothing done for timeout_s + PROGRESS_GRACE_S is given up on."""
+        started = time.monotonic()
         with self._heard:
             while want not in self._replies and self._failure is None:
+                quiet = time.monotonic() - max(self._progress, started)
+                if self._busy is not None and quiet > self.server.timeout_s + PROGRESS_GRACE_S:
+                    self._failure = (f"nothing came back for {quiet:.0f} s while the trainer waited for {what} "
+                                     f"(sampler.server.timeout_s = {self.server.timeout_s:g} s; busy with "
+                                     f"{'a weight push' if self._busy == 'weights' else 'generation'})")
+                    break
                 self._heard.wait(1.0)
             if want not in self._replies:
                 self._gone(self._failure)

@@ -168,11 +168,17 @@ class NcclTransfer:
         host = server.nccl_host or route_address(http.base)
         port = server.nccl_port or free_port()
         info = init_info_class(master_address=host, master_port=port, world_size=1 + world, rank=0)
-        self.engine = _within(INIT_S, lambda: engine_class.trainer_init(info, client=WeightSyncClient(http),
-                                                                        source=self.source),
+
+        def join() -> Any:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # vLLM binds the communicator to this thread's device
+            return engine_class.trainer_init(info, client=WeightSyncClient(http), source=self.source)
+
+        self.engine = _within(INIT_S, join,
                               f"the NCCL rendezvous with the server's {world} worker(s) at {host}:{port} did not "
                               f"complete; the server must reach this address (set sampler.server.nccl_host / "
-                              f"nccl_port to one it can reach)")
+                              f"nccl_port to one it can reach), and must have been started with NCCL weight "
+                              f"transfer (`grpo serve` on a GPU machine, without sampler.server.transfer=file)")
 
     def stage(self, weights: Iterator[tuple[str, torch.Tensor]], slot: int) -> None:
         with torch.no_grad():
@@ -185,6 +191,7 @@ class NcclTransfer:
             torch.cuda.set_device(self.device)  # this runs on the dispatcher thread
         self.engine.send_weights()
         self.http.post("/update_weight_version", {"new_version": str(version)})
+        self.http.post("/reset_prefix_cache")  # cached KV blocks were computed by the old weights
 
     def close(self) -> None:
         self.engine.shutdown()

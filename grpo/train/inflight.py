@@ -98,6 +98,7 @@ class Request:
     ids: list[list[int]]
     settings: SamplingSettings
     data_before: dict  # the stream's position before these prompts were taken
+    first_group_id: int = 0  # this rank's first prompt's place in the step (as the synchronous loop numbers them)
 
 
 @dataclass
@@ -203,12 +204,18 @@ class BoundedStaleness:
         c = run.cfg
         before = run.stream.state_dict()
         exp = Experience(episodes=[], group_size=c.sampler.group_size)
-        rows, texts, ids = next_prompts(run.stream, run.renderer, c.train.prompts_per_step, c.data.max_prompt_tokens,
+        # Every rank reads the same prompts from the same seeded stream and keeps its own slice of them, as the
+        # synchronous loop's first round does (grpo.train.rollouts.collect_experience).
+        world = run.world
+        per_rank = -(-c.train.prompts_per_step // world.size)
+        rows, texts, ids = next_prompts(run.stream, run.renderer, per_rank * world.size, c.data.max_prompt_tokens,
                                         exp)
+        mine = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
         settings = step_settings(run, step)
         # the seed of the synchronous loop's first round: a step sampled fresh draws what it would have drawn there
         settings = dataclasses.replace(settings, seed=derive_seed(settings.seed, round=0))
-        request = Request(exp, rows, texts, ids, settings, before)
+        request = Request(exp, rows[mine], texts[mine], ids[mine], settings, before, world.rank * per_rank)
+        ids = request.ids
         run.sampler.submit(step, ids, request.settings)
         self.pending[step] = request
         self.scorer.add(step, lambda: self._take_and_score(run, step, request))
@@ -224,7 +231,8 @@ class BoundedStaleness:
         c = run.cfg
         with self.scorer.lock:
             crashed_before = crash_totals(run.rewards)
-            episodes, _ = scored_groups(reply.groups, request.rows, request.texts, request.ids, 0, reply.version,
+            episodes, _ = scored_groups(reply.groups, request.rows, request.texts, request.ids,
+                                        request.first_group_id, reply.version,
                                         run.rewards, c.data, request.settings.max_new_tokens, request.exp,
                                         clock=timed)
             crashes = {name: n - crashed_before[name] for name, n in crash_totals(run.rewards).items()}
